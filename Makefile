@@ -1,0 +1,46 @@
+# SPM reporting framework. Two commands set everything up: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+export SPM_PROJECT_DIR := $(CURDIR)
+
+.PHONY: setup demo demo-data check test system-deps bench lint clean
+
+$(BIN)/.installed: pyproject.toml requirements.lock
+	@echo "== creating $(VENV) and installing pinned dependencies (requirements.lock)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	@touch $@
+
+setup: $(BIN)/.installed  ## create the virtual environment with pinned dependencies
+
+data/demo.duckdb: | $(BIN)/.installed
+	$(BIN)/spm demo-data
+
+demo-data: $(BIN)/.installed  ## (re)generate the demo CRM into data/demo.duckdb
+	$(BIN)/spm demo-data
+
+demo: $(BIN)/.installed data/demo.duckdb  ## the main job on the embedded demo data
+	$(BIN)/spm data check
+
+check: $(BIN)/.installed  ## validate the configured source
+	$(BIN)/spm data check
+
+system-deps:  ## real parts the tests need (PostgreSQL server, Chromium)
+	@bash scripts/system-deps.sh
+
+test: $(BIN)/.installed system-deps  ## the whole test suite
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed  ## benchmarks; figures in runs/bench/latest.json
+	$(BIN)/python -m spm_lib.bench
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check spm_lib tests
+	$(BIN)/mypy spm_lib
+
+clean:  ## remove runs (never state/)
+	rm -rf runs/*/ && touch runs/.gitkeep

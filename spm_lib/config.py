@@ -1,0 +1,410 @@
+"""The project's config: YAML files under config/, each validated once into a typed section.
+
+Every file `config/<section>.yml` maps to one field of `Config`; `config/local/<section>.yml`
+(git-ignored) is merged over it for machine-specific values. A wrong key, type or value fails
+with the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from spm_lib.errors import ConfigError, did_you_mean
+from spm_lib.project import project_dir
+
+LEVELS_DEFAULT = ["rep", "manager", "director", "executive"]
+CADENCES = ["weekly", "monthly", "quarterly", "annual"]
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- company.yml
+class CompanyConfig(Strict):
+    """Company-wide settings: currency, time zone, fiscal calendar, levels."""
+
+    name: str = "Company"
+    currency: str = "EUR"
+    timezone: str = "UTC"
+    fiscal_year_start_month: int = Field(1, ge=1, le=12)
+    fiscal_year_named_by: Literal["end", "start"] = "end"
+    levels: list[str] = Field(default_factory=lambda: list(LEVELS_DEFAULT))
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, available_timezones
+
+        try:
+            ZoneInfo(v)
+        except Exception:
+            raise ValueError(f"unknown time zone {v!r}{did_you_mean(v, available_timezones())}") from None
+        return v
+
+
+# ---------------------------------------------------------------- source.yml
+class NumberFormat(Strict):
+    """How the export writes numbers: `1.234,00` is decimal ',' thousands '.'."""
+
+    decimal: str = "."
+    thousands: str = ","
+
+
+class Derive(Strict):
+    """A flag derived from another column: true when `column` is (not) one of `in`."""
+
+    column: str
+    in_: list[Any] = Field(alias="in")
+    negate: bool = False
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Lookup(Strict):
+    """Look a value up in another table of the source (e.g. a list price by product name)."""
+
+    table: str
+    key: str  # contract column of this table holding the lookup key
+    on: str  # column of the lookup table matched against key
+    value: str  # column of the lookup table to copy
+
+
+class TableMapping(Strict):
+    """How one contract table is read from the source and mapped onto the contract."""
+
+    source: str | None = None  # file name (folder), table name (duckdb/sql); default: contract table name
+    query: str | None = None  # a SQL query instead of a table (duckdb/sql sources)
+    sheet: str | int | None = None  # XLSX sheet
+    encoding: str = "utf-8-sig"
+    delimiter: str = ","
+    skip_rows: int = Field(0, ge=0)  # lines above the header (report titles)
+    drop_rows_matching: list[str] = Field(default_factory=list)  # regex on a row's first cell: footers
+    columns: dict[str, str] = Field(default_factory=dict)  # contract column -> source column
+    values: dict[str, dict[str, Any]] = Field(default_factory=dict)  # contract column -> {raw: mapped}
+    date_format: str | None = None  # strptime format of every date column, e.g. "%m/%d/%Y"
+    number_format: NumberFormat = Field(default_factory=NumberFormat)
+    formats: dict[str, str] = Field(default_factory=dict)  # per-column date format override
+    constants: dict[str, Any] = Field(default_factory=dict)
+    defaults: dict[str, Any] = Field(default_factory=dict)  # fill empty cells
+    derive: dict[str, Derive] = Field(default_factory=dict)
+    lookups: dict[str, Lookup] = Field(default_factory=dict)
+
+
+class HierarchyLevel(Strict):
+    """One column of a flat export that names owners of one level (top level first)."""
+
+    column: str
+    level: str
+    email_column: str | None = None
+
+
+class SyntheticTop(Strict):
+    """An owner added above the top hierarchy column (e.g. the whole company)."""
+
+    owner_id: str
+    name: str | None = None
+    level: str = "executive"
+    email: str | None = None
+
+
+class OwnersFromHierarchy(Strict):
+    """Build `owners` from the distinct values of hierarchy columns of a flat export."""
+
+    source: str  # file/table holding the hierarchy columns
+    levels: list[HierarchyLevel]
+    top: SyntheticTop | None = None
+
+
+class SourceConfig(Strict):
+    """Where the CRM data lives and how each table maps onto the data contract."""
+
+    kind: Literal["duckdb", "folder", "sql"] = "duckdb"
+    path: str | None = None  # duckdb file or folder, relative to the project root
+    url: str | None = None  # SQLAlchemy URL; ${VAR} is expanded from the environment
+    tables: dict[str, TableMapping] = Field(default_factory=dict)
+    owners_from_hierarchy: OwnersFromHierarchy | None = None
+
+    @model_validator(mode="after")
+    def _location(self) -> SourceConfig:
+        if self.kind == "sql" and not self.url:
+            raise ValueError("kind 'sql' needs `url` (a SQLAlchemy URL, e.g. postgresql+psycopg://…)")
+        if self.kind in ("duckdb", "folder") and not self.path:
+            raise ValueError(f"kind {self.kind!r} needs `path` (relative to the project root)")
+        from spm_lib.contract import CONTRACT
+
+        for name in self.tables:
+            if name not in CONTRACT:
+                raise ValueError(f"unknown contract table {name!r}{did_you_mean(name, CONTRACT)}; "
+                                 f"allowed: {', '.join(CONTRACT)}")
+        return self
+
+    def resolved_url(self) -> str:
+        """Return the SQLAlchemy URL with ${VAR} taken from the environment."""
+        assert self.url is not None
+
+        def env(m: re.Match[str]) -> str:
+            if m.group(1) not in os.environ:
+                raise ConfigError(f"config/source.yml: url uses ${{{m.group(1)}}} but that variable is not set")
+            return os.environ[m.group(1)]
+
+        return re.sub(r"\$\{(\w+)\}", env, self.url)
+
+
+# ---------------------------------------------------------------- stages.yml
+class Stage(Strict):
+    """One open stage of the sales process, in order, with its default win probability."""
+
+    name: str
+    probability: float = Field(ge=0, le=1)
+
+
+class StagesConfig(Strict):
+    """Ordered open stages plus the labels of the closed stages."""
+
+    stages: list[Stage] = Field(
+        default_factory=lambda: [
+            Stage(name="Prospecting", probability=0.05),
+            Stage(name="Qualification", probability=0.10),
+            Stage(name="Needs analysis", probability=0.20),
+            Stage(name="Proposal", probability=0.40),
+            Stage(name="Negotiation", probability=0.60),
+        ]
+    )
+    won: list[str] = Field(default_factory=lambda: ["Closed Won"])
+    lost: list[str] = Field(default_factory=lambda: ["Closed Lost"])
+
+    @model_validator(mode="after")
+    def _unique(self) -> StagesConfig:
+        names = [s.name for s in self.stages] + self.won + self.lost
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(dup)}")
+        if not self.stages:
+            raise ValueError("at least one open stage is needed")
+        return self
+
+    @property
+    def open_names(self) -> list[str]:
+        """Open stage names in process order."""
+        return [s.name for s in self.stages]
+
+
+# ---------------------------------------------------------------- trust.yml
+class Threshold(Strict):
+    """Warn/fail limits of one trust check; `unit` says whether they are counts or rates."""
+
+    warn: float | None = None
+    fail: float | None = None
+    unit: Literal["count", "rate", "pct"] = "count"
+
+
+class TrustConfig(Strict):
+    """Trust-check thresholds per level (`default` applies where a level has none)."""
+
+    thresholds: dict[str, dict[str, Threshold]] = Field(default_factory=dict)
+    stale_days: int = 60
+    closing_soon_days: int = 30
+    early_stages: int = 2
+    pushed_min_moves: int = 3
+    no_activity_days: int = 30
+    stalled_factor: float = 1.5  # stalled when time in stage > factor × the historical median
+    top_offenders: int = 20
+
+
+# ---------------------------------------------------------------- kpis.yml
+class StatusBands(Strict):
+    """Attainment bands for status colours: green at or above `green`, amber at or above `amber`."""
+
+    green: float = 1.0
+    amber: float = 0.9
+
+
+class CustomKpi(Strict):
+    """A company-specific KPI declared in config: a measure with filters, or a ratio of KPIs."""
+
+    label: str
+    unit: Literal["currency", "count", "pct", "days", "ratio"] = "count"
+    direction: Literal["higher", "lower"] = "higher"
+    kind: Literal["leading", "lagging"] = "lagging"
+    definition: str = ""
+    # measure form
+    table: str | None = None
+    agg: Literal["sum", "count", "mean", "count_distinct"] | None = None
+    column: str | None = None
+    date_column: str | None = None
+    filter: str | None = None  # a DuckDB SQL boolean expression over the table's contract columns
+    # ratio form
+    numerator: str | None = None
+    denominator: str | None = None
+
+    @model_validator(mode="after")
+    def _form(self) -> CustomKpi:
+        measure = self.table is not None and self.agg is not None
+        ratio = self.numerator is not None and self.denominator is not None
+        if measure == ratio:
+            raise ValueError("declare either a measure (table, agg, column, date_column) "
+                             "or a ratio (numerator, denominator)")
+        return self
+
+
+class KpisConfig(Strict):
+    """Which KPIs stand above the line per level × cadence, status bands, custom KPIs."""
+
+    above_the_line: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+    status: StatusBands = Field(default_factory=StatusBands)
+    custom: dict[str, CustomKpi] = Field(default_factory=dict)
+    python_files: list[str] = Field(default_factory=list)  # config/*.py files registering KPIs
+
+
+# ---------------------------------------------------------------- targets.yml
+class TargetsConfig(Strict):
+    """How annual targets are phased into quarters and months."""
+
+    phasing: Literal["flat"] | str = "flat"
+    profiles: dict[str, list[float]] = Field(default_factory=dict)  # 12 fiscal-month weights
+
+    @model_validator(mode="after")
+    def _profile(self) -> TargetsConfig:
+        for name, weights in self.profiles.items():
+            if len(weights) != 12 or any(w < 0 for w in weights) or sum(weights) <= 0:
+                raise ValueError(f"profile {name!r} needs 12 non-negative fiscal-month weights, not all 0")
+        if self.phasing != "flat" and self.phasing not in self.profiles:
+            raise ValueError(f"phasing {self.phasing!r} is neither 'flat' nor a profile"
+                             f"{did_you_mean(self.phasing, self.profiles)}")
+        return self
+
+
+# ---------------------------------------------------------------- the whole config
+SECTIONS: dict[str, type[Strict]] = {
+    "company": CompanyConfig,
+    "source": SourceConfig,
+    "stages": StagesConfig,
+    "trust": TrustConfig,
+    "kpis": KpisConfig,
+    "targets": TargetsConfig,
+}
+
+
+class Config(BaseModel):
+    """Every config section of a project, validated; `root` is the project folder."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    root: Path
+    company: CompanyConfig = Field(default_factory=CompanyConfig)
+    source: SourceConfig
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    trust: TrustConfig = Field(default_factory=TrustConfig)
+    kpis: KpisConfig = Field(default_factory=KpisConfig)
+    targets: TargetsConfig = Field(default_factory=TargetsConfig)
+
+    def path(self, relative: str | Path) -> Path:
+        """Resolve a path from config against the project root."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _explain(path: Path, err: ValidationError, model: type[BaseModel]) -> str:
+    lines = [f"{path}: invalid config"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = list(model.model_fields)
+            msg = f"unknown key{did_you_mean(str(e['loc'][-1]), allowed)}; allowed here: {', '.join(allowed)}"
+            if len(e["loc"]) > 1:
+                msg = f"unknown key{did_you_mean(str(e['loc'][-1]), _allowed_at(model, e['loc']))}"
+        lines.append(f"  key `{key}`: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Best-effort list of keys allowed at a nested location (for did-you-mean)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            ann = current.model_fields[part].annotation
+            args = getattr(ann, "__args__", ())
+            nested = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+            current = nested[0] if nested else None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def load_config(root: Path | None = None) -> Config:
+    """Load and validate every config section of the project at `root`."""
+    root = (root or project_dir()).resolve()
+    folder = root / "config"
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} does not exist: a project needs a config/ folder")
+    for f in sorted(folder.glob("*.yml")) + sorted(folder.glob("*.yaml")):
+        if f.stem not in SECTIONS and f.stem not in EXTRA_SECTIONS:
+            raise ConfigError(f"{f}: unknown config file{did_you_mean(f.stem, SECTIONS)}; "
+                              f"allowed: {', '.join(f'{s}.yml' for s in SECTIONS)}")
+    values: dict[str, Any] = {"root": root}
+    for name, model in SECTIONS.items():
+        base = folder / f"{name}.yml"
+        local = folder / "local" / f"{name}.yml"
+        raw: dict[str, Any] = _read_yaml(base) if base.is_file() else {}
+        if local.is_file():
+            raw = _merge(raw, _read_yaml(local))
+        if not base.is_file() and not local.is_file():
+            if name == "source":
+                raise ConfigError(f"{base} is missing: it says where the CRM data is (see README, 'Map your CRM')")
+            continue
+        try:
+            values[name] = model.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(_explain(local if local.is_file() else base, e, model)) from None
+    cfg = Config(**values)
+    _cross_check(cfg)
+    return cfg
+
+
+EXTRA_SECTIONS: set[str] = set()  # sections added by later features (live, delivery, schedule, state)
+
+
+def _cross_check(cfg: Config) -> None:
+    """Checks that span sections (e.g. thresholds naming a level that does not exist)."""
+    levels = set(cfg.company.levels) | {"default"}
+    for level in cfg.trust.thresholds:
+        if level not in levels:
+            raise ConfigError(f"config/trust.yml: key `thresholds.{level}`: unknown level"
+                              f"{did_you_mean(level, levels)}; allowed: {', '.join(sorted(levels))}")
+    for level, by_cadence in cfg.kpis.above_the_line.items():
+        if level not in levels:
+            raise ConfigError(f"config/kpis.yml: key `above_the_line.{level}`: unknown level"
+                              f"{did_you_mean(level, levels)}; allowed: {', '.join(sorted(levels))}")
+        for cadence in by_cadence:
+            if cadence not in CADENCES:
+                raise ConfigError(f"config/kpis.yml: key `above_the_line.{level}.{cadence}`: unknown cadence"
+                                  f"{did_you_mean(cadence, CADENCES)}; allowed: {', '.join(CADENCES)}")
