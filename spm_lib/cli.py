@@ -66,6 +66,94 @@ def data_check(ctx: click.Context) -> None:
         sys.exit(1)
 
 
+def _as_of(value: object) -> date:
+    """The --as-of date, default: the last day of the last closed month."""
+    from spm_lib.demo import default_end
+
+    return value.date() if value is not None else default_end(date.today())  # type: ignore[attr-defined]
+
+
+AS_OF = click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None,
+                     help="As-of date YYYY-MM-DD (default: the last day of the last closed month).")
+CADENCE = click.option("--cadence", type=click.Choice(["weekly", "monthly", "quarterly", "annual"]),
+                       default="monthly", show_default=True)
+
+
+@cli.command("cube")
+@AS_OF
+@CADENCE
+@click.option("--force", is_flag=True, help="Recompute even if the run folder already holds a cube.")
+@click.pass_context
+def cube_cmd(ctx: click.Context, as_of: object, cadence: str, force: bool) -> None:
+    """Compute the cube (every KPI and trust check for every owner) into the run folder."""
+    import time
+
+    from spm_lib.runfolder import ensure_cube
+
+    cfg = _config(ctx.obj["project"])
+    t0 = time.perf_counter()
+    folder = ensure_cube(cfg, cadence, _as_of(as_of), force=force)
+    click.echo(f"Cube for {cadence} as of {_as_of(as_of)} in {folder} ({time.perf_counter() - t0:.1f} s)")
+
+
+@cli.command("kpis")
+@AS_OF
+@CADENCE
+@click.option("--owner", default=None, help="Only this owner's scope.")
+@click.option("--level", default=None, help="Only owners of this level (rep, manager, director, executive).")
+@click.option("--period", "which", type=click.Choice(["closed", "all"]), default="closed", show_default=True,
+              help="closed: the period just closed and the forward look; all: every period of the cube.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.pass_context
+def kpis_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None, level: str | None,
+             which: str, fmt: str) -> None:
+    """Print or export the KPIs of the cube."""
+    from spm_lib.cube import read_cube
+    from spm_lib.runfolder import ensure_cube
+    from spm_lib.views import kpi_listing
+
+    cfg = _config(ctx.obj["project"])
+    cube = read_cube(ensure_cube(cfg, cadence, _as_of(as_of)))
+    _emit(kpi_listing(cube, owner=owner, level=level, closed_only=which == "closed"), fmt)
+
+
+@cli.command("trust")
+@AS_OF
+@CADENCE
+@click.option("--owner", default=None, help="Only this owner's scope (and the deals to fix in it).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.pass_context
+def trust_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None, fmt: str) -> None:
+    """List the failing trust checks and the opportunities to fix."""
+    from spm_lib.cube import read_cube
+    from spm_lib.runfolder import ensure_cube
+    from spm_lib.views import trust_listing
+
+    cfg = _config(ctx.obj["project"])
+    cube = read_cube(ensure_cube(cfg, cadence, _as_of(as_of)))
+    checks, deals = trust_listing(cube, owner=owner)
+    if fmt == "table":
+        click.echo(checks.to_string(index=False) if not checks.empty else "All trust checks pass.")
+        if not deals.empty:
+            click.echo(f"\nOpportunities to fix ({len(deals)}):")
+            click.echo(deals.to_string(index=False, max_rows=200))
+    else:
+        _emit(checks.merge(deals, on="check", how="left") if not deals.empty else checks, fmt)
+
+
+def _emit(df: "object", fmt: str) -> None:
+    import pandas as pd
+
+    assert isinstance(df, pd.DataFrame)
+    if fmt == "csv":
+        click.echo(df.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        click.echo(df.to_json(orient="records", date_format="iso", indent=1))
+    else:
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            click.echo(df.to_string(index=False, max_rows=500) if not df.empty else "(no rows)")
+
+
 def main() -> None:
     """Run the CLI, turning SpmError into a readable message and exit code 2."""
     try:

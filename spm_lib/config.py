@@ -77,6 +77,14 @@ class Lookup(Strict):
     on: str  # column of the lookup table matched against key
     value: str  # column of the lookup table to copy
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        """YAML 1.1 reads an unquoted `on:` key as true; take it back as `on`."""
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
 
 class TableMapping(Strict):
     """How one contract table is read from the source and mapped onto the contract."""

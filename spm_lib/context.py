@@ -1,0 +1,149 @@
+"""Everything one cube computation shares: config, data, calendar, windows, org, as-of snapshot, DuckDB views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+import duckdb
+import pandas as pd
+
+from spm_lib.config import Config
+from spm_lib.contract import Dataset
+
+KPI_COLUMNS = ["scope", "owner_id", "level", "period", "kpi", "dim", "dim_value", "value", "target",
+               "attainment", "status", "kind", "available", "na_reason"]
+
+
+@dataclass
+class CubeContext:
+    """The inputs of one cube run (one as-of, one cadence), prepared once and shared by every computation.
+
+    DuckDB views registered on `con` (all columns are contract columns unless noted):
+      opp          the as-of snapshot (asof.snapshot) of opportunities: + pushes, amount_decreased,
+                   stage_entered_at, max_stage_index, days_in_stage, asof_from_history
+      ancestors    org.ancestors(): owner_id, scope_id, distance, valid_from, valid_to
+      owners       owner_id, manager_id, name, level, email
+      <table>      every other contract table present in the dataset, under its contract name
+    """
+
+    cfg: Config
+    data: Dataset
+    cadence: str
+    as_of: date
+    calendar: object  # periods.FiscalCalendar
+    windows: object  # periods.CadenceWindows
+    org: object  # org.Org
+    snapshot: pd.DataFrame
+    ancestors: pd.DataFrame
+    con: duckdb.DuckDBPyConnection
+    owners: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    def scope_join(self, alias: str, date_expr: str) -> str:
+        """SQL joining `ancestors a` to fact alias `alias` on owner and on the hierarchy valid at `date_expr`."""
+        return (f"JOIN ancestors a ON a.owner_id = {alias}.owner_id "
+                f"AND (a.valid_from IS NULL OR {date_expr} >= a.valid_from) "
+                f"AND (a.valid_to IS NULL OR {date_expr} <= a.valid_to)")
+
+
+def as_of_date(value: date | str) -> date:
+    """Parse an as-of date given as a date or YYYY-MM-DD text."""
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def build_context(cfg: Config, data: Dataset, cadence: str, as_of: date) -> CubeContext:
+    """Prepare the shared inputs of one cube run and register them as DuckDB views."""
+    from spm_lib.asof import snapshot
+    from spm_lib.org import Org
+    from spm_lib.periods import FiscalCalendar
+
+    calendar = FiscalCalendar.from_config(cfg)
+    windows = calendar.windows(cadence, as_of)
+    owners = data.table("owners").drop_duplicates("owner_id", keep="last").reset_index(drop=True)
+    org = Org.from_owners(data.table("owners"))
+    history = data.tables.get("opportunity_history")
+    notes: list[str] = []
+    if history is None or history.empty:
+        notes.append("No opportunity history: numbers use each deal's current stage, amount and close date.")
+    if not org.time_dependent:  # type: ignore[attr-defined]
+        notes.append("No owner validity dates: the current hierarchy applies to all periods.")
+    snap = snapshot(data.table("opportunities"), history, as_of, cfg.stages)
+    snap = _enrich_snapshot(snap, data)
+    ancestors = org.ancestors()  # type: ignore[attr-defined]
+    con = duckdb.connect()
+    ctx = CubeContext(cfg=cfg, data=data, cadence=cadence, as_of=as_of, calendar=calendar, windows=windows,
+                      org=org, snapshot=snap, ancestors=ancestors, con=con, owners=owners, notes=notes)
+    _register_views(ctx)
+    return ctx
+
+
+def _enrich_snapshot(snap: pd.DataFrame, data: Dataset) -> pd.DataFrame:
+    """Add segment (from accounts) and is_expansion (account had a won deal before this deal was created)."""
+    snap = snap.copy()
+    if data.has("accounts", "segment") and "account_id" in snap.columns:
+        seg = data.table("accounts").drop_duplicates("account_id").set_index("account_id")["segment"]
+        snap["segment"] = snap["account_id"].map(seg).astype("string")
+    else:
+        snap["segment"] = pd.Series(pd.NA, index=snap.index, dtype="string")
+    if "account_id" in snap.columns and snap["account_id"].notna().any():
+        won = snap[snap["is_won"].fillna(False).astype(bool)]
+        first_win = won.groupby("account_id")["close_date"].min()
+        fw = snap["account_id"].map(first_win)
+        snap["is_expansion"] = (fw.notna() & snap["created_date"].notna() & (fw < snap["created_date"])).astype(bool)
+    else:
+        snap["is_expansion"] = False
+    return snap
+
+
+def _register_views(ctx: CubeContext) -> None:
+    """Register the snapshot, ancestors, owners and every present contract table on ctx.con."""
+    con = ctx.con
+    top = ctx.org.top_ids()[0]  # type: ignore[attr-defined]
+    con.register("opp", ctx.snapshot)
+    static_cols = [c for c in ["opportunity_id", "owner_id", "account_id", "created_date", "product", "lead_source",
+                               "margin", "cost", "list_amount", "segment", "is_expansion"] if c in ctx.snapshot]
+    opp_static = ctx.snapshot[static_cols].copy()
+    for c in ["account_id", "product", "lead_source", "margin", "cost", "list_amount", "created_date"]:
+        if c not in opp_static:
+            opp_static[c] = None
+    con.register("opp_static", opp_static)
+    con.register("ancestors", ctx.ancestors)
+    con.register("owners", ctx.owners)
+    for name, df in ctx.data.tables.items():
+        if name in ("owners",):
+            continue
+        con.register(name, df)
+    if ctx.data.has("accounts"):
+        con.register("accounts", _accounts_with_owner(ctx.data.table("accounts"), ctx.snapshot, top))
+        if ctx.data.has("surveys"):
+            surveys = ctx.data.table("surveys").merge(
+                _accounts_with_owner(ctx.data.table("accounts"), ctx.snapshot, top)[["account_id", "owner_id"]],
+                on="account_id", how="left")
+            surveys["owner_id"] = surveys["owner_id"].fillna(top)
+            con.register("surveys", surveys)
+    elif ctx.data.has("surveys"):
+        con.register("surveys", ctx.data.table("surveys").assign(owner_id=top))
+    if ctx.data.has("leads"):
+        leads = ctx.data.table("leads").copy()
+        if "owner_id" not in leads:
+            leads["owner_id"] = top
+        else:
+            leads["owner_id"] = leads["owner_id"].fillna(top)
+        con.register("leads", leads)
+    if ctx.data.has("costs"):
+        costs = ctx.data.table("costs").copy()
+        labels = costs["period"].dropna().unique()
+        starts = {lab: ctx.calendar.parse(str(lab)).start for lab in labels}  # type: ignore[attr-defined]
+        costs["period_start"] = pd.to_datetime(costs["period"].map(starts))
+        con.register("costs", costs)
+
+
+def _accounts_with_owner(accounts: pd.DataFrame, snap: pd.DataFrame, top: str) -> pd.DataFrame:
+    """Accounts with the owner of their latest won deal (else latest deal, else the top owner)."""
+    acc = accounts.drop_duplicates("account_id").copy()
+    s = snap.dropna(subset=["account_id"]).assign(
+        _won=snap["is_won"].fillna(False).astype(bool)).sort_values(["_won", "close_date", "created_date"])
+    owner = s.groupby("account_id")["owner_id"].last()
+    acc["owner_id"] = acc["account_id"].map(owner).fillna(top)
+    return acc

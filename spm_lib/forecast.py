@@ -1,0 +1,290 @@
+"""The forward look (SPEC §4-5): calibrated win probabilities, weighted pipeline, forecast vs target, stage conversion.
+
+Every number is computed for every owner scope at once: facts are attributed to scopes through the ancestor map
+(own deals plus every direct report's scope, recursively) and aggregated per scope; ratios are recomputed from the
+scope's own numerator and denominator, never averaged.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spm_lib.context import CubeContext
+
+MIN_DEALS = 20
+NOT_AVAILABLE = "not available — needs "
+ROW_COLUMNS = ["owner_id", "period", "kpi", "dim", "dim_value", "value", "target", "available", "na_reason"]
+UNKNOWN = "(not set)"
+
+
+# ---------------------------------------------------------------- shared helpers
+def _bounds(window: Any) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """(start, end) of a period-like window (object with start/end, or a pair), None when empty."""
+    if window is None:
+        return None
+    start, end = (window.start, window.end) if hasattr(window, "start") else window
+    if start is None or end is None or pd.Timestamp(start) > pd.Timestamp(end):
+        return None
+    return pd.Timestamp(start), pd.Timestamp(end)
+
+
+def _between(dates: pd.Series, window: Any) -> pd.Series:
+    """Boolean mask: dates (day precision) inside the inclusive window; all False for an empty window."""
+    b = _bounds(window)
+    if b is None:
+        return pd.Series(False, index=dates.index)
+    d = pd.to_datetime(dates).dt.normalize()
+    return (d >= b[0]) & (d <= b[1])
+
+
+def _flag(s: pd.Series) -> pd.Series:
+    """A nullable boolean column as plain bool (missing = False)."""
+    return s.astype("boolean").fillna(False).astype(bool)
+
+
+def _per_scope(ctx: CubeContext, facts: pd.DataFrame, date_col: str | None) -> pd.DataFrame:
+    """Facts repeated once per scope they count in (column scope_id), on the hierarchy valid at `date_col`."""
+    anc = ctx.ancestors[["owner_id", "scope_id", "valid_from", "valid_to"]]
+    m = facts.merge(anc, on="owner_id", how="inner")
+    when = (pd.to_datetime(m[date_col]).dt.normalize() if date_col is not None
+            else pd.Series(pd.Timestamp(ctx.as_of), index=m.index))
+    vf, vt = pd.to_datetime(m["valid_from"]), pd.to_datetime(m["valid_to"])
+    ok = (vf.isna() | when.isna() | (when >= vf)) & (vt.isna() | when.isna() | (when <= vt))
+    return m[ok].drop(columns=["valid_from", "valid_to"])
+
+
+def _text_where(cond: pd.Series, text: str) -> pd.Series:
+    """`text` where cond holds, else None (an object Series aligned with cond)."""
+    return pd.Series(text, index=cond.index, dtype="object").where(cond.astype(bool), None)
+
+
+def _scopes(ctx: CubeContext) -> pd.Index:
+    """Every scope owner id of the run."""
+    return pd.Index(ctx.owners["owner_id"].astype(str).unique(), name="owner_id")
+
+
+def _rows(values: pd.Series, kpi: str, period: str, **cols: Any) -> pd.DataFrame:
+    """KPI rows from a value per scope owner (index owner_id); extra columns given as scalars or aligned Series."""
+    df = pd.DataFrame({"owner_id": values.index.astype(str), "period": period, "kpi": kpi, "dim": None,
+                       "dim_value": None, "value": values.to_numpy(dtype="float64"), "target": np.nan,
+                       "available": True, "na_reason": None})
+    for name, v in cols.items():
+        df[name] = v.to_numpy() if isinstance(v, pd.Series) else v
+    return df[ROW_COLUMNS]
+
+
+def _open_stage_table(ctx: CubeContext) -> pd.DataFrame:
+    """The configured open stages: stage, stage_index (0-based process order), config probability."""
+    st = ctx.cfg.stages.stages
+    return pd.DataFrame({"stage": [s.name for s in st], "stage_index": range(len(st)),
+                         "config_probability": [float(s.probability) for s in st]})
+
+
+def _has_history(ctx: CubeContext) -> bool:
+    return ctx.data.has("opportunity_history")
+
+
+def _reached(ctx: CubeContext) -> pd.DataFrame:
+    """(opportunity_id, stage) pairs: the open stages each deal had reached as of as_of."""
+    from spm_lib.asof import reached_stages
+
+    history = ctx.data.tables.get("opportunity_history")
+    r = reached_stages(ctx.data.table("opportunities"), history, ctx.as_of, ctx.cfg.stages)
+    return r[["opportunity_id", "stage"]].drop_duplicates()
+
+
+# ---------------------------------------------------------------- win probabilities
+def win_probabilities(ctx: CubeContext, min_deals: int = MIN_DEALS) -> pd.DataFrame:
+    """Win probability per open stage, calibrated at org level (one table for the whole company).
+
+    probability = won / n over the deals closed in the 12 months up to as_of that had reached the stage; the
+    configured probability (stages.yml) is used when fewer than `min_deals` such deals exist or there is no history.
+    Columns: stage, stage_index, probability, source ("calibrated" | "config"), n (closed deals that reached it).
+    """
+    stages = _open_stage_table(ctx)
+    snap = ctx.snapshot
+    start = pd.Timestamp(_one_year_before(ctx.as_of) + timedelta(days=1))
+    closed = snap[_flag(snap["is_closed"]) & _between(snap["close_date"], (start, pd.Timestamp(ctx.as_of)))]
+    reached = _reached(ctx)
+    r = reached.merge(closed[["opportunity_id", "is_won"]], on="opportunity_id", how="inner")
+    r["won"] = _flag(r["is_won"]).astype(int)
+    counts = r.groupby("stage").agg(n=("opportunity_id", "nunique"), won=("won", "sum"))
+    out = stages.merge(counts, left_on="stage", right_index=True, how="left")
+    out["n"] = out["n"].fillna(0).astype(int)
+    out["won"] = out["won"].fillna(0)
+    calibrated = out["n"] >= min_deals
+    out["probability"] = np.where(calibrated, out["won"] / out["n"].where(out["n"] > 0), out["config_probability"])
+    out["source"] = np.where(calibrated, "calibrated", "config")
+    return out[["stage", "stage_index", "probability", "source", "n"]].reset_index(drop=True)
+
+
+def _one_year_before(d: date) -> date:
+    try:
+        return d.replace(year=d.year - 1)
+    except ValueError:  # 29 February
+        return d.replace(year=d.year - 1, day=28)
+
+
+# ---------------------------------------------------------------- forward look
+def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Forecast vs target of the forward period Q for every scope: pipeline, weighted pipeline, gap, coverage."""
+    win = ctx.windows
+    q = win.forward  # type: ignore[attr-defined]
+    label = str(q.label)
+    probs = win_probabilities(ctx) if probabilities is None else probabilities
+    snap = ctx.snapshot
+    is_open = ~_flag(snap["is_closed"])
+    pipe = snap[is_open & _between(snap["close_date"], win.remaining)].copy()  # type: ignore[attr-defined]
+    pipe["amount"] = pipe["amount"].astype("float64").fillna(0.0)
+    pipe["probability"] = pipe["stage"].map(probs.set_index("stage")["probability"]).astype("float64").fillna(0.0)
+    pipe["weighted"] = pipe["amount"] * pipe["probability"]
+    won = snap[_flag(snap["is_won"]) & _between(snap["close_date"], win.to_date)].copy()  # type: ignore[attr-defined]
+    won["amount"] = won["amount"].astype("float64").fillna(0.0)
+
+    scopes = _scopes(ctx)
+    ps = _per_scope(ctx, pipe, None)
+    open_value = ps.groupby("scope_id")["amount"].sum().reindex(scopes, fill_value=0.0)
+    weighted = ps.groupby("scope_id")["weighted"].sum().reindex(scopes, fill_value=0.0)
+    to_date = _per_scope(ctx, won, "close_date").groupby("scope_id")["amount"].sum().reindex(scopes, fill_value=0.0)
+    expected = to_date + weighted
+
+    target = _q_target(targets, label).reindex(scopes)
+    remaining_target = target - to_date
+    months = float(getattr(win, "months_remaining", 0) or 0)
+    run_rate = remaining_target.clip(lower=0) / months if months > 0 else pd.Series(np.nan, index=scopes)
+    denom = remaining_target.clip(lower=0)
+    coverage = open_value / denom.where(denom > 0)
+    no_target = target.isna()
+    no_target_reason = f"no bookings target for {label}"
+    met_reason = f"the bookings target for {label} is already met: nothing left to cover"
+
+    stage_ok = ctx.data.has("opportunities", "stage") or ctx.data.has("opportunity_history", "stage")
+    no_stage = NOT_AVAILABLE + "opportunities.stage"
+
+    def needs_target(values: pd.Series, kpi: str, extra_reason: pd.Series | None = None) -> pd.DataFrame:
+        reason = _text_where(no_target, no_target_reason)
+        if extra_reason is not None:
+            reason = reason.where(no_target, extra_reason)
+        return _rows(values.where(~no_target), kpi, label, available=~no_target, na_reason=reason)
+
+    parts = [
+        _rows(open_value, "pipeline_open_value", label),
+        _rows(weighted, "weighted_pipeline", label) if stage_ok else _na(scopes, "weighted_pipeline", label, no_stage),
+        _rows(to_date, "bookings_to_date_q", label, target=target),
+        _rows(expected, "forecast_expected", label, target=target) if stage_ok
+        else _na(scopes, "forecast_expected", label, no_stage),
+        needs_target(target - expected, "gap_to_target") if stage_ok
+        else _na(scopes, "gap_to_target", label, no_stage),
+        needs_target(run_rate, "required_run_rate"),
+        needs_target(coverage, "pipeline_coverage",
+                     _text_where(denom <= 0, met_reason)),
+        _breakdowns(ps, label, stage_ok, ctx.data.has("opportunities", "forecast_category")),
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _q_target(targets: pd.DataFrame, label: str) -> pd.Series:
+    """The bookings target of period `label` per owner (index owner_id)."""
+    if targets is None or targets.empty:
+        return pd.Series(dtype="float64")
+    t = targets[(targets["metric"].astype(str) == "bookings") & (targets["period"].astype(str) == label)]
+    t = t.dropna(subset=["target"])
+    return t.groupby(t["owner_id"].astype(str))["target"].last().astype("float64")
+
+
+def _na(scopes: pd.Index, kpi: str, period: str, reason: str) -> pd.DataFrame:
+    """Not-available rows (value NaN) for every scope."""
+    return _rows(pd.Series(np.nan, index=scopes), kpi, period, available=False, na_reason=reason)
+
+
+def _breakdowns(ps: pd.DataFrame, label: str, by_stage: bool, by_category: bool) -> pd.DataFrame:
+    """pipeline_open_value per scope split by stage, close month and (when present) forecast category."""
+    dims = {"close_month": pd.to_datetime(ps["close_date"]).dt.strftime("%Y-%m")}
+    if by_stage:
+        dims["stage"] = ps["stage"].astype("string").fillna(UNKNOWN)
+    if by_category and "forecast_category" in ps.columns:
+        dims["forecast_category"] = ps["forecast_category"].astype("string").str.strip().fillna(UNKNOWN)
+    frames = []
+    for dim, key in dims.items():
+        g = ps.assign(_k=key.astype(str)).groupby(["scope_id", "_k"])["amount"].sum().reset_index()
+        frames.append(pd.DataFrame({"owner_id": g["scope_id"].astype(str), "period": label,
+                                    "kpi": "pipeline_open_value", "dim": dim, "dim_value": g["_k"],
+                                    "value": g["amount"].astype("float64"), "target": np.nan,
+                                    "available": True, "na_reason": None}))
+    return pd.concat(frames, ignore_index=True)[ROW_COLUMNS]
+
+
+# ---------------------------------------------------------------- stage conversion
+def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
+    """Per scope and open stage, % of deals that reached the stage and went on (a later open stage or won).
+
+    Counted over deals that reached the stage and are no longer in it as of as_of, whose close date (closed deals)
+    or last activity (open deals: last history change or activity up to as_of) falls in the trend window.
+    Needs opportunity_history: with only current stages the path of a deal is unknown.
+    """
+    label = str(ctx.windows.closed.label)  # type: ignore[attr-defined]
+    scopes = _scopes(ctx)
+    if not _has_history(ctx):
+        return _na(scopes, "stage_conversion", label, NOT_AVAILABLE + "opportunity_history")
+    stages = _open_stage_table(ctx)
+    idx = stages.set_index("stage")["stage_index"]
+    snap = ctx.snapshot
+    deals = snap[["opportunity_id", "owner_id", "stage", "is_closed", "is_won", "close_date"]].copy()
+    deals["event_date"] = pd.to_datetime(deals["close_date"]).where(_flag(deals["is_closed"]))
+    last = _last_activity(ctx)
+    open_event = deals["opportunity_id"].map(last)
+    deals["event_date"] = deals["event_date"].where(_flag(deals["is_closed"]), open_event)
+    window = (ctx.windows.trend[0].start, ctx.as_of)  # type: ignore[attr-defined]
+    deals = deals[_between(deals["event_date"], window)]
+
+    reached = _reached(ctx)
+    reached = reached[reached["stage"].isin(idx.index)].assign(stage_index=lambda r: r["stage"].map(idx))
+    furthest = reached.groupby("opportunity_id")["stage_index"].max().rename("furthest")
+    r = reached.merge(deals.rename(columns={"stage": "current"}), on="opportunity_id", how="inner")
+    r = r.merge(furthest, left_on="opportunity_id", right_index=True)
+    r = r[r["current"].astype("string").fillna("") != r["stage"]]
+    r["went_on"] = ((r["furthest"] > r["stage_index"]) | _flag(r["is_won"])).astype(int)
+    r["left"] = 1
+    per = _per_scope(ctx, r, "event_date").groupby(["scope_id", "stage"])[["went_on", "left"]].sum()
+    grid = pd.MultiIndex.from_product([scopes, stages["stage"]], names=["scope_id", "stage"])
+    per = per.reindex(grid, fill_value=0).reset_index()
+    value = 100.0 * per["went_on"] / per["left"].where(per["left"] > 0)
+    reason = _text_where(per["left"] == 0, "no deal left this stage in the trend window")
+    out = pd.DataFrame({"owner_id": per["scope_id"].astype(str), "period": label, "kpi": "stage_conversion",
+                        "dim": "stage", "dim_value": per["stage"].astype(str), "value": value.astype("float64"),
+                        "target": np.nan, "available": True, "na_reason": reason})
+    return out[ROW_COLUMNS]
+
+
+def _last_activity(ctx: CubeContext) -> pd.Series:
+    """Last history change or logged activity of each opportunity up to the end of as_of (index opportunity_id)."""
+    end = pd.Timestamp(ctx.as_of) + pd.Timedelta(days=1)
+    h = ctx.data.table("opportunity_history")
+    h = h[pd.to_datetime(h["changed_at"]) < end]
+    parts = [pd.DataFrame({"opportunity_id": h["opportunity_id"], "when": pd.to_datetime(h["changed_at"])})]
+    if ctx.data.has("activities", "opportunity_id"):
+        a = ctx.data.table("activities")
+        a = a[pd.to_datetime(a["date"]) < end]
+        parts.append(pd.DataFrame({"opportunity_id": a["opportunity_id"], "when": pd.to_datetime(a["date"])}))
+    both = pd.concat(parts, ignore_index=True).dropna()
+    return both.groupby("opportunity_id")["when"].max().dt.normalize()
+
+
+def weak_stage(conv: pd.DataFrame, owner_id: str, benchmark_owner_id: str) -> dict[str, Any] | None:
+    """The stage whose conversion is lowest relative to the benchmark scope's (team or org), with both rates."""
+    c = conv[(conv["kpi"] == "stage_conversion") & (conv["dim"] == "stage")]
+    own = c[c["owner_id"].astype(str) == str(owner_id)][["dim_value", "value"]]
+    bench = c[c["owner_id"].astype(str) == str(benchmark_owner_id)][["dim_value", "value"]]
+    m = own.merge(bench, on="dim_value", suffixes=("", "_bench"), sort=False).dropna(subset=["value", "value_bench"])
+    m = m[m["value_bench"] > 0]
+    if m.empty:
+        return None
+    m = m.assign(relative=m["value"] / m["value_bench"])
+    best = m.sort_values("relative", kind="stable").iloc[0]
+    return {"stage": str(best["dim_value"]), "rate": float(best["value"]),
+            "benchmark_rate": float(best["value_bench"]), "relative": float(best["relative"]),
+            "owner_id": str(owner_id), "benchmark_owner_id": str(benchmark_owner_id)}
