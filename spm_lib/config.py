@@ -97,7 +97,8 @@ class TableMapping(Strict):
     skip_rows: int = Field(0, ge=0)  # lines above the header (report titles)
     drop_rows_matching: list[str] = Field(default_factory=list)  # regex on a row's first cell: footers
     columns: dict[str, str] = Field(default_factory=dict)  # contract column -> source column
-    values: dict[str, dict[str, Any]] = Field(default_factory=dict)  # contract column -> {raw: mapped}
+    # contract column -> {raw: mapped}; bool keys: YAML reads unquoted Yes/No as true/false
+    values: dict[str, dict[str | bool | int | float, Any]] = Field(default_factory=dict)
     date_format: str | None = None  # strptime format of every date column, e.g. "%m/%d/%Y"
     number_format: NumberFormat = Field(default_factory=NumberFormat)
     formats: dict[str, str] = Field(default_factory=dict)  # per-column date format override

@@ -100,20 +100,15 @@ def _register_views(ctx: CubeContext) -> None:
     """Register the snapshot, ancestors, owners and every present contract table on ctx.con."""
     con = ctx.con
     top = ctx.org.top_ids()[0]  # type: ignore[attr-defined]
-    con.register("opp", ctx.snapshot)
-    static_cols = [c for c in ["opportunity_id", "owner_id", "account_id", "created_date", "product", "lead_source",
-                               "margin", "cost", "list_amount", "segment", "is_expansion"] if c in ctx.snapshot]
-    opp_static = ctx.snapshot[static_cols].copy()
-    for c in ["account_id", "product", "lead_source", "margin", "cost", "list_amount", "created_date"]:
-        if c not in opp_static:
-            opp_static[c] = None
-    con.register("opp_static", opp_static)
+    opp = _all_columns("opportunities", ctx.snapshot)
+    con.register("opp", opp)
+    con.register("opp_static", opp[["opportunity_id", "owner_id", "account_id", "created_date", "product",
+                                    "lead_source", "margin", "cost", "list_amount", "segment", "is_expansion"]])
     con.register("ancestors", ctx.ancestors)
     con.register("owners", ctx.owners)
     for name, df in ctx.data.tables.items():
-        if name in ("owners",):
-            continue
-        con.register(name, df)
+        if name != "owners":
+            con.register(name, _all_columns(name, df))
     if ctx.data.has("accounts"):
         con.register("accounts", _accounts_with_owner(ctx.data.table("accounts"), ctx.snapshot, top))
         if ctx.data.has("surveys"):
@@ -137,6 +132,17 @@ def _register_views(ctx: CubeContext) -> None:
         starts = {lab: ctx.calendar.parse(str(lab)).start for lab in labels}  # type: ignore[attr-defined]
         costs["period_start"] = pd.to_datetime(costs["period"].map(starts))
         con.register("costs", costs)
+
+
+def _all_columns(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with every contract column of table `name` (absent ones empty), so SQL can name any of them."""
+    from spm_lib.contract import empty_table
+
+    missing = [c for c in empty_table(name).columns if c not in df.columns]
+    if not missing:
+        return df
+    blank = empty_table(name)[missing].reindex(df.index)
+    return pd.concat([df, blank], axis=1)
 
 
 def _accounts_with_owner(accounts: pd.DataFrame, snap: pd.DataFrame, top: str) -> pd.DataFrame:

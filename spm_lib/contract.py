@@ -141,3 +141,17 @@ def empty_table(name: str) -> pd.DataFrame:
     """An empty frame with the contract columns and dtypes of table `name`."""
     t = CONTRACT[name]
     return pd.DataFrame({c.name: pd.Series([], dtype=PANDAS_DTYPES[c.dtype]) for c in t.columns})
+
+
+def typed(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Cast the contract columns present in `df` to the contract dtypes of table `name` (other columns dropped)."""
+    t = CONTRACT[name]
+    out = {}
+    for c in t.columns:
+        if c.name in df.columns:
+            s = df[c.name]
+            if c.dtype in ("date", "datetime"):
+                s = pd.to_datetime(s)
+                s = s.dt.normalize() if c.dtype == "date" else s
+            out[c.name] = s.astype(PANDAS_DTYPES[c.dtype])
+    return pd.DataFrame(out, index=df.index)

@@ -358,7 +358,8 @@ def _finish(df: pd.DataFrame, ctx: CubeContext) -> pd.DataFrame:
 
 def _facts(ctx: CubeContext) -> pd.DataFrame:
     """The as-of snapshot with each deal's ancestor owner ids (for drill-down), sorted by owner."""
-    anc = ctx.ancestors.groupby("owner_id")["scope_id"].agg(list).rename("scope_ids")
+    anc = ctx.ancestors.assign(scope_id=ctx.ancestors["scope_id"].astype(object))
+    anc = anc.groupby("owner_id")["scope_id"].agg(list).rename("scope_ids")
     facts = ctx.snapshot.merge(anc, left_on="owner_id", right_index=True, how="left")
     return facts.sort_values(["owner_id", "opportunity_id"]).reset_index(drop=True)
 

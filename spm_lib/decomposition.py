@@ -159,8 +159,8 @@ def _tree(inp: pd.DataFrame, bands: StatusBands) -> pd.DataFrame:
         ("bookings_target", None, "Bookings target", "currency", inp["target"], inp["bookings_to_date"], None,
          "target(Q); actual: bookings to date in Q", r_target),
         ("remaining_target", "bookings_target", "Remaining target", "currency", remaining,
-         inp["pipeline_open_value"], "higher", "max(target(Q) − bookings to date, 0); actual: open pipeline "
-         "closing in the rest of Q", r_target),
+         inp["pipeline_open_value"], "higher",
+         "max(target(Q) − bookings to date, 0); actual: open pipeline closing in the rest of Q", r_target),
         ("deals_needed", "remaining_target", "Deals needed", "count", deals, inp["deals_won_to_date"], None,
          "ceil(remaining target / average deal size); actual: deals won to date in Q", r_deals),
         ("deals_per_month", "deals_needed", "Deals needed per month", "count", deals_pm,
@@ -180,8 +180,8 @@ def _tree(inp: pd.DataFrame, bands: StatusBands) -> pd.DataFrame:
         ("max_discount", "remaining_target", "Maximum average discount", "pct",
          pd.Series(max_discount(inp["margin_target"], inp["gross_margin"], inp["discount"]), index=idx),
          inp["discount"], "lower",
-         "1 − (1 − margin)(1 − discount) / (1 − target margin), margin and discount over the last 12 months; "
-         "actual: average discount over the last 12 months", r_disc),
+         ("1 − (1 − margin)(1 − discount) / (1 − target margin), margin and discount over the last 12 months; "
+          "actual: average discount over the last 12 months"), r_disc),
         ("max_sales_cost", "remaining_target", "Maximum cost of sales", "currency",
          inp["cos_target"] / 100 * inp["target"], inp["sales_cost"], "lower",
          "cost-of-sales target % × target(Q); actual: cost of sales booked for Q",

@@ -74,6 +74,7 @@ def _rows(values: pd.Series, kpi: str, period: str, **cols: Any) -> pd.DataFrame
                        "available": True, "na_reason": None})
     for name, v in cols.items():
         df[name] = v.to_numpy() if isinstance(v, pd.Series) else v
+    df["na_reason"] = df["na_reason"].astype("object").where(df["na_reason"].notna(), None)
     return df[ROW_COLUMNS]
 
 
@@ -116,7 +117,7 @@ def win_probabilities(ctx: CubeContext, min_deals: int = MIN_DEALS) -> pd.DataFr
     out = stages.merge(counts, left_on="stage", right_index=True, how="left")
     out["n"] = out["n"].fillna(0).astype(int)
     out["won"] = out["won"].fillna(0)
-    calibrated = out["n"] >= min_deals
+    calibrated = (out["n"] >= min_deals) & (out["n"] > 0) & _has_history(ctx)
     out["probability"] = np.where(calibrated, out["won"] / out["n"].where(out["n"] > 0), out["config_probability"])
     out["source"] = np.where(calibrated, "calibrated", "config")
     return out[["stage", "stage_index", "probability", "source", "n"]].reset_index(drop=True)

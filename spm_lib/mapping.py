@@ -24,6 +24,7 @@ ReadOther = Callable[[str, str], pd.DataFrame]  # (source table name, config key
 TRUE_WORDS = ["true", "t", "yes", "y", "1", "1.0", "x"]
 FALSE_WORDS = ["false", "f", "no", "n", "0", "0.0"]
 WHITESPACE = r"[\s\u00a0\u202f]"
+YAML_BOOL_WORDS = {True: ["true", "yes", "on"], False: ["false", "no", "off"]}
 
 
 # ---------------------------------------------------------------- parsers (vectorised, reusable)
@@ -72,21 +73,24 @@ def parse_dates(s: pd.Series, fmt: str | None = None, tz: str = "UTC",
         out, bad = s, pd.Series(False, index=s.index)
     else:
         txt = clean_strings(s)
-        out = _naive(_to_datetime(txt, fmt or "ISO8601"), tz).astype("datetime64[ns]")
+        out = _to_datetime(txt, fmt or "ISO8601", tz)
         retry = out.isna() & txt.notna()
         if fmt and bool(retry.any()):
-            iso = _naive(_to_datetime(txt.where(retry), "ISO8601"), tz).astype("datetime64[ns]")
-            out = out.mask(retry, iso)
+            out = out.mask(retry, _to_datetime(txt.where(retry), "ISO8601", tz))
         bad = txt.notna() & out.isna()
     out = _naive(out, tz).astype("datetime64[ns]")
     return (out.dt.normalize() if date_only else out), bad
 
 
-def _to_datetime(txt: pd.Series, fmt: str) -> pd.Series:
+def _to_datetime(txt: pd.Series, fmt: str, tz: str) -> pd.Series:
+    """Parse text into naive datetimes; values with a UTC offset are first converted to `tz`."""
     try:
-        return pd.to_datetime(txt, format=fmt, errors="coerce")
-    except ValueError:  # values with different UTC offsets
-        return pd.to_datetime(txt, format=fmt, errors="coerce", utc=True)
+        return _naive(pd.to_datetime(txt, format=fmt, errors="coerce"), tz).astype("datetime64[ns]")
+    except ValueError:  # naive and offset values mixed, or several offsets
+        aware = txt.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).fillna(False).astype(bool)
+        shifted = _naive(pd.to_datetime(txt.where(aware), format=fmt, errors="coerce", utc=True), tz)
+        plain = pd.to_datetime(txt.where(~aware), format=fmt, errors="coerce")
+        return plain.astype("datetime64[ns]").mask(aware, shifted.astype("datetime64[ns]"))
 
 
 def _naive(s: pd.Series, tz: str) -> pd.Series:
@@ -176,8 +180,18 @@ def _check_keys(table: str, mapping: TableMapping) -> None:
 def _need(df: pd.DataFrame, column: str, key: str, where: str) -> None:
     if column not in df.columns:
         real = [str(c) for c in df.columns]
-        raise MappingError(f"{key}: column {column!r} is not in {where}{did_you_mean(column, real)}; "
+        raise MappingError(f"{key}: column {column!r} is not in {where}{_suggest(column, real)}; "
                            f"its columns are: {', '.join(real)}")
+
+
+def _suggest(column: str, real: list[str]) -> str:
+    """' (did you mean X?)' by spelling, else by containment ('Amount' -> 'Amount (converted)')."""
+    hint = did_you_mean(column, real)
+    if hint:
+        return hint
+    low = column.lower()
+    near = [c for c in real if low in c.lower() or (c and c.lower() in low)]
+    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 def _rename(df: pd.DataFrame, table: str, mapping: TableMapping, key: str, where: str) -> pd.DataFrame:
@@ -193,6 +207,12 @@ def _map_values(s: pd.Series, value_map: dict[Any, Any]) -> pd.Series:
     """Replace raw labels listed in `value_map` (compared as text); other values are kept."""
     txt = clean_strings(s)
     table = {str(k): v for k, v in value_map.items()}
+    for k, v in value_map.items():  # YAML 1.1 reads unquoted Yes/No/On/Off keys as booleans
+        if isinstance(k, bool):
+            for word in YAML_BOOL_WORDS[k]:
+                table.setdefault(word, v)
+                table.setdefault(word.capitalize(), v)
+                table.setdefault(word.upper(), v)
     hit = txt.isin(list(table))
     return s.astype(object).where(~hit, txt.map(table))
 
@@ -206,7 +226,7 @@ def _lookup(df: pd.DataFrame, table: str, target: str, other: str, key_col: str,
     _need(ref, value, f"{key}.value", f"{other}")
     ref_keys = clean_strings(ref[on])
     by_key = pd.Series(ref[value].to_numpy(), index=ref_keys.to_numpy())
-    by_key = by_key[~by_key.index.isna() & ~by_key.index.duplicated()]
+    by_key = by_key[pd.notna(by_key.index) & ~by_key.index.duplicated()]
     keys = clean_strings(df[key_col])
     found = keys.map(by_key)
     miss = keys.notna() & ~keys.isin(list(by_key.index))
@@ -254,7 +274,7 @@ def _parse(df: pd.DataFrame, table: str, mapping: TableMapping, cfg: Config, fin
             samples = format_ids(clean_strings(s)[bad].drop_duplicates().head(5).map(repr), limit=5)
             findings.add(table, col.name, "unparseable", "warning", ids[bad],
                          f"{int(bad.sum())} values are not {what} and were left empty, e.g. {samples}", fix)
-        df[col.name] = out.astype(PANDAS_DTYPES[col.dtype])
+        df[col.name] = out.astype(PANDAS_DTYPES[col.dtype])  # type: ignore[call-overload]
     return df
 
 

@@ -164,11 +164,12 @@ class DuckDbSource:
 # ---------------------------------------------------------------- SQL database through SQLAlchemy
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ***."""
+    from sqlalchemy import exc as sa_exc
     from sqlalchemy.engine import make_url
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except (ValueError, TypeError, sa_exc.ArgumentError):
         return "<unparseable SQLAlchemy URL>"
 
 
@@ -184,7 +185,7 @@ class SqlSource:
         self._password = sa.engine.make_url(url).password if "://" in url else None
         try:
             self.engine = sa.create_engine(url)
-        except Exception as e:
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
             raise SourceError(f"config/source.yml url {self.location}: not usable: {self._scrub(e)}") from None
 
     def _scrub(self, e: BaseException) -> str:
@@ -215,6 +216,14 @@ class SqlSource:
 
 
 # ---------------------------------------------------------------- reading every configured table
+def _blank(column: pd.Series) -> pd.Series:
+    """True where a cell is missing or only whitespace."""
+    if pd.api.types.is_string_dtype(column) or pd.api.types.is_object_dtype(column):
+        text = column.astype("string").str.strip()
+        return (text.isna() | (text == "")).astype(bool)
+    return column.isna()
+
+
 class _Reader:
     """Reads raw tables from one source, drops footers and empty rows (counted), caches by name."""
 
@@ -243,17 +252,17 @@ class _Reader:
         for table, m in self.cfg.source.tables.items():
             if Path(m.source or table).stem == Path(name).stem and not m.query:
                 return table, m
-        return name, TableMapping(source=name)
+        return name, TableMapping.model_validate({"source": name})
 
     def _drop_rows(self, df: pd.DataFrame, options: TableMapping, label: str) -> pd.DataFrame:
-        text = df.astype("string").apply(lambda c: c.str.strip())
-        empty = text.isna() | (text == "")
-        blank = empty.all(axis=1)
+        blank = pd.Series(True, index=df.index)
+        for column in df.columns:  # a loop over columns, not rows
+            blank &= _blank(df[column])
         self.findings.add(label, None, "empty_rows_dropped", "info", [f"row {i}" for i in df.index[blank]],
                           f"{int(blank.sum())} empty rows dropped from {self._where(options, label)}",
                           "nothing to do")
         if options.drop_rows_matching and len(df.columns):
-            first = text.iloc[:, 0].fillna("")
+            first = df.iloc[:, 0].astype("string").str.strip().fillna("")
             footer = ~blank & pd.concat([first.str.match(p) for p in options.drop_rows_matching],
                                         axis=1).any(axis=1)
             examples = ", ".join(repr(v) for v in first[footer].head(3))

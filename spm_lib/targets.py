@@ -120,30 +120,25 @@ def _grain(p: Any) -> str:
 
 
 def _period_months(ctx: CubeContext, periods: list[Any]) -> pd.DataFrame:
-    """One row per (derivable period, calendar month in it): period, grain, n_months, month, quarter, year, fm.
+    """One row per (derivable period, month in it): period, grain, n_months, month, quarter, year, fm.
 
     `fm` is the fiscal month index (0 = first month of the fiscal year); YTD windows stop at as_of's month.
     """
+    from spm_lib.periods import Window
+
     cal: Any = ctx.calendar
-    start_month = ctx.cfg.company.fiscal_year_start_month
     rows = []
-    for p in periods:
+    for p in periods:  # a handful of periods per run
         grain = _grain(p)
         if grain not in DERIVABLE:
             continue
         end = min(_as_date(p.end), ctx.as_of) if grain == "ytd" else _as_date(p.end)
-        for m in pd.period_range(_as_date(p.start), end, freq="M"):
-            first = m.to_timestamp().date()
-            rows.append((str(p.label), grain, m.strftime("%Y-%m"), first))
+        rows += [(str(p.label), grain, m.label, m.start) for m in cal.months_in(Window(_as_date(p.start), end))]
     df = pd.DataFrame(rows, columns=["period", "grain", "month", "first"])
-    if df.empty:
-        return df.assign(n_months=0, quarter="", year="", fm=0)
-    firsts = pd.Series(df["first"].unique())
-    quarter = {d: str(cal.period("quarter", d).label) for d in firsts}
-    year = {d: str(cal.period("year", d).label) for d in firsts}
-    df["quarter"] = df["first"].map(quarter)
-    df["year"] = df["first"].map(year)
-    df["fm"] = (pd.to_datetime(df["first"]).dt.month - start_month) % 12
+    firsts = pd.Series(pd.to_datetime(df["first"]), index=df.index)
+    df["quarter"] = cal.labels("quarter", firsts).astype(str)
+    df["year"] = cal.labels("year", firsts).astype(str)
+    df["fm"] = df["first"].map(cal.fiscal_month).astype(int) - 1
     df["n_months"] = df.groupby("period")["month"].transform("size")
     return df.drop(columns="first")
 
@@ -220,12 +215,15 @@ def _derive_inherited(explicit: pd.DataFrame, months: pd.DataFrame) -> pd.DataFr
     return out.drop_duplicates(["owner_id", "period"], keep="first")
 
 
-def _depths(owners: pd.DataFrame) -> pd.Series:
+def _parents(owners: pd.DataFrame) -> pd.Series:
+    """Each owner's manager id (NA at the top), indexed by owner id."""
+    mgr = owners["manager_id"].astype("string").str.strip()
+    return pd.Series(mgr.where(mgr.str.len() > 0).to_numpy(), index=owners["owner_id"].astype(str).to_numpy())
+
+
+def _depths(parent: pd.Series) -> pd.Series:
     """Depth of each owner in the hierarchy (0 at the top), computed level by level."""
-    ids = owners["owner_id"].astype(str)
-    mgr = owners["manager_id"].astype("string").str.strip().replace("", pd.NA)
-    parent = pd.Series(mgr.to_numpy(), index=ids.to_numpy())
-    depth = pd.Series(np.where(parent.isna() | ~parent.isin(ids), 0, -1), index=ids.to_numpy())
+    depth = pd.Series(np.where(parent.isna() | ~parent.isin(parent.index), 0, -1), index=parent.index)
     level = 0
     while (depth < 0).any() and level < len(depth):
         nxt = depth.index[(depth < 0) & parent.isin(depth.index[depth == level]).to_numpy()]
@@ -236,9 +234,8 @@ def _depths(owners: pd.DataFrame) -> pd.Series:
 
 def _roll_up(ctx: CubeContext, own: pd.DataFrame, with_targets: set[str]) -> pd.DataFrame:
     """Add, for owners without any explicit target, the sum of their direct reports' targets, bottom-up."""
-    owners = ctx.owners[["owner_id", "manager_id"]].astype({"owner_id": str})
-    depth = _depths(owners)
-    parent = owners.set_index("owner_id")["manager_id"].astype("string")
+    parent = _parents(ctx.owners)
+    depth = _depths(parent)
     resolved = own.copy()
     for level in range(int(depth.max()), 0, -1):
         children = resolved[resolved["owner_id"].map(depth) == level]

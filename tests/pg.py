@@ -61,7 +61,7 @@ def _as_server_user(cmd: list[str]) -> list[str]:
 
 
 def _run(cmd: list[str], what: str, log: Path | None = None) -> None:
-    done = subprocess.run(_as_server_user(cmd), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(_as_server_user(cmd), check=False, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         server_log = log.read_text(errors="replace") if log and log.is_file() else ""
         pytest.fail(f"PostgreSQL test server: {what} failed (exit {done.returncode}).\n"
@@ -89,5 +89,5 @@ def postgres_url() -> Iterator[str]:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                       capture_output=True, timeout=120)
+                       check=False, capture_output=True, timeout=120)
         shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,150 @@
+"""The cube on a small explicit company, every expected number computed by hand in the comments."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from spm_lib.config import load_config
+from spm_lib.contract import Dataset, typed
+from spm_lib.cube import compute_cube, read_cube, write_cube
+
+ROOT = Path(__file__).resolve().parents[1]
+AS_OF = "2026-10-31"
+
+
+def _cfg():
+    # the repository's own config (stages Prospecting..Negotiation, Closed Won/Lost; FY starts in January)
+    return load_config(ROOT)
+
+
+def company(with_history: bool = True) -> Dataset:
+    """exec E <- manager M (player-coach) <- reps R1, R2."""
+    owners = typed("owners", pd.DataFrame({
+        "owner_id": ["E", "M", "R1", "R2"], "manager_id": [None, "E", "M", "M"],
+        "name": ["Eve", "Max", "Rita", "Rob"], "level": ["executive", "manager", "rep", "rep"]}))
+    o = pd.DataFrame([
+        # id, owner, stage, amount, created, close
+        ("o1", "R1", "Closed Won", 150.0, "2026-09-01", "2026-10-10"),   # amount edited to 150 on 11-05 (after as-of)
+        ("o2", "R1", "Closed Lost", 50.0, "2026-08-01", "2026-10-20"),
+        ("o3", "R2", "Closed Won", 200.0, "2026-07-01", "2026-10-05"),
+        ("o4", "M", "Closed Won", 300.0, "2026-10-01", "2026-10-15"),
+        ("o5", "R2", "Closed Won", 80.0, "2026-06-01", "2026-09-15"),
+        ("o6", "R1", "Proposal", 400.0, "2026-09-10", "2026-11-20"),
+        ("o7", "R2", "Negotiation", 100.0, "2026-09-20", "2026-12-10"),
+        ("o8", "R2", "Prospecting", 60.0, "2026-10-02", "2027-01-15"),
+        ("o9", "R1", "Negotiation", 70.0, "2026-08-15", "2026-11-15"),   # won in Sep, reopened on 10-05
+    ], columns=["opportunity_id", "owner_id", "stage", "amount", "created_date", "close_date"])
+    o["account_id"] = ["a1", "a2", "a3", "a4", "a3", "a5", "a6", "a7", "a8"]
+    o["last_modified_date"] = pd.to_datetime("2026-10-25")
+    opps = typed("opportunities", o)
+    tables = {"owners": owners, "opportunities": opps}
+    if with_history:
+        h = pd.DataFrame([
+            ("o1", "2026-09-01", "Prospecting", 100.0, "2026-10-30"),
+            ("o1", "2026-10-10", "Closed Won", None, "2026-10-10"),
+            ("o1", "2026-10-25", None, 120.0, None),          # amount changed after close, before as-of
+            ("o1", "2026-11-05", None, 150.0, None),          # after as-of: invisible on 10-31
+            ("o9", "2026-08-15", "Qualification", 70.0, "2026-09-30"),
+            ("o9", "2026-09-20", "Closed Won", None, "2026-09-20"),
+            ("o9", "2026-10-05", "Negotiation", None, "2026-11-15"),  # reopened
+        ], columns=["opportunity_id", "changed_at", "stage", "amount", "close_date"])
+        tables["opportunity_history"] = typed("opportunity_history", h)
+    targets = pd.DataFrame({"owner_id": ["R1", "R2", "M"], "period": ["2026-10"] * 3,
+                            "metric": ["bookings"] * 3, "value": [200.0, 150.0, 500.0]})
+    tables["targets"] = typed("targets", targets)
+    return Dataset(tables=tables)
+
+
+def kpi(cube, owner: str, kpi_id: str, period: str = "2026-10") -> pd.Series:
+    k = cube.kpis
+    row = k[(k.owner_id == owner) & (k.kpi == kpi_id) & (k.period == period) & k.dim.isna()]
+    assert len(row) == 1, f"{owner} {kpi_id} {period}: {len(row)} rows"
+    return row.iloc[0]
+
+
+@pytest.fixture(scope="module")
+def cube():
+    return compute_cube(_cfg(), company(), "monthly", AS_OF)
+
+
+def test_lagging_kpis_of_a_rep(cube):
+    # R1 in Oct: o1 won at 120 (as of 10-31; the 150 edit is later), o2 lost -> bookings 120, won 1, lost 1
+    assert kpi(cube, "R1", "bookings").value == 120
+    assert kpi(cube, "R1", "deals_won").value == 1
+    assert kpi(cube, "R1", "deals_lost").value == 1
+    assert kpi(cube, "R1", "win_rate").value == pytest.approx(50.0)
+    assert kpi(cube, "R1", "avg_deal_size").value == pytest.approx(120.0)
+    # o1 created 09-01 closed 10-10: 39 days
+    assert kpi(cube, "R1", "sales_cycle_days").value == pytest.approx(39.0)
+    # win rate on value: 120 / (120 + 50)
+    assert kpi(cube, "R1", "win_rate_value").value == pytest.approx(100 * 120 / 170)
+
+
+def test_rollup_is_own_plus_reports_and_ratios_are_recomputed(cube):
+    # M: own o4 300 + R1 120 + R2 200 = 620; won 3, lost 1
+    assert kpi(cube, "M", "bookings").value == 620
+    assert kpi(cube, "M", "deals_won").value == 3
+    assert kpi(cube, "M", "win_rate").value == pytest.approx(75.0)  # not the mean of 50 and 100
+    # cycle: (39 + 96 + 14) / 3 ; o3 07-01 -> 10-05 = 96 days, o4 10-01 -> 10-15 = 14 days
+    assert kpi(cube, "M", "sales_cycle_days").value == pytest.approx((39 + 96 + 14) / 3)
+    assert kpi(cube, "E", "bookings").value == 620
+
+
+def test_reopened_deal_counts_in_the_month_it_was_won_as_it_stood_then(cube):
+    # Sep, as it stood on 09-30: o5 80 (R2) and o9 70 (R1, won 09-20, reopened only on 10-05)
+    assert kpi(cube, "R1", "bookings", "2026-09").value == 70
+    assert kpi(cube, "M", "bookings", "2026-09").value == 150
+
+
+def test_empty_period_is_zero_for_counts_and_nan_for_means(cube):
+    assert kpi(cube, "R2", "bookings", "2026-08").value == 0
+    assert kpi(cube, "R2", "deals_won", "2026-08").value == 0
+    assert math.isnan(kpi(cube, "R2", "sales_cycle_days", "2026-08").value)
+    assert math.isnan(kpi(cube, "R2", "win_rate", "2026-08").value)  # 0 / 0 is not 0 %
+
+
+def test_targets_attainment_and_status(cube):
+    r1 = kpi(cube, "R1", "quota_attainment")
+    assert r1.value == pytest.approx(60.0)  # 120 / 200
+    assert r1.status == "red"
+    r2 = kpi(cube, "R2", "quota_attainment")
+    assert r2.value == pytest.approx(100 * 200 / 150)
+    assert r2.status == "green"
+    assert kpi(cube, "M", "bookings").target == 500
+    # E has no explicit target: rolled up from its only direct report M -> 500
+    assert kpi(cube, "E", "bookings").target == 500
+    assert kpi(cube, "E", "quota_attainment").value == pytest.approx(100 * 620 / 500)
+
+
+def test_missing_data_is_not_available_never_zero(cube):
+    row = kpi(cube, "R1", "activities")
+    assert not row.available
+    assert math.isnan(row.value)
+    assert row.na_reason == "not available — needs activities"
+    gm = kpi(cube, "R1", "gross_margin_pct")
+    assert not gm.available and "opportunities.margin" in gm.na_reason
+
+
+def test_forward_look_of_the_quarter(cube):
+    # Q = FY2026-Q4 (Oct-Dec); remaining Nov 1 - Dec 31: R1 o6 400 (Nov 20) + o9 70 (Nov 15); o8 closes in Jan
+    assert kpi(cube, "R1", "pipeline_open_value", "FY2026-Q4").value == 470
+    assert kpi(cube, "M", "pipeline_open_value", "FY2026-Q4").value == 570  # + R2's o7 100
+
+
+def test_without_history_current_values_are_used():
+    cube = compute_cube(_cfg(), company(with_history=False), "monthly", AS_OF)
+    # o1 current amount 150; o9 current stage Negotiation -> not won in Sep
+    assert kpi(cube, "R1", "bookings").value == 150
+    assert kpi(cube, "R1", "bookings", "2026-09").value == 0
+    assert any("No opportunity history" in n for n in cube.meta["notes"])
+
+
+def test_write_and_read_back(cube, tmp_path):
+    write_cube(cube, tmp_path)
+    back = read_cube(tmp_path)
+    assert len(back.kpis) == len(cube.kpis)
+    assert set(back.facts.loc[back.facts.opportunity_id == "o6", "scope_ids"].iloc[0]) == {"R1", "M", "E"}
