@@ -223,7 +223,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     probs = forecast.win_probabilities(ctx)
     q = ctx.windows.forward  # type: ignore[attr-defined]
     q_targets = targets.resolve_targets(ctx, "bookings", [q]) if "bookings" in target_metrics else tgt.iloc[0:0]
-    fwd = forecast.forward_look(ctx, q_targets)
+    fwd = forecast.forward_look(ctx, q_targets, probs)
     conv = forecast.stage_conversion(ctx)
     allk = pd.concat([base, fwd, conv], ignore_index=True)
     allk = _finish(allk, ctx)

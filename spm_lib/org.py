@@ -13,9 +13,9 @@ the whole chain, so a fact dated d joins the scopes valid on d. The other method
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import date
-from typing import Literal
+from functools import cached_property
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -185,9 +185,9 @@ class Org:
     @cached_property
     def _current_ancestors(self) -> pd.DataFrame:
         cur = self.current.reset_index()[["owner_id", "manager_id", "name", "level"]]
-        return Org(rows=cur.assign(valid_from=pd.NaT, valid_to=pd.NaT).astype(
-            {"valid_from": "datetime64[ns]", "valid_to": "datetime64[ns]"}),
-            current=self.current, time_dependent=False).ancestors()
+        open_ended = pd.Series(pd.NaT, index=cur.index, dtype="datetime64[ns]")
+        return Org(rows=cur.assign(valid_from=open_ended, valid_to=open_ended), current=self.current,
+                   time_dependent=False).ancestors()
 
     @property
     def owner_ids(self) -> list[str]:
@@ -224,7 +224,7 @@ class Org:
 
     def level_of(self, owner_id: str) -> str | None:
         """The owner's level (rep/manager/director/executive or the company's own names); None when not given."""
-        level = self.current.at[self.check_owner(owner_id), "level"]
+        level: Any = self.current.at[self.check_owner(owner_id), "level"]
         return None if pd.isna(level) else str(level)
 
     def top_ids(self) -> list[str]:
@@ -246,7 +246,8 @@ class Org:
         if level is not None and level.lower() in SCOPE_KIND:
             return SCOPE_KIND[level.lower()]
         key = self.check_owner(owner_id)
-        if pd.isna(self.current.at[key, "manager_id"]):
+        manager: Any = self.current.at[key, "manager_id"]
+        if pd.isna(manager):
             return "org"
         reports = self.direct_reports(key)
         if not reports:

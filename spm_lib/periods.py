@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 
 from spm_lib.errors import PeriodError, did_you_mean
@@ -300,4 +299,4 @@ class FiscalCalendar:
             if grain == "quarter":
                 q = (((month - self.start_month) % 12) // 3 + 1).astype("Int64")
                 text = text + "-Q" + q.astype("string")
-        return pd.Series(np.where(missing, pd.NA, text.astype(object)), index=dates.index, dtype="string")
+        return text.astype("string").mask(missing).set_axis(dates.index)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 import pandas as pd
+
 from spm_lib.asof import reached_stages, snapshot
 from spm_lib.config import StagesConfig
 

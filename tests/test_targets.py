@@ -102,7 +102,7 @@ def test_quarter_is_the_sum_of_its_months_only_when_all_three_are_present(tmp_pa
 def test_year_phased_flat_into_months_quarters_and_ytd(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path, [("R1", "FY2026", "bookings", 1200.0)])
     got = _resolve(ctx, "bookings", MAY, Q2, FY, YTD)
-    assert got[("R1", "2026-05")] == pytest.approx(100.0)  # 1200 / 12
+    assert got[("R1", "2026-05")][0] == pytest.approx(100.0)  # 1200 / 12
     assert got[("R1", "2026-05")][1] == "phased"
     assert got[("R1", "FY2026-Q2")][0] == pytest.approx(300.0)
     assert got[("R1", "FY2026")] == (1200.0, "explicit")
