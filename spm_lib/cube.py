@@ -35,6 +35,8 @@ class Cube:
     decomposition: pd.DataFrame
     facts: pd.DataFrame
     probabilities: pd.DataFrame
+    owners: pd.DataFrame
+    quality: pd.DataFrame
     meta: dict[str, object] = field(default_factory=dict)
 
 
@@ -231,11 +233,26 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     trust_df, trust_rows = trust.compute_trust(ctx)
     decomp = decomposition.decompose(ctx, allk, pd.concat([tgt, q_targets], ignore_index=True))
     facts = _facts(ctx)
-    meta = {"as_of": ctx.as_of.isoformat(), "cadence": cadence, "closed_period": ctx.windows.closed.label,  # type: ignore[attr-defined]
+    import uuid
+
+    meta = {"run_id": uuid.uuid4().hex[:12], "computed_at": pd.Timestamp.now(tz="UTC").isoformat(), "as_of": ctx.as_of.isoformat(), "cadence": cadence, "closed_period": ctx.windows.closed.label,  # type: ignore[attr-defined]
             "forward_period": q.label, "notes": ctx.notes, "owners": len(scopes),
             "opportunities": int(len(ctx.snapshot))}
+    owners = ctx.owners.copy()
+    owners["scope"] = owners["owner_id"].map(lambda o: ctx.org.scope_kind(o))  # type: ignore[attr-defined]
     return Cube(kpis=allk, trust=trust_df, trust_rows=trust_rows, decomposition=decomp, facts=facts,
-                probabilities=probs, meta=meta)
+                probabilities=probs, owners=owners, quality=_quality(data), meta=meta)
+
+
+def _quality(data: Dataset) -> pd.DataFrame:
+    """The data-quality findings of the load, ids as text (for the report's data-quality section)."""
+    from spm_lib.quality import FINDING_COLUMNS
+
+    if data.findings.empty:
+        return pd.DataFrame(columns=FINDING_COLUMNS)
+    q = data.findings.copy()
+    q["ids"] = q["ids"].map(lambda ids: ", ".join(map(str, list(ids)[:50])))
+    return q
 
 
 def _period_objects(ctx: CubeContext, periods: pd.DataFrame) -> list[object]:
@@ -365,7 +382,7 @@ def _facts(ctx: CubeContext) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- the run folder
-CUBE_FILES = ("kpis", "trust", "trust_rows", "decomposition", "probabilities")
+CUBE_FILES = ("kpis", "trust", "trust_rows", "decomposition", "probabilities", "owners", "quality")
 
 
 def write_cube(cube: Cube, run_dir: Path) -> None:

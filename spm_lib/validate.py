@@ -8,7 +8,6 @@ warning that says so. `check_report` renders the findings of the configured sour
 
 from __future__ import annotations
 
-import re
 import textwrap
 from functools import cache
 
@@ -33,7 +32,7 @@ ALSO_NEEDED_BY: dict[str, tuple[str, ...]] = {
     "opportunity_history": ("as-of reconstruction",),
     "owners.email": ("sending reports by email",),
     "owners.level": ("level-specific KPIs and thresholds",),
-    "accounts": ("account names and segments",),
+    "accounts": ("account names/segments",),
 }
 # findings about a whole table or column, not about rows: the report shows no row count for them
 STRUCTURAL_CHECKS = frozenset({"table_missing", "table_absent", "column_missing", "column_absent", "no_top_owner"})
@@ -46,9 +45,9 @@ def validate(tables: dict[str, pd.DataFrame], cfg: Config, findings: Findings) -
     """Check contract tables, record every problem in `findings`, return the tables to use (unusable rows dropped)."""
     out = {name: _typed(name, df, findings) if name in CONTRACT else df for name, df in tables.items()}
     _check_tables_present(out, findings)
-    for name in out:
+    for name, df in out.items():
         if name in CONTRACT:
-            _check_columns(name, out[name], findings)
+            _check_columns(name, df, findings)
     owners = out.get("owners")
     known = _owner_ids(owners)
     if owners is not None and {"owner_id", "manager_id"} <= set(owners.columns):
@@ -103,8 +102,9 @@ def _check_tables_present(tables: dict[str, pd.DataFrame], findings: Findings) -
             findings.add(name, None, "table_missing", "fatal", [], f"required table {name} is missing",
                          f"add it to {SOURCE_FIX} tables.{name} (source: the file/table that holds it)", count=1)
         else:
+            users = _consumers(name) or [CONTRACT[name].description]
             findings.add(name, None, "table_absent", "info", [],
-                         f"no {name}: {_enables(name)} not available",
+                         f"no {name}: {_enables(users)} not available",
                          f"to enable them, add the table to the source and to {SOURCE_FIX} tables.{name}",
                          count=1)
 
@@ -126,7 +126,7 @@ def _check_columns(name: str, df: pd.DataFrame, findings: Findings) -> None:
         if users:
             state = "is empty" if c.name in have else "is absent"
             findings.add(name, c.name, "column_absent", "info", [],
-                         f"optional column {c.name} {state}: {', '.join(users)} not available",
+                         f"optional column {c.name} {state}: {_enables(users)} not available",
                          f"map it in {SOURCE_FIX} tables.{name}.columns.{c.name} if the source has it",
                          count=max(len(df), 1))
 
@@ -163,9 +163,8 @@ def _consumers(need: str) -> list[str]:
     return list(dict.fromkeys(u for k, v in found.items() if k == need or k.startswith(need + ".") for u in v))
 
 
-def _enables(name: str) -> str:
-    """'X, Y and Z are' / 'X is' for the things table `name` enables."""
-    users = _consumers(name) or [CONTRACT[name].description]
+def _enables(users: list[str]) -> str:
+    """'X, Y and Z are' / 'X is': what is lost without a table or column."""
     text = users[0] if len(users) == 1 else ", ".join(users[:-1]) + " and " + users[-1]
     return text + (" is" if len(users) == 1 else " are")
 
@@ -342,7 +341,7 @@ def _drop_unknown_owners(table: str, df: pd.DataFrame, known: set[str], findings
     hint = did_you_mean(values[0], known) if values else ""
     shown = ", ".join(filter(None, [format_ids(values, 5), "empty" if owner[bad].isna().any() else ""]))
     return _drop(table, df, "owner_id", "unknown_owner", bad,
-                 f"owner_id not in owners ({shown}{hint}): these rows cannot be attributed",
+                 f"owner_id not in owners ({shown}{hint}), so the rows cannot be attributed to anyone",
                  "add the owners to the owners table, or correct owner_id in the source", findings)
 
 

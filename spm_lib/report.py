@@ -1,0 +1,534 @@
+"""The API report templates call: load one owner's slice of a run, then one call per agenda section (SPEC §8).
+
+A template runs in three modes with the same cells: batch (papermill injects the parameters), live (Voila) and
+authoring (Lab or nbval: defaults). Every section returns an object that displays itself as static HTML
+(plotly figures as HTML with the report's single plotly.js bundle; CRM text escaped).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from spm_lib import charts, html
+from spm_lib import kpis as registry
+from spm_lib.cube import Cube, read_cube
+from spm_lib.errors import OrgError, RunError, did_you_mean
+
+LEVEL_TITLES = {"rep": "Sales executive", "manager": "Manager", "director": "Director", "executive": "Executive"}
+CADENCE_FOCUS = {
+    "weekly": "this week's activity and the deals to move",
+    "monthly": "activity level and focus, deals to push, data to fix",
+    "quarterly": "priorities, resource shifts and next quarter's targets",
+    "annual": "targets, structure, budget and strategy for next year",
+}
+_CACHE: dict[Path, tuple[str, Cube]] = {}
+
+
+@dataclass
+class Html:
+    """A block of report HTML that Jupyter, nbconvert and Voila display as is."""
+
+    body: str
+
+    def _repr_html_(self) -> str:
+        return self.body
+
+    def __str__(self) -> str:
+        return self.body
+
+
+# ---------------------------------------------------------------- locating the run
+def _project_root() -> Path:
+    from spm_lib.project import project_dir
+
+    return project_dir()
+
+
+def latest_run(cadence: str, root: Path | None = None) -> Path:
+    """The newest run folder of `cadence` that holds a cube."""
+    from spm_lib.runfolder import has_cube
+
+    base = (root or _project_root()) / "runs" / cadence
+    runs = sorted(p for p in base.glob("????-??-??") if has_cube(p)) if base.is_dir() else []
+    if not runs:
+        raise RunError(f"no {cadence} run in {base}: run `spm run --cadence {cadence}` (or `make demo`) first")
+    return runs[-1]
+
+
+def load_cube(run_dir: Path) -> Cube:
+    """The cube of a run folder, read once per process and reloaded when the run was recomputed."""
+    run_dir = run_dir.resolve()
+    meta = json.loads((run_dir / "cube.json").read_text())
+    cached = _CACHE.get(run_dir)
+    if cached and cached[0] == meta.get("run_id"):
+        return cached[1]
+    cube = read_cube(run_dir)
+    _CACHE[run_dir] = (str(meta.get("run_id")), cube)
+    return cube
+
+
+def load(owner_id: str | None = None, cadence: str | None = None, as_of: str | date | None = None,
+         run_dir: str | Path | None = None, *, level: str | None = None,
+         default_cadence: str = "monthly") -> Report:
+    """Open one owner's report: the given run (or the latest of the cadence) and owner (or the first of `level`)."""
+    cadence = cadence or default_cadence
+    if run_dir is not None:
+        folder = Path(run_dir)
+    elif as_of is not None:
+        folder = _project_root() / "runs" / cadence / str(as_of)
+    else:
+        folder = latest_run(cadence)
+    from spm_lib.runfolder import has_cube
+
+    if not has_cube(folder):
+        raise RunError(f"{folder} holds no cube: run `spm run --cadence {cadence} --as-of {folder.name}` first")
+    cube = load_cube(folder)
+    owners = cube.owners
+    if owner_id is None:
+        pool = owners[owners["level"] == level] if level else owners[owners["manager_id"].isna()]
+        if pool.empty:
+            pool = owners
+        owner_id = str(sorted(pool["owner_id"].astype(str))[0])
+    known = set(owners["owner_id"].astype(str))
+    if str(owner_id) not in known:
+        raise OrgError(f"unknown owner id {owner_id!r} in {folder}{did_you_mean(str(owner_id), known)}")
+    return Report(cube=cube, owner_id=str(owner_id), run_dir=folder)
+
+
+# ---------------------------------------------------------------- the report
+class Report:
+    """One owner's report of one run: each method is one section of the session agenda."""
+
+    def __init__(self, cube: Cube, owner_id: str, run_dir: Path) -> None:
+        self.cube = cube
+        self.owner_id = owner_id
+        self.run_dir = run_dir
+        o = cube.owners.set_index("owner_id")
+        self.owner = o.loc[owner_id]
+        self.name = str(self.owner.get("name") or owner_id)
+        self.level = str(self.owner.get("level") or "")
+        self.cadence = str(cube.meta["cadence"])
+        self.as_of = str(cube.meta["as_of"])
+        self.closed = str(cube.meta["closed_period"])
+        self.forward = str(cube.meta["forward_period"])
+        self.currency = str(cube.meta.get("currency", ""))
+        k = cube.kpis
+        self.kpis = k[k["owner_id"] == owner_id]
+        self.reports = cube.owners[cube.owners["manager_id"] == owner_id].sort_values("owner_id")
+        self._figures: dict[str, object] = {}
+
+    # ---- helpers
+    def _id(self, section: str) -> str:
+        return html.div_id(self.owner_id, section)
+
+    def kpi(self, kpi_id: str, period: str | None = None, owner_id: str | None = None) -> pd.Series | None:
+        """The KPI row (no breakdown) of this owner (or `owner_id`) for `period` (default: the closed period)."""
+        k = self.kpis if owner_id is None else self.cube.kpis[self.cube.kpis["owner_id"] == owner_id]
+        rows = k[(k["kpi"] == kpi_id) & (k["period"] == (period or self.closed)) & k["dim"].isna()]
+        return None if rows.empty else rows.iloc[0]
+
+    def value(self, kpi_id: str, period: str | None = None) -> float:
+        """The value of a KPI (NaN when absent)."""
+        r = self.kpi(kpi_id, period)
+        return float("nan") if r is None or pd.isna(r["value"]) else float(r["value"])
+
+    def breakdown(self, kpi_id: str, dim: str, period: str | None = None) -> pd.DataFrame:
+        """The KPI rows of one breakdown (dim) of this owner."""
+        k = self.kpis
+        return k[(k["kpi"] == kpi_id) & (k["dim"] == dim) & (k["period"] == (period or self.closed))]
+
+    def _fmt(self, kpi_id: str, value: object) -> str:
+        unit = registry.REGISTRY[kpi_id].unit if kpi_id in registry.REGISTRY else "count"
+        return html.fmt_value(value, unit, self.currency)
+
+    def _figure(self, key: str, fig: object) -> str:
+        self._figures[key] = fig
+        return html.figure_html(fig, self._id(key))
+
+    def figures(self) -> dict[str, object]:
+        """The figures drawn so far (for the email's inline images)."""
+        return dict(self._figures)
+
+    # ---- 1. header
+    def header(self) -> Html:
+        """Owner, level, cadence, periods, as-of and data freshness."""
+        facts = self.cube.facts
+        fresh = facts["last_modified_date"].max() if "last_modified_date" in facts else None
+        fresh_txt = f"latest CRM change {pd.Timestamp(fresh).date()}" if fresh is not None and pd.notna(fresh) \
+            else "CRM change dates not available"
+        notes = "".join(f"<li>{html.esc(n)}</li>" for n in self.cube.meta.get("notes", []))  # type: ignore[union-attr]
+        body = (f'<div class="spm-header"><h1>{html.esc(self.name)}</h1>'
+                f'<p class="spm-sub">{html.esc(LEVEL_TITLES.get(self.level, self.level))} · '
+                f'{html.esc(self.cadence)} session · closed period <b>{html.esc(self.closed)}</b> · '
+                f'forward look <b>{html.esc(self.forward)}</b> · as of {html.esc(self.as_of)} · {html.esc(fresh_txt)}</p>'
+                f'<p class="spm-agenda">This session decides: {html.esc(CADENCE_FOCUS.get(self.cadence, ""))}.</p>'
+                + (f'<ul class="spm-notes">{notes}</ul>' if notes else "") + "</div>")
+        return Html(body)
+
+    # ---- 2. trust
+    def trust_status(self) -> str:
+        """The worst trust status of this owner's scope: fail, warn or pass."""
+        t = self.cube.trust[self.cube.trust["owner_id"] == self.owner_id]
+        sts = set(t["status"])
+        return "fail" if "fail" in sts else "warn" if "warn" in sts else "pass"
+
+    def offenders(self, limit: int | None = None) -> pd.DataFrame:
+        """Offending open deals in this owner's scope, one row per deal and check, largest first."""
+        f = self.cube.facts
+        in_scope = f[f["scope_ids"].map(lambda ids: self.owner_id in list(ids))]
+        rows = self.cube.trust_rows.merge(in_scope[["opportunity_id"]], on="opportunity_id")
+        t = self.cube.trust[(self.cube.trust["owner_id"] == self.owner_id) & self.cube.trust["status"].isin(
+            ["warn", "fail"])]
+        rows = rows[rows["check"].isin(set(t["check"]))]
+        rows = rows.sort_values(["amount", "opportunity_id"], ascending=[False, True], na_position="last")
+        return rows if limit is None else rows.head(limit)
+
+    def trust(self) -> Html:
+        """The trust checks; a 'fix the data first' banner and the deals to fix when a check fails."""
+        t = self.cube.trust[self.cube.trust["owner_id"] == self.owner_id].copy()
+        status = self.trust_status()
+        parts = []
+        if status == "fail":
+            failing = ", ".join(t.loc[t["status"] == "fail", "label"].astype(str))
+            parts.append(html.banner("fail", "Fix the data first",
+                                     f"These checks fail: {html.esc(failing)}. Correct the deals below in the CRM "
+                                     "before deciding anything else."))
+        elif status == "warn":
+            parts.append(html.banner("warn", "Check the data", "Some checks warn; review the deals below."))
+        else:
+            parts.append(html.banner("pass", "The numbers can be trusted", "Every trust check passes."))
+        t["shown"] = [self._trust_value(r) for r in t.itertuples()]
+        parts.append(html.table_html(
+            t[["label", "status", "shown", "count", "amount", "definition"]],
+            {"label": "Check", "status": "Status", "shown": "Value", "count": "Deals", "amount": "Value of deals",
+             "definition": "What it means"},
+            {"status": lambda s: html.badge(str(s), str(s).replace("_", " ")),
+             "amount": lambda v: html.fmt_value(v, "currency", self.currency),
+             "count": lambda v: html.fmt_value(v, "count", "")},
+            raw={"status"}))
+        off = self.offenders()
+        if not off.empty:
+            if self.level == "rep" or self.reports.empty:
+                parts.append("<h4>Deals to fix</h4>" + self._offender_table(off.head(50)))
+            else:
+                parts.append("<h4>By direct report</h4>" + self._offenders_by_report(off))
+                parts.append(f"<h4>The {min(20, off['opportunity_id'].nunique())} largest deals to fix</h4>"
+                             + self._offender_table(self._dedupe(off).head(20)))
+        q = self.cube.quality
+        if not q.empty:
+            q = q[q["severity"] != "info"]
+            if not q.empty:
+                parts.append("<h4>Data quality of the load</h4>" + html.table_html(
+                    q[["table", "column", "severity", "count", "message"]],
+                    {"table": "Table", "column": "Column", "severity": "Severity", "count": "Rows",
+                     "message": "Problem"}, {}))
+        return Html("".join(parts))
+
+    def _trust_value(self, r: object) -> str:
+        v = getattr(r, "value")
+        if getattr(r, "status") == "not_available":
+            return html.esc(str(getattr(r, "na_reason") or "not available"))
+        unit = getattr(r, "unit")
+        if pd.isna(v):
+            return "—"
+        return f"{v * 100:.0f} % of open value" if unit == "rate" else (
+            f"{v:+.0f} %" if unit == "pct" else f"{int(v)}")
+
+    @staticmethod
+    def _dedupe(off: pd.DataFrame) -> pd.DataFrame:
+        g = off.groupby("opportunity_id", sort=False)
+        first = g.first().reset_index()
+        first["detail"] = g["detail"].agg(lambda s: "; ".join(map(str, s))).to_numpy()
+        return first
+
+    def _offender_table(self, off: pd.DataFrame) -> str:
+        off = self._dedupe(off)
+        names = self.cube.owners.set_index("owner_id")["name"]
+        off = off.assign(owner=off["owner_id"].map(names).fillna(off["owner_id"]))
+        return html.table_html(
+            off[["opportunity_id", "name", "owner", "stage", "amount", "close_date", "detail"]],
+            {"opportunity_id": "Id", "name": "Opportunity", "owner": "Owner", "stage": "Stage", "amount": "Amount",
+             "close_date": "Close date", "detail": "What is wrong"},
+            {"amount": lambda v: html.fmt_value(v, "currency", self.currency),
+             "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())})
+
+    def _offenders_by_report(self, off: pd.DataFrame) -> str:
+        f = self.cube.facts.set_index("opportunity_id")["scope_ids"]
+        rows = []
+        for r in self.reports.itertuples():
+            rid = str(r.owner_id)
+            mine = off[off["opportunity_id"].map(lambda i: rid in list(f.get(i, [])))]
+            d = self._dedupe(mine) if not mine.empty else mine
+            rows.append({"name": r.name, "deals": len(d), "value": d["amount"].sum() if len(d) else 0.0})
+        own = off[off["owner_id"] == self.owner_id]
+        if not own.empty:
+            d = self._dedupe(own)
+            rows.append({"name": f"{self.name} (own deals)", "deals": len(d), "value": d["amount"].sum()})
+        df = pd.DataFrame(rows).sort_values("value", ascending=False)
+        return html.table_html(df, {"name": "Direct report", "deals": "Deals to fix", "value": "Value"},
+                               {"value": lambda v: html.fmt_value(v, "currency", self.currency)})
+
+    # ---- 3. above the line
+    def above_the_line_ids(self) -> list[str]:
+        """The KPIs this level × cadence decides on (config/kpis.yml above_the_line)."""
+        from spm_lib.config import load_config
+
+        cfg = load_config()
+        ids = cfg.kpis.above_the_line.get(self.level, {}).get(self.cadence) or \
+            cfg.kpis.above_the_line.get("default", {}).get(self.cadence) or ["bookings", "quota_attainment",
+                                                                            "win_rate", "pipeline_coverage"]
+        return [i for i in ids if i in registry.REGISTRY]
+
+    def kpi_rows(self, ids: list[str]) -> pd.DataFrame:
+        """One row per KPI: value, target, attainment, status, unit and definition (closed or forward period)."""
+        rows = []
+        for i in ids:
+            k = registry.REGISTRY[i]
+            r = self.kpi(i) if self.kpi(i) is not None else self.kpi(i, self.forward)
+            rows.append({"kpi": i, "label": k.label, "unit": k.unit, "definition": k.definition, "kind": k.kind,
+                         "value": r["value"] if r is not None else float("nan"),
+                         "target": r["target"] if r is not None else float("nan"),
+                         "attainment": r["attainment"] if r is not None else float("nan"),
+                         "status": r["status"] if r is not None else "none",
+                         "period": r["period"] if r is not None else "",
+                         "na_reason": (r["na_reason"] if r is not None else "not in this run") or ""})
+        return pd.DataFrame(rows)
+
+    def above_the_line(self) -> Html:
+        """The few KPIs this level × cadence decides on, with target, attainment, status and trend."""
+        rows = self.kpi_rows(self.above_the_line_ids())
+        table = self._kpi_table(rows)
+        with_target = rows[rows["target"].notna() & rows["value"].notna()]
+        chart = self._figure("attainment", charts.attainment_bullets(with_target, self.currency)) \
+            if not with_target.empty else ""
+        trend = self._figure("trend", charts.trend(self.trend_rows("bookings"), "Bookings", "currency",
+                                                   self.currency))
+        return Html(f'<div class="spm-grid">{table}</div>{chart}{trend}')
+
+    def _kpi_table(self, rows: pd.DataFrame) -> str:
+        rows = rows.copy()
+        rows["shown"] = [self._fmt(r.kpi, r.value) if not (isinstance(r.value, float) and math.isnan(r.value))
+                         else html.esc(r.na_reason or "—") for r in rows.itertuples()]
+        rows["target_s"] = [self._fmt(r.kpi, r.target) for r in rows.itertuples()]
+        rows["att"] = [html.fmt_value(a * 100 if pd.notna(a) else a, "pct", "") for a in rows["attainment"]]
+        rows["label_h"] = [f'<span title="{html.esc(d)}">{html.esc(lab)}</span>'
+                           for lab, d in zip(rows["label"], rows["definition"], strict=True)]
+        return html.table_html(
+            rows[["label_h", "kind", "period", "shown", "target_s", "att", "status"]],
+            {"label_h": "KPI", "kind": "Kind", "period": "Period", "shown": "Value", "target_s": "Target",
+             "att": "Attainment", "status": "Status"},
+            {"status": lambda s: html.badge(str(s), {"none": "no target"}.get(str(s), str(s)))},
+            raw={"label_h", "status", "shown"}, classes="spm-kpis")
+
+    def trend_rows(self, kpi_id: str) -> pd.DataFrame:
+        """The trend of a KPI over the cadence's trend periods (value and target)."""
+        k = self.kpis
+        rows = k[(k["kpi"] == kpi_id) & k["dim"].isna() & ~k["period"].isin(["TTM", self.forward])
+                 & ~k["period"].str.endswith("-YTD")]
+        return rows[["period", "value", "target"]].sort_values("period").reset_index(drop=True)
+
+    # ---- 4. forward look
+    def forward_look(self) -> Html:
+        """Forecast vs target, gap, coverage and required run-rate for the forward period."""
+        ids = ["bookings_to_date_q", "pipeline_open_value", "weighted_pipeline", "forecast_expected",
+               "gap_to_target", "pipeline_coverage", "required_run_rate"]
+        rows = pd.DataFrame([self._forward_row(i) for i in ids])
+        booked = self.value("bookings_to_date_q", self.forward)
+        weighted = self.value("weighted_pipeline", self.forward)
+        r = self.kpi("forecast_expected", self.forward)
+        target = float(r["target"]) if r is not None and pd.notna(r["target"]) else None
+        fig = self._figure("forecast", charts.forecast_vs_target(
+            0.0 if math.isnan(booked) else booked, 0.0 if math.isnan(weighted) else weighted, target,
+            self.forward, self.currency))
+        by_stage = self.breakdown("pipeline_open_value", "stage", self.forward)
+        order = {s: i for i, s in enumerate(self.cube.probabilities.sort_values("stage_index")["stage"])}
+        stage_df = by_stage.assign(stage=by_stage["dim_value"], count=float("nan"),
+                                   _o=by_stage["dim_value"].map(order).fillna(99)).sort_values("_o")
+        by_month = self.breakdown("pipeline_open_value", "close_month", self.forward)
+        month_df = by_month.assign(month=by_month["dim_value"]).sort_values("month")
+        stage_fig = self._figure("pipeline-stage", charts.pipeline_by_stage(stage_df[["stage", "value", "count"]],
+                                                                            self.currency))
+        month_fig = self._figure("pipeline-month", charts.pipeline_by_close_month(month_df[["month", "value"]],
+                                                                                 self.currency))
+        table = html.table_html(rows, {"label": "Forward look", "value": "Value", "definition": "Definition"},
+                                {}, raw={"value"})
+        return Html(f"{table}{fig}<div class='spm-two'>{stage_fig}{month_fig}</div>")
+
+    def _forward_row(self, kpi_id: str) -> dict[str, str]:
+        k = registry.REGISTRY[kpi_id]
+        r = self.kpi(kpi_id, self.forward)
+        if r is None or pd.isna(r["value"]):
+            reason = (r["na_reason"] if r is not None else None) or "—"
+            shown = html.esc(str(reason))
+        else:
+            shown = html.esc(self._fmt(kpi_id, r["value"]) + ("×" if k.unit == "ratio" else ""))
+        return {"label": k.label, "value": shown, "definition": k.definition}
+
+    # ---- 5. where to focus
+    def findings(self) -> list[str]:
+        """The section's findings in words, computed from the cube."""
+        out = []
+        att = self.value("quota_attainment")
+        if not math.isnan(att):
+            out.append(f"Bookings at {att:.0f} % of target for {self.closed}.")
+        cov = self.value("pipeline_coverage", self.forward)
+        gap = self.value("gap_to_target", self.forward)
+        if not math.isnan(cov):
+            out.append(f"Coverage of the rest of {self.forward}: {cov:.1f}×.")
+        if not math.isnan(gap):
+            word = "short of" if gap > 0 else "ahead of"
+            out.append(f"The expected result is {html.fmt_value(abs(gap), 'currency', self.currency)} {word} "
+                       f"the {self.forward} target.")
+        weak = self.weak_stage()
+        if weak:
+            out.append(f"{weak['stage']} → next stage converts at {weak['rate']:.0f} % against "
+                       f"{weak['benchmark_rate']:.0f} % for the {weak['benchmark']}.")
+        t = self.cube.trust[(self.cube.trust["owner_id"] == self.owner_id) & (self.cube.trust["check"] ==
+                                                                             "opps_stale_60d")]
+        if not t.empty and t.iloc[0]["count"] and not pd.isna(t.iloc[0]["count"]):
+            out.append(f"{int(t.iloc[0]['count'])} deals worth "
+                       f"{html.fmt_value(t.iloc[0]['amount'], 'currency', self.currency)} are stale.")
+        return out
+
+    def weak_stage(self) -> dict[str, object] | None:
+        """The stage converting worst against the manager's team (or the org for the top)."""
+        from spm_lib.forecast import weak_stage
+
+        conv = self.cube.kpis[(self.cube.kpis["kpi"] == "stage_conversion") & (self.cube.kpis["dim"] == "stage")]
+        manager = self.owner.get("manager_id")
+        bench = str(manager) if isinstance(manager, str) and manager else None
+        if bench is None:
+            return None
+        res = weak_stage(conv, self.owner_id, bench)
+        if res is None:
+            return None
+        return {**res, "benchmark": "team" if self.level == "rep" else "organisation above"}
+
+    def focus(self) -> Html:
+        """Findings in words; for managers and up their direct reports ranked; funnel, channels, products."""
+        words = "".join(f"<li>{html.esc(s)}</li>" for s in self.findings()) or "<li>No finding stands out.</li>"
+        parts = [f'<ul class="spm-findings">{words}</ul>']
+        if not self.reports.empty:
+            parts.append("<h4>Direct reports ranked</h4>" + self.team_ranking_html())
+        conv = self.breakdown("stage_conversion", "stage")
+        if not conv.empty:
+            mgr = self.owner.get("manager_id")
+            bench = self.cube.kpis[(self.cube.kpis["owner_id"] == (mgr if isinstance(mgr, str) else self.owner_id))
+                                   & (self.cube.kpis["kpi"] == "stage_conversion")
+                                   & (self.cube.kpis["period"] == self.closed)].set_index("dim_value")["value"]
+            order = {s: i for i, s in enumerate(self.cube.probabilities.sort_values("stage_index")["stage"])}
+            df = conv.assign(stage=conv["dim_value"], rate=conv["value"],
+                             benchmark_rate=conv["dim_value"].map(bench),
+                             _o=conv["dim_value"].map(order).fillna(99)).sort_values("_o")
+            weak = self.weak_stage()
+            parts.append(self._figure("funnel", charts.funnel(df[["stage", "rate", "benchmark_rate"]],
+                                                              str(weak["stage"]) if weak else None)))
+        leads = self.breakdown("leads", "channel")
+        if not leads.empty:
+            conv_c = self.breakdown("lead_conversion_rate", "channel").set_index("dim_value")["value"]
+            df = leads.assign(channel=leads["dim_value"], leads=leads["value"],
+                              conversion_rate=leads["dim_value"].map(conv_c))
+            parts.append(self._figure("leads", charts.leads_by_channel(df[["channel", "leads", "conversion_rate"]])))
+        for dim, title in (("product", "Bookings by product"), ("segment", "Bookings by segment")):
+            b = self.breakdown("bookings", dim)
+            if not b.empty:
+                b = b.sort_values("value", ascending=False)
+                parts.append(f"<h4>{title} ({html.esc(self.closed)})</h4>" + html.table_html(
+                    b[["dim_value", "value"]], {"dim_value": dim.capitalize(), "value": "Bookings"},
+                    {"value": lambda v: html.fmt_value(v, "currency", self.currency)}))
+        return Html("".join(parts))
+
+    def team_rows(self, kpi_id: str = "quota_attainment") -> pd.DataFrame:
+        """The direct reports' rows of one KPI for the closed period, best first."""
+        k = self.cube.kpis
+        ids = self.reports["owner_id"].astype(str).tolist()
+        rows = k[k["owner_id"].isin(ids) & (k["kpi"] == kpi_id) & (k["period"] == self.closed) & k["dim"].isna()]
+        names = self.cube.owners.set_index("owner_id")["name"]
+        rows = rows.assign(name=rows["owner_id"].map(names))
+        return rows.sort_values("value", ascending=False, na_position="last")
+
+    def team_ranking_html(self) -> str:
+        """Direct reports ranked by bookings attainment, with their bookings, win rate and trust status."""
+        b = self.team_rows("bookings")
+        fig = self._figure("team", charts.ranked_team(b[["name", "value", "target", "attainment", "status"]],
+                                                      "Bookings", "currency", self.currency))
+        k = self.cube.kpis
+        sel = k[k["owner_id"].isin(b["owner_id"]) & (k["period"] == self.closed) & k["dim"].isna()]
+        wide = sel.pivot_table(index="owner_id", columns="kpi", values="value", aggfunc="first")
+        trust = self.cube.trust.groupby("owner_id")["status"].agg(
+            lambda s: "fail" if (s == "fail").any() else "warn" if (s == "warn").any() else "pass")
+        t = b[["owner_id", "name", "value", "attainment"]].merge(wide, left_on="owner_id", right_index=True,
+                                                                  how="left", suffixes=("", "_w"))
+        t["trust"] = t["owner_id"].map(trust)
+        cols = {"name": "Direct report", "value": "Bookings", "attainment": "Attainment"}
+        fmts = {"value": lambda v: html.fmt_value(v, "currency", self.currency),
+                "attainment": lambda a: html.fmt_value(a * 100 if pd.notna(a) else a, "pct", ""),
+                "trust": lambda s: html.badge(str(s), str(s))}
+        for extra in ("win_rate", "pipeline_coverage", "activities"):
+            if extra in t:
+                cols[extra] = registry.REGISTRY[extra].label
+                unit = registry.REGISTRY[extra].unit
+                fmts[extra] = lambda v, u=unit: html.fmt_value(v, u, self.currency)
+        cols["trust"] = "Trust"
+        return fig + html.table_html(t[list(cols)], cols, fmts, raw={"trust"})
+
+    # ---- 6. decisions and actions
+    def actions(self) -> Html:
+        """Open actions of this owner and cadence, and those closed since the last session."""
+        try:
+            from spm_lib.actions import actions_html  # the action register (live sessions)
+        except ImportError:
+            return Html('<p class="spm-muted">No actions recorded yet. Actions agreed in the session are recorded '
+                        "in the live report and appear here in the next report.</p>")
+        return Html(actions_html(self))
+
+    # ---- 7. below the line
+    def below_the_line(self) -> Html:
+        """Drill-down for investigation, collapsed: driver tree, open pipeline, deals won, every KPI."""
+        parts = []
+        tree = self.cube.decomposition[self.cube.decomposition["owner_id"] == self.owner_id]
+        if not tree.empty:
+            parts.append(html.details("Goal decomposition: what the target requires",
+                                      self._figure("drivers", charts.driver_tree(tree, self.currency))
+                                      + self._tree_table(tree)))
+        f = self.cube.facts
+        mine = f[f["scope_ids"].map(lambda ids: self.owner_id in list(ids))]
+        open_ = mine[~mine["is_closed"].fillna(False).astype(bool)].sort_values("amount", ascending=False)
+        parts.append(html.details(f"Open pipeline ({len(open_)} deals, largest 50)", self._deals(open_.head(50))))
+        won = mine[mine["is_won"].fillna(False).astype(bool)]
+        p = self.kpi("bookings")
+        if p is not None:
+            won = won.sort_values("close_date", ascending=False).head(50)
+        parts.append(html.details("Latest deals won (50)", self._deals(won)))
+        allk = self.kpis[self.kpis["dim"].isna() & (self.kpis["period"].isin([self.closed, self.forward]))]
+        allk = allk.assign(label=allk["kpi"].map(lambda i: registry.REGISTRY[i].label
+                                                 if i in registry.REGISTRY else i))
+        allk = allk.assign(shown=[self._fmt(r.kpi, r.value) if r.available else (r.na_reason or "—")
+                                  for r in allk.itertuples()])
+        parts.append(html.details("Every KPI of this run", html.table_html(
+            allk[["label", "period", "shown", "status"]],
+            {"label": "KPI", "period": "Period", "shown": "Value", "status": "Status"}, {})))
+        return Html("".join(parts))
+
+    def _tree_table(self, tree: pd.DataFrame) -> str:
+        t = tree.assign(req=[html.fmt_value(v, u, self.currency) for v, u in zip(tree["required"], tree["unit"],
+                                                                                  strict=True)],
+                        act=[html.fmt_value(v, u, self.currency) for v, u in zip(tree["actual"], tree["unit"],
+                                                                                  strict=True)])
+        return html.table_html(t[["label", "req", "act", "formula"]],
+                               {"label": "Driver", "req": "Required", "act": "Actual", "formula": "How"}, {})
+
+    def _deals(self, df: pd.DataFrame) -> str:
+        names = self.cube.owners.set_index("owner_id")["name"]
+        df = df.assign(owner=df["owner_id"].map(names))
+        cols = [c for c in ["opportunity_id", "name", "owner", "account_id", "stage", "amount", "close_date"]
+                if c in df]
+        return html.table_html(df[cols], {c: c.replace("_", " ").capitalize() for c in cols},
+                               {"amount": lambda v: html.fmt_value(v, "currency", self.currency),
+                                "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())})
