@@ -141,6 +141,41 @@ def trust_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None
         _emit(checks.merge(deals, on="check", how="left") if not deals.empty else checks, fmt)
 
 
+@cli.command("run")
+@AS_OF
+@CADENCE
+@click.option("--level", default=None, help="Only owners of this level.")
+@click.option("--owner", default=None, help="Only this owner.")
+@click.option("--workers", type=int, default=None, help="Parallel workers (default: one per core).")
+@click.option("--resume", is_flag=True, help="Re-render only owners that failed or have no report yet.")
+@click.option("--recompute", is_flag=True, help="Recompute the cube even if the run folder has one.")
+@click.pass_context
+def run_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, owner: str | None,
+            workers: int | None, resume: bool, recompute: bool) -> None:
+    """Compute the cube once and render every owner's report (notebook + self-contained HTML)."""
+    from spm_lib.runner import run
+
+    cfg = _config(ctx.obj["project"])
+    day = _as_of(as_of)
+    manifest = run(cfg, cadence, day, level=level, owner=owner, workers=workers, resume=resume,
+                   force_cube=recompute)
+    owners = manifest["owners"]
+    ok = sum(1 for o in owners.values() if o["status"] == "ok")
+    failed = manifest["failed"]
+    folder = cfg.root / "runs" / cadence / day.isoformat()
+    click.echo(f"{manifest['rendered']} reports rendered this time; {ok} of {len(owners)} owners have a report "
+               f"in {folder} (cube {manifest['cube_s']} s, rendering {manifest['render_s']} s).")
+    trust_fail = sum(1 for o in owners.values() if o.get("trust_status") == "fail")
+    if trust_fail:
+        click.echo(f"{trust_fail} reports open with 'fix the data first'.")
+    if failed:
+        click.echo(f"FAILED: {len(failed)} owners: " + ", ".join(failed[:20]), err=True)
+        for oid in failed[:5]:
+            click.echo(f"  {oid}: {owners[oid]['error']}", err=True)
+        click.echo("Fix the cause, then `spm run --resume` re-renders only those.", err=True)
+        sys.exit(1)
+
+
 def _emit(df: "object", fmt: str) -> None:
     import pandas as pd
 

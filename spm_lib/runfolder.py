@@ -47,12 +47,21 @@ def ensure_cube(cfg: Config, cadence: str, as_of: date, *, force: bool = False) 
     folder = run_dir(cfg, cadence, as_of)
     if has_cube(folder) and not force:
         return folder
-    from spm_lib.cube import compute_cube, write_cube
-    from spm_lib.load import load_dataset
-
     with locked(folder):
         if has_cube(folder) and not force:
             return folder
-        data = load_dataset(cfg)
-        write_cube(compute_cube(cfg, data, cadence, as_of), folder)
+        compute_cube_into(cfg, cadence, as_of, folder)
     return folder
+
+
+def compute_cube_into(cfg: Config, cadence: str, as_of: date, folder: Path) -> None:
+    """Load the source, compute the cube and write it into `folder` (the caller holds the lock)."""
+    from spm_lib import kpis
+    from spm_lib.cube import compute_cube, write_cube
+    from spm_lib.load import load_dataset
+
+    data = load_dataset(cfg)
+    cube = compute_cube(cfg, data, cadence, as_of)
+    cube.meta["currency"] = cfg.company.currency
+    cube.meta["kpi_count"] = len(kpis.REGISTRY)
+    write_cube(cube, folder)

@@ -1,0 +1,78 @@
+"""A papermill engine that executes many notebooks on one warm kernel, reset between notebooks.
+
+Kernel start-up and the imports of pandas, plotly and spm_lib cost seconds; the report's own work costs a
+fraction of a second. `WarmKernel` starts one python3 kernel, imports the report stack once, and each notebook
+then runs on it after `%reset -f` (the user namespace is emptied; imported modules and spm_lib's per-run cube
+cache stay warm). Registered in papermill's engine registry as "spm-warm".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
+from nbformat.v4 import new_code_cell
+from papermill.clientwrap import PapermillNotebookClient
+from papermill.engines import NBClientEngine, papermill_engines
+from papermill.utils import merge_kwargs, remove_args
+
+WARM_UP = "import spm_lib.report, spm_lib.charts, spm_lib.html, pandas, plotly.graph_objects"
+
+
+class WarmKernel:
+    """One python3 kernel, started once in `cwd` with `env`, reused for many notebooks."""
+
+    def __init__(self, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.km = AsyncKernelManager(kernel_name="python3")
+        run_sync(self.km.start_kernel)(cwd=str(cwd), env={**os.environ, **(env or {})})
+        self.warm = False
+
+    def shutdown(self) -> None:
+        """Stop the kernel."""
+        if self.km.has_kernel:
+            run_sync(self.km.shutdown_kernel)(now=True)
+
+
+class _WarmClient(PapermillNotebookClient):  # type: ignore[misc]
+    """papermill's client that first empties the namespace (and warms the imports) of a reused kernel."""
+
+    warm_kernel: WarmKernel | None = None
+
+    def papermill_execute_cells(self) -> None:
+        wk = self.warm_kernel
+        code = "%reset -f" if wk is not None and wk.warm else f"%reset -f\n{WARM_UP}"
+        self.execute_cell(new_code_cell(code), 0, store_history=False)
+        if wk is not None:
+            wk.warm = True
+        super().papermill_execute_cells()
+
+
+class WarmKernelEngine(NBClientEngine):  # type: ignore[misc]
+    """papermill engine "spm-warm": runs the notebook on the WarmKernel passed as `warm_kernel`."""
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, log_output: bool = False,
+                                 stdout_file: Any = None, stderr_file: Any = None, start_timeout: int = 60,
+                                 execution_timeout: int | None = None, **kwargs: Any) -> Any:
+        """Execute on the warm kernel; keep the kernel alive, close this notebook's client channels."""
+        warm: WarmKernel = kwargs.pop("warm_kernel")
+        holder: dict[str, Any] | None = kwargs.pop("result_holder", None)
+        kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
+        final = merge_kwargs(kwargs, timeout=execution_timeout, startup_timeout=start_timeout,
+                             kernel_name=kernel_name, log_output=log_output, stdout_file=stdout_file,
+                             stderr_file=stderr_file)
+        client = _WarmClient(nb_man, km=warm.km, **final)
+        client.warm_kernel = warm
+        if holder is not None:
+            holder["nb"] = nb_man.nb
+        try:
+            return client.execute()
+        finally:
+            if client.kc is not None:
+                client.kc.stop_channels()
+
+
+papermill_engines.register("spm-warm", WarmKernelEngine)
