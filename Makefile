@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 export SPM_PROJECT_DIR := $(CURDIR)
 
-.PHONY: setup demo demo-data check test system-deps bench lint clean
+.PHONY: setup demo demo-data check test system-deps bench lint lab templates clean
 
 $(BIN)/.installed: pyproject.toml requirements.lock
 	@echo "== creating $(VENV) and installing pinned dependencies (requirements.lock)"
@@ -23,8 +23,10 @@ data/demo.duckdb: | $(BIN)/.installed
 demo-data: $(BIN)/.installed  ## (re)generate the demo CRM into data/demo.duckdb
 	$(BIN)/spm demo-data
 
-demo: $(BIN)/.installed data/demo.duckdb  ## the main job on the embedded demo data
+demo: $(BIN)/.installed data/demo.duckdb  ## the main job on the embedded demo data: every owner's monthly report
 	$(BIN)/spm data check
+	$(BIN)/spm run --cadence monthly
+	@$(BIN)/python -c "from spm_lib.cli import print_report_path; print_report_path('monthly', 'executive')"
 
 check: $(BIN)/.installed  ## validate the configured source
 	$(BIN)/spm data check
@@ -32,8 +34,18 @@ check: $(BIN)/.installed  ## validate the configured source
 system-deps:  ## real parts the tests need (PostgreSQL server, Chromium)
 	@bash scripts/system-deps.sh
 
-test: $(BIN)/.installed system-deps  ## the whole test suite
-	$(BIN)/pytest
+test: $(BIN)/.installed system-deps data/demo.duckdb  ## the whole test suite, then every template under nbval
+	$(BIN)/pytest tests
+	$(BIN)/spm cube --cadence monthly && $(BIN)/spm cube --cadence quarterly && \
+	  $(BIN)/spm cube --cadence annual && $(BIN)/spm cube --cadence weekly
+	$(BIN)/pytest --nbval-lax -p no:cacheprovider templates/
+
+lab: $(BIN)/.installed data/demo.duckdb  ## JupyterLab on templates/ with the demo data wired in
+	$(BIN)/spm cube --cadence monthly
+	cd templates && ../$(BIN)/jupyter lab
+
+templates: $(BIN)/.installed  ## regenerate templates/*.ipynb from scripts/make_templates.py
+	$(BIN)/python scripts/make_templates.py
 
 bench: $(BIN)/.installed  ## benchmarks; figures in runs/bench/latest.json
 	$(BIN)/python -m spm_lib.bench

@@ -200,3 +200,17 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def print_report_path(cadence: str, level: str) -> None:
+    """Print where the latest run's report of the first owner of `level` is (for `make demo`)."""
+    import json as _json
+
+    from spm_lib.report import latest_run
+
+    folder = latest_run(cadence)
+    manifest = _json.loads((folder / "manifest.json").read_text())
+    mine = sorted(o for o, v in manifest["owners"].items() if v["level"] == level and v["status"] == "ok")
+    if mine:
+        click.echo(f"\nThe {level}'s report: {manifest['owners'][mine[0]]['html']}")
+    click.echo(f"Every report of the run: {folder}/<level>/<owner>.html (manifest: {folder}/manifest.json)")

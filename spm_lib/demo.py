@@ -50,7 +50,7 @@ LOST_REACH = (0.30, 0.25, 0.20, 0.15, 0.10)             # last open stage reache
 OPPS_PER_YEAR = 180
 ACCOUNTS_PER_SELLER = 40
 HORIZON_DAYS = 180                                      # natural close dates run this far past `end`
-RATES = {"stale": 0.10, "past_close": 0.07, "early_closing": 0.05, "missing": 0.015}
+RATES = {"stale": 0.10, "past_close": 0.07, "early_closing": 0.05, "pushed": 0.05, "missing": 0.015}
 SQL_TYPES = {"str": "VARCHAR", "float": "DOUBLE", "int": "BIGINT", "date": "DATE", "datetime": "TIMESTAMP",
              "bool": "BOOLEAN"}
 
@@ -103,6 +103,7 @@ def generate(path: Path, *, seed: int = 42, scale: float = 1.0, end: date) -> di
     acc_segment = rng.choice(len(SEGMENTS), n_accounts, p=[s[1] for s in SEGMENTS])
     plan = _plan(rng, sellers, acc_segment, start_day, end_day)
     mess = _mess(rng, plan, sellers, end_day)
+    _serial_pushes(rng, plan, mess.serial, end_day)
     ev = _events(plan, mess, end_day)
     final = _final_state(rng, plan, mess, ev, end_day)
     months = _months(start_day, end_day)
@@ -201,15 +202,14 @@ class _Plan:
     discount: np.ndarray
     margin_share: np.ndarray
     t_created: np.ndarray
-    cycle: np.ndarray
+    life: np.ndarray            # days from creation to the natural close
     close_day: np.ndarray       # natural close date
     t_close: np.ndarray
     won: np.ndarray
     max_stage: np.ndarray
     t_stage: np.ndarray         # (n, 4): entry time into stages 1..4
-    pushes: np.ndarray
     close_steps: np.ndarray     # (n, 6): close date after 0..5 pushes
-    t_push: np.ndarray          # (n, 5)
+    t_push: np.ndarray          # (n, 5): when each push happened, inf when it did not
 
     @property
     def created_day(self) -> np.ndarray:
@@ -237,7 +237,16 @@ def _plan(rng: np.random.Generator, s: _Sellers, acc_segment: np.ndarray, start_
     z = (np.log(amount) - np.log(amount).mean()) / np.log(amount).std()
     cycle = np.clip(80 + 28 * z + rng.normal(0, 12, n), 30, 150)
     t_close = close_day + rng.uniform(0.35, 0.97, n)
-    t_created = t_close - cycle
+    p_win = np.clip(s.win[seller] * np.array([seg[3] for seg in SEGMENTS])[segment], 0.03, 0.8)
+    won = rng.random(n) < p_win
+    max_stage = np.where(won, 4, rng.choice(5, n, p=LOST_REACH))
+    frac = np.clip(np.array([0.10, 0.28, 0.50, 0.72]) + rng.normal(0, 0.04, (n, 4)), 0.03, 0.93)
+    frac = np.maximum.accumulate(frac, axis=1) + np.arange(4) * 1e-3
+    # a lost deal dies soon after its last stage instead of sitting there until the end of the cycle
+    next_frac = np.concatenate([frac, np.ones((n, 1))], axis=1)[np.arange(n), max_stage]
+    life = cycle * np.where(won, 1.0, np.minimum(1.0, next_frac + rng.uniform(0.05, 0.2, n)))
+    t_created = t_close - life
+    t_stage = t_created[:, None] + frac * cycle[:, None]
     keep = np.floor(t_created) <= end_day
     order = np.argsort(t_created[keep], kind="stable")
 
@@ -245,27 +254,26 @@ def _plan(rng: np.random.Generator, s: _Sellers, acc_segment: np.ndarray, start_
         return a[keep][order]
 
     seller, account, product, amount, discount = k(seller), k(account), k(product), k(amount), k(discount)
-    segment, cycle, close_day, t_close, t_created = k(segment), k(cycle), k(close_day), k(t_close), k(t_created)
+    segment, life, close_day, t_close, t_created = k(segment), k(life), k(close_day), k(t_close), k(t_created)
+    won, max_stage, t_stage = k(won), k(max_stage), k(t_stage)
     n = len(seller)
-    p_win = np.clip(s.win[seller] * np.array([seg[3] for seg in SEGMENTS])[segment], 0.03, 0.8)
-    won = rng.random(n) < p_win
-    max_stage = np.where(won, 4, rng.choice(5, n, p=LOST_REACH))
-    frac = np.clip(np.array([0.10, 0.28, 0.50, 0.72]) + rng.normal(0, 0.04, (n, 4)), 0.03, 0.93)
-    frac = np.maximum.accumulate(frac, axis=1) + np.arange(4) * 1e-3
     changed = rng.random(n) < 0.15
     factor = np.where(rng.random(n) < 1 / 3, rng.uniform(0.6, 0.9, n), rng.uniform(1.1, 1.5, n))
     amount0 = np.where(changed, np.maximum(np.round(amount / factor, -1), 10.0), amount)
-    pushes, steps, t_push = _pushes(rng, s.mess[seller], cycle, close_day, t_created, t_close)
+    planned = np.where(won, close_day, np.floor(t_created + k(cycle)))   # lost deals die before their plan
+    pushes = np.minimum(rng.poisson(0.45 * s.mess[seller] * k(cycle) / 80), 5)
+    steps, t_push = _push_schedule(rng, pushes, _first_close(t_created, planned), planned - 1, planned,
+                                   t_created, t_close)
     from_lead = rng.random(n) < 0.35
     lead_mix = rng.choice(len(CHANNELS), n, p=[c[2] for c in CHANNELS])
     rep_mix = rng.choice(len(CHANNELS), n, p=[c[3] for c in CHANNELS])
     return _Plan(
         seller=seller, account=account, product=product, channel=np.where(from_lead, lead_mix, rep_mix),
         from_lead=from_lead, amount=amount, amount0=amount0, amount_changed=changed,
-        t_amount=t_created + rng.uniform(0.15, 0.85, n) * cycle, discount=discount,
+        t_amount=t_created + rng.uniform(0.15, 0.85, n) * life, discount=discount,
         margin_share=np.array([p[2] for p in PRODUCTS])[product] * rng.uniform(0.9, 1.05, n),
-        t_created=t_created, cycle=cycle, close_day=close_day, t_close=t_close, won=won, max_stage=max_stage,
-        t_stage=t_created[:, None] + frac * cycle[:, None], pushes=pushes, close_steps=steps, t_push=t_push)
+        t_created=t_created, life=life, close_day=close_day, t_close=t_close, won=won, max_stage=max_stage,
+        t_stage=t_stage, close_steps=steps, t_push=t_push)
 
 
 def _close_weights(days: np.ndarray) -> np.ndarray:
@@ -284,21 +292,22 @@ def _choice_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return np.minimum((rng.random(len(probs))[:, None] >= cum).sum(axis=1), probs.shape[1] - 1)
 
 
-def _pushes(rng: np.random.Generator, mess: np.ndarray, cycle: np.ndarray, close_day: np.ndarray,
-            t_created: np.ndarray, t_close: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Close-date pushes: how many, the close date after each, and when each happened (just before due)."""
-    n = len(mess)
-    pushes = np.minimum(rng.poisson(0.55 * mess * cycle / 80), 5)
-    delta = rng.integers(7, 36, (n, 5)) * (np.arange(5) < pushes[:, None])
-    allowed = close_day - np.floor(t_created) - 10
-    total = delta.sum(axis=1)
-    shrink = np.where(total > allowed, allowed / np.maximum(total, 1), 1.0)
-    delta = np.where(delta > 0, np.maximum(np.floor(delta * shrink[:, None]), 1), 0)
-    c0 = close_day - delta.sum(axis=1)
-    steps = c0[:, None] + np.concatenate([np.zeros((n, 1)), np.cumsum(delta, axis=1)], axis=1)
-    t_push = steps[:, :5] - rng.uniform(0, 7, (n, 5)) + rng.uniform(0.3, 0.95, (n, 5))
-    t_push = np.clip(t_push, (t_created + 0.5)[:, None], (t_close - 0.2)[:, None])
-    return pushes, steps, np.maximum.accumulate(t_push, axis=1)
+def _push_schedule(rng: np.random.Generator, count: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                   final: np.ndarray, t_created: np.ndarray,
+                   t_close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Close dates before and after each of `count` pushes (steps between `lower` and `upper`, ending at
+    `final`) and when each push happened: just before the date it replaced (inf: never, the deal closed
+    first)."""
+    n = len(count)
+    count = np.where(upper - lower >= 10, count, 0)
+    span = np.maximum(upper - lower - 5, 0)
+    draws = np.where(np.arange(5) < count[:, None], lower[:, None] + rng.random((n, 5)) * span[:, None], np.inf)
+    draws = np.floor(np.sort(draws, axis=1)) + np.arange(5)
+    steps = np.concatenate([np.where(np.isinf(draws), final[:, None], draws), final[:, None]], axis=1)
+    t_push = steps[:, :5] - rng.uniform(0, 5, (n, 5)) + rng.uniform(0.3, 0.95, (n, 5))
+    t_push = np.maximum.accumulate(np.maximum(t_push, (t_created + 0.5)[:, None]), axis=1)
+    happened = (np.arange(5) < count[:, None]) & (t_push < (t_close - 0.2)[:, None])
+    return steps, np.where(happened, t_push, np.inf)
 
 
 # ---------------------------------------------------------------- the mess of the open pipeline
@@ -310,36 +319,77 @@ class _Mess:
     cutoff: np.ndarray          # stale deals: nothing happened after this time
     forgotten: np.ndarray       # should have closed, still open with a past close date
     hold_stage: np.ndarray      # last stage a deal may reach (early stage but closing soon)
+    serial: np.ndarray          # pushed 3 to 5 times before `end`
     no_amount: np.ndarray
     no_close: np.ndarray
 
 
 def _mess(rng: np.random.Generator, p: _Plan, s: _Sellers, end_day: int) -> _Mess:
-    """Pick stale, forgotten, early-stage-closing-soon and incomplete deals at believable rates."""
+    """Pick stale, forgotten, early-stage-closing-soon, serially pushed and incomplete deals so that the open
+    pipeline at `end` shows each problem at about its RATES (natural cases count towards the rate)."""
     n = len(p.seller)
     w = s.mess[p.seller]
     future = p.close_day > end_day
     n_future = int(future.sum())
-    n_forgot = round(RATES["past_close"] / (1 - RATES["past_close"]) * n_future)
-    n_open = n_future + n_forgot
-    forgotten = _pick(rng, (p.close_day >= end_day - 60) & ~future, w, n_forgot)
-    stale = _pick(rng, future & (p.created_day <= end_day - 75), w, round(RATES["stale"] * n_open))
-    cutoff = p.t_created + 5 + rng.random(n) * (end_day - 61 - p.t_created - 5)
-    soon = future & ~stale & (p.close_day <= end_day + 30)
-    hold = _pick(rng, soon, w, round(RATES["early_closing"] * n_open))
-    missing = _pick(rng, future & ~stale & ~hold, w, round(RATES["missing"] * n_open))
+    r = RATES["past_close"]
+    # stale: open deals gone quiet, and deals lost in fact but never closed in the CRM (abandoned)
+    hi = np.minimum(end_day - 62.0, p.t_close - 1)
+    cutoff = p.t_created + 5 + rng.random(n) * (hi - p.t_created - 5)
+    stage, shown, _ = _state_at(p, cutoff)
+    abandoned = ~p.won & ~future & (p.close_day >= end_day - 150)
+    quiet = ((future | abandoned) & (hi - p.t_created >= 10) & ((stage > 1) | (shown > end_day + 30)))
+    # most quiet deals show a past close date; prefer the others so past-close deals stay near their rate
+    stale = _pick(rng, quiet, w * np.where(shown < end_day, 0.2, 1.0),
+                  round(RATES["stale"] * n_future / (1 - r - RATES["stale"] / 2)))
+    cutoff = np.where(stale, cutoff, np.inf)
+    stage, shown, pushes = _state_at(p, np.minimum(cutoff, end_day + 1.0))
+    stale_past = int((stale & (shown < end_day)).sum())
+    still_open = n_future + int((stale & ~future).sum())
+    _, shown_at_close, _ = _state_at(p, p.t_close)
+    forgotten = _pick(rng, ~future & ~stale & (p.close_day >= end_day - 60) & (shown_at_close < end_day), w,
+                      round((r * still_open - stale_past) / (1 - r)))
+    n_open = still_open + int(forgotten.sum())
+    soon = (future | stale) & (shown >= end_day) & (shown <= end_day + 30)
+    natural_early = int((soon & (stage <= 1)).sum())
+    hold = _pick(rng, soon & ~stale & (stage > 1), w, round(RATES["early_closing"] * n_open) - natural_early)
+    natural_pushed = int(((future | stale) & (pushes >= 3)).sum())
+    serial = _pick(rng, future & ~stale & ~hold & ~soon & (p.created_day <= end_day - 45), w,
+                   round(RATES["pushed"] * n_open) - natural_pushed)
+    missing = _pick(rng, future & ~stale & ~hold & ~serial, w, round(RATES["missing"] * n_open))
     half = rng.random(n) < 0.5
     won_closed = p.won & ~future & ~forgotten
     no_amount_won = _pick(rng, won_closed, np.ones(n), max(3, round(0.001 * int(won_closed.sum()))))
-    return _Mess(stale=stale, cutoff=np.where(stale, cutoff, np.inf), forgotten=forgotten,
-                 hold_stage=np.where(hold, rng.integers(0, 2, n), 4),
+    return _Mess(stale=stale, cutoff=cutoff, forgotten=forgotten,
+                 hold_stage=np.where(hold, rng.integers(0, 2, n), 4), serial=serial,
                  no_amount=(missing & half) | no_amount_won, no_close=missing & ~half)
+
+
+def _first_close(t_created: np.ndarray, final: np.ndarray) -> np.ndarray:
+    """The earliest first close date of a deal that will be pushed: 40 % of the way to its final one."""
+    return np.floor(t_created + 0.4 * (final - t_created))
+
+
+def _state_at(p: _Plan, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each deal's open stage, close date and number of pushes just before time `t` (no closing, no mess)."""
+    stage = ((p.t_stage < t[:, None]) & (np.arange(1, 5) <= p.max_stage[:, None])).sum(axis=1)
+    pushes = (p.t_push < t[:, None]).sum(axis=1)
+    return stage, p.close_steps[np.arange(len(t)), pushes], pushes
+
+
+def _serial_pushes(rng: np.random.Generator, p: _Plan, serial: np.ndarray, end_day: int) -> None:
+    """Rewrite the push schedule of the `serial` deals: 3 to 5 pushes, all before `end`, to a final close
+    date 10 to 60 days after `end` (they are open at `end`, so nothing else changes)."""
+    i = np.flatnonzero(serial)
+    final = end_day + rng.integers(10, 61, len(i)).astype(float)
+    p.close_steps[i], p.t_push[i] = _push_schedule(rng, rng.integers(3, 6, len(i)), np.floor(p.t_created[i]) + 10,
+                                                   np.full(len(i), float(end_day)), final, p.t_created[i],
+                                                   np.full(len(i), np.inf))
 
 
 def _pick(rng: np.random.Generator, eligible: np.ndarray, weight: np.ndarray, k: int) -> np.ndarray:
     """A weighted sample without replacement of `k` eligible rows, as a mask (Efraimidis-Spirakis keys)."""
     key = np.where(eligible, np.log(rng.random(len(eligible))) / weight, -np.inf)
-    k = min(k, int(eligible.sum()))
+    k = max(0, min(k, int(eligible.sum())))
     out = np.zeros(len(eligible), bool)
     if k > 0:
         out[np.argpartition(-key, k - 1)[:k]] = True
@@ -375,7 +425,7 @@ def _events(p: _Plan, m: _Mess, end_day: int) -> _Events:
     parts.append((idx[ok], p.t_amount[ok], 5, nan[ok], p.amount[ok], nan[ok]))
     for j in range(1, 6):
         t = p.t_push[:, j - 1]
-        ok = (j <= p.pushes) & ~m.no_close & (t < limit)
+        ok = ~m.no_close & (t < limit)
         parts.append((idx[ok], t[ok], 5 + j, nan[ok], nan[ok], p.close_steps[ok, j]))
     ok = (p.t_close < limit) & ~m.forgotten
     parts.append((idx[ok], p.t_close[ok], 11, np.where(p.won, WON, LOST)[ok].astype(float), nan[ok],
@@ -425,7 +475,7 @@ def _final_state(rng: np.random.Generator, p: _Plan, m: _Mess, ev: _Events, end_
 
 # ---------------------------------------------------------------- tables
 def _owners_table(rng: np.random.Generator, org: _Org, start_day: int) -> dict[str, pa.Array]:
-    """owners: ids, manager, name, email, level, hire date."""
+    """owners: ids, manager, name, email, level, valid from the hire date."""
     first = [FIRST_NAMES[i] for i in org.first]
     last = [LAST_NAMES[i] for i in org.last]
     names = [f"{f} {la}" for f, la in zip(first, last, strict=True)]
@@ -433,6 +483,9 @@ def _owners_table(rng: np.random.Generator, org: _Org, start_day: int) -> dict[s
               for f, la, d in zip(first, last, org.dup, strict=True)]
     n = len(org.ids)
     hired = start_day - rng.integers(30, 6 * 365, n)
+    for depth in range(1, int(org.level.max()) + 1):    # nobody joins before their manager
+        kids = np.flatnonzero(org.level == depth)
+        hired[kids] = np.maximum(hired[kids], hired[org.parent[kids]])
     return {"owner_id": pa.array(org.ids),
             "manager_id": pa.array([org.ids[i] if i >= 0 else None for i in org.parent]),
             "name": pa.array(names), "email": pa.array(emails),
@@ -490,14 +543,14 @@ def _activities_table(rng: np.random.Generator, p: _Plan, m: _Mess, f: _Final, o
                     np.minimum(p.close_day, end_day)).astype(np.int64)
     last = np.maximum(last, first)
     act = s.activity[p.seller] ** 1.3
-    count = rng.poisson(act * (1 + (last - first) / 28))
+    count = rng.poisson(act * (1.5 + (last - first) / 20))
     deal = np.repeat(np.arange(len(first)), count)
     day = first[deal] + np.floor(rng.random(len(deal)) * (last - first + 1)[deal]).astype(np.int64)
     touch = f.touched & (rng.random(len(first)) < 0.85)
     deal = np.concatenate([deal, np.flatnonzero(touch)])
     day = np.concatenate([day, np.floor(f.last_modified[touch]).astype(np.int64)])
     day = np.maximum(_weekday(day), first[deal])
-    n_solo = rng.poisson(150 * s.activity * (end_day - start_day + 1) / 365.25)
+    n_solo = rng.poisson(200 * s.activity * (end_day - start_day + 1) / 365.25)
     solo_seller = np.repeat(np.arange(len(s.owner)), n_solo)
     solo_day = _weekday(rng.integers(start_day, end_day + 1, len(solo_seller)))
     solo_account = solo_seller + len(s.owner) * rng.integers(0, ACCOUNTS_PER_SELLER, len(solo_seller))
@@ -530,7 +583,7 @@ def _leads_table(rng: np.random.Generator, p: _Plan, org: _Org, s: _Sellers, end
     conv_day = p.created_day[conv] - rng.integers(0, 22, len(conv))
     rate = np.array([c[1] for c in CHANNELS])
     per_channel = np.bincount(p.channel[conv], minlength=len(CHANNELS))
-    n_lost = np.round(per_channel * (1 - rate) / rate).astype(np.int64)
+    n_lost = rng.poisson(per_channel * (1 - rate) / rate)
     lost_channel = np.repeat(np.arange(len(CHANNELS)), n_lost)
     lost_day = rng.integers(int(conv_day.min()), end_day + 1, len(lost_channel))
     lost_seller = rng.integers(0, len(s.owner), len(lost_channel))
@@ -725,8 +778,7 @@ def _cumcount(keys: np.ndarray) -> np.ndarray:
 
 
 def _id_array(prefix: str, numbers: np.ndarray, width: int, missing: np.ndarray | None = None) -> pa.Array:
-    """Ids like `opp-0000042` (width grows with the largest number); null where `missing`."""
-    width = max(width, len(str(int(numbers.max())))) if len(numbers) else width
+    """Ids like `opp-0000042`: zero-padded to `width` digits (more when needed); null where `missing`."""
     text = pc.utf8_lpad(pc.cast(pa.array(np.asarray(numbers, np.int64), mask=missing), pa.string()), width, "0")
     return pc.binary_join_element_wise(prefix, text, "")
 

@@ -1,0 +1,67 @@
+"""Export an executed report notebook to one self-contained, small HTML file; write files atomically.
+
+The page uses the `spm_report` nbconvert template (spm_lib/templates/spm_report, based on `basic`):
+no code, our CSS and the vendored plotly.js finance bundle inline once, no remote scripts, no random
+ids, so the same notebook always gives the same HTML.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+from nbconvert import HTMLExporter
+from nbformat import NotebookNode
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+STATIC_DIR = PACKAGE_DIR / "static"
+TEMPLATES_DIR = PACKAGE_DIR / "templates"
+TEMPLATE_NAME = "spm_report"
+PLOTLY_JS = STATIC_DIR / "plotly-finance.min.js"
+REPORT_CSS = STATIC_DIR / "report.css"
+# The template writes this marker where the bundle goes; the bundle replaces it after nbconvert's
+# HTML clean-up (which would otherwise re-parse 1.3 MB of JavaScript for every report).
+PLOTLY_MARKER = "/* spm_lib: plotly.js finance bundle */"
+
+
+@functools.cache
+def _assets() -> dict[str, str]:
+    """The inline CSS and plotly.js bundle, read once per process."""
+    return {"css": REPORT_CSS.read_text(encoding="utf-8"), "plotly_js": PLOTLY_JS.read_text(encoding="utf-8")}
+
+
+def _resources(title: str) -> dict[str, object]:
+    """nbconvert resources: the page title and the inline assets (the bundle as its marker)."""
+    return {"metadata": {"name": title}, "spm": {"css": _assets()["css"], "plotly_js": PLOTLY_MARKER}}
+
+
+@functools.cache
+def _exporter() -> HTMLExporter:
+    """The one HTMLExporter of the process, set up with the spm_report template."""
+    return HTMLExporter(template_name=TEMPLATE_NAME, extra_template_basedirs=[str(TEMPLATES_DIR)],
+                        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+
+
+def export_html(nb: NotebookNode, title: str) -> str:
+    """The executed notebook `nb` as a self-contained HTML page titled `title` (no code cells' inputs shown)."""
+    body, _ = _exporter().from_notebook_node(nb, resources=_resources(title))
+    return body.replace(PLOTLY_MARKER, _assets()["plotly_js"], 1)
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` (UTF-8) to `path` through a temp file in the same folder and a rename: never a half file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
