@@ -78,7 +78,7 @@ def _hover(columns: Sequence[Sequence[str]]) -> tuple[list[list[str]], str]:
     columns = [list(c) for c in columns]
     rows = [list(r) for r in zip(*columns)]
     n = len(columns)
-    lines = [f"<b>%{{customdata[0]}}</b>"] + [f"%{{customdata[{i}]}}" for i in range(1, n - 1)]
+    lines = ["<b>%{customdata[0]}</b>"] + [f"%{{customdata[{i}]}}" for i in range(1, n - 1)]
     lines.append(f"<i>%{{customdata[{n - 1}]}}</i>")
     return rows, "<br>".join(lines) + "<extra></extra>"
 
@@ -142,6 +142,12 @@ def _empty(df: pd.DataFrame | None) -> bool:
     return df is None or len(df) == 0
 
 
+def _top(values: np.ndarray, *others: float, floor: float = 1e-9) -> float:
+    """The largest finite value among `values` and `others` (at least `floor`): where an axis must reach."""
+    finite = values[np.isfinite(values)]
+    return max(float(finite.max()) if finite.size else floor, *others, floor)
+
+
 def _bar_height(n: int) -> int:
     """Height of a horizontal bar chart with `n` bars: compact, growing only for long lists."""
     return max(MIN_HEIGHT, min(MAX_HEIGHT, 80 + 26 * n)) if n <= 10 else 80 + 22 * n
@@ -149,7 +155,8 @@ def _bar_height(n: int) -> int:
 
 def _target_line(fig: go.Figure, x: float, text: str) -> None:
     """A dashed vertical reference line at `x` across the plot, labelled on top."""
-    fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", layer="below", line={"color": INK, "width": 1.5, "dash": "dash"})
+    fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", layer="below",
+                  line={"color": INK, "width": 1.5, "dash": "dash"})
     fig.add_annotation(x=x, y=1, yref="paper", text=text, showarrow=False, yanchor="bottom",
                        font={"size": 11, "color": MUTED})
 
@@ -157,8 +164,7 @@ def _target_line(fig: go.Figure, x: float, text: str) -> None:
 def _hbars(title: str, labels: list[str], x: np.ndarray, colours: list[str], text: list[str],
            hover: Sequence[Sequence[str]], axis: dict[str, Any], target_at: float | None) -> go.Figure:
     """Horizontal bars in the given order (top to bottom) with outside text and an optional target line."""
-    finite = x[np.isfinite(x)]
-    top = max(float(finite.max()) if finite.size else 0.0, target_at or 0.0, 1e-9)
+    top = _top(x, target_at or 0.0)
     customdata, template = _hover(hover)
     fig = _figure(title, _bar_height(len(labels)))
     fig.add_trace(go.Bar(y=labels, x=np.nan_to_num(x, nan=0.0), orientation="h", marker={"color": colours},
@@ -204,7 +210,8 @@ def forecast_vs_target(booked: float, weighted: float, target: float | None, lab
         return _no_data(title)
     booked_v, weighted_v = (0.0 if pd.isna(v) else float(v) for v in (booked, weighted))
     expected = booked_v + weighted_v
-    has_target = target is not None and not pd.isna(target)
+    tgt = float("nan") if target is None or pd.isna(target) else float(target)
+    has_target = not np.isnan(tgt)
     steps = ["Booked", "+ Weighted pipeline", "Expected"]
     amounts = _fmt([booked_v, weighted_v, expected], "currency", currency)
     defs = [DEFINITIONS["booked"], DEFINITIONS["weighted"], DEFINITIONS["expected"]]
@@ -219,14 +226,13 @@ def forecast_vs_target(booked: float, weighted: float, target: float | None, lab
         increasing={"marker": {"color": NEUTRAL_LIGHT}}, decreasing={"marker": {"color": STATUS_COLOURS["red"]}},
         totals={"marker": {"color": NEUTRAL}}, connector={"line": {"color": "#b0b0b0", "width": 1, "dash": "dot"}},
         customdata=customdata, hovertemplate=template))
-    top = max(expected, booked_v, float(target) if has_target else 0.0, 1e-9)
+    top = max(expected, booked_v, tgt if has_target else 0.0, 1e-9)
     fig.update_yaxes(range=[0, top * 1.12], **_value_axis("currency", currency))
     fig.update_xaxes(type="category", showgrid=False)
     if not has_target:
         fig.add_annotation(text="No target set", x=1, y=1, xref="paper", yref="paper", showarrow=False,
                            xanchor="right", yanchor="bottom", font={"color": MUTED})
         return fig
-    tgt = float(target)  # type: ignore[arg-type]
     tgt_text = fmt_value(tgt, "currency", currency)
     cd, tmpl = _hover([["Target"] * 3, [tgt_text] * 3, [_wrap(DEFINITIONS["target"])] * 3])
     fig.add_trace(go.Scatter(x=steps, y=[tgt] * 3, mode="lines", customdata=cd, hovertemplate=tmpl,
@@ -246,6 +252,19 @@ def forecast_vs_target(booked: float, weighted: float, target: float | None, lab
     return fig
 
 
+def _amount_bars(title: str, labels: list[str], values: np.ndarray, currency: str,
+                 details: Sequence[Sequence[str]], definition: str) -> go.Figure:
+    """Vertical bars of amounts in the order given, each labelled with its amount."""
+    amounts = _fmt(values, "currency", currency)
+    customdata, template = _hover([labels, amounts, *details, [_wrap(definition)] * len(labels)])
+    fig = _figure(title, 290)
+    fig.add_trace(go.Bar(x=labels, y=np.nan_to_num(values), marker={"color": NEUTRAL}, text=amounts,
+                         textposition="outside", cliponaxis=False, customdata=customdata, hovertemplate=template))
+    fig.update_xaxes(type="category", showgrid=False)
+    fig.update_yaxes(range=[0, _top(values) * 1.2], **_value_axis("currency", currency))
+    return fig
+
+
 def pipeline_by_stage(df: pd.DataFrame, currency: str, *, definition: str = DEFINITIONS["pipeline_by_stage"]
                       ) -> go.Figure:
     """Open pipeline value per stage, as bars in the stage order given.
@@ -256,17 +275,8 @@ def pipeline_by_stage(df: pd.DataFrame, currency: str, *, definition: str = DEFI
     if _empty(df):
         return _no_data(title)
     require_columns(df, ["stage", "value", "count"], title)
-    stages, values = _labels(df["stage"]), _num(df["value"])
-    amounts = _fmt(values, "currency", currency)
     deals = [f"{fmt_value(c, 'count', currency)} deals" for c in _num(df["count"])]
-    customdata, template = _hover([stages, amounts, deals, [_wrap(definition)] * len(df)])
-    fig = _figure(title, 300)
-    fig.add_trace(go.Bar(x=stages, y=np.nan_to_num(values), marker={"color": NEUTRAL}, text=amounts,
-                         textposition="outside", cliponaxis=False, customdata=customdata, hovertemplate=template))
-    fig.update_xaxes(type="category", showgrid=False)
-    fig.update_yaxes(range=[0, max(float(np.nanmax(values)) if np.isfinite(values).any() else 0, 1e-9) * 1.2],
-                     **_value_axis("currency", currency))
-    return fig
+    return _amount_bars(title, _labels(df["stage"]), _num(df["value"]), currency, [deals], definition)
 
 
 def pipeline_by_close_month(df: pd.DataFrame, currency: str, *,
@@ -279,16 +289,7 @@ def pipeline_by_close_month(df: pd.DataFrame, currency: str, *,
     if _empty(df):
         return _no_data(title)
     require_columns(df, ["month", "value"], title)
-    months, values = _labels(df["month"]), _num(df["value"])
-    amounts = _fmt(values, "currency", currency)
-    customdata, template = _hover([months, amounts, [_wrap(definition)] * len(df)])
-    fig = _figure(title, 280)
-    fig.add_trace(go.Bar(x=months, y=np.nan_to_num(values), marker={"color": NEUTRAL}, text=amounts,
-                         textposition="outside", cliponaxis=False, customdata=customdata, hovertemplate=template))
-    fig.update_xaxes(type="category", showgrid=False)
-    fig.update_yaxes(range=[0, max(float(np.nanmax(values)) if np.isfinite(values).any() else 0, 1e-9) * 1.2],
-                     **_value_axis("currency", currency))
-    return fig
+    return _amount_bars(title, _labels(df["month"]), _num(df["value"]), currency, [], definition)
 
 
 def funnel(df: pd.DataFrame, weak_stage: str | None, *, benchmark_label: str = "the team",
@@ -480,11 +481,11 @@ def leads_by_channel(df: pd.DataFrame, *, definition: str = DEFINITIONS["leads_b
     fig.add_trace(go.Scatter(x=channels, y=rate, name="Conversion to opportunity", yaxis="y2", mode="markers",
                              marker={"size": 11, "color": ACCENT, "symbol": "diamond"},
                              customdata=cd, hovertemplate=tmpl))
-    top = float(np.nanmax(leads)) if np.isfinite(leads).any() else 1.0
     fig.update_xaxes(type="category", showgrid=False)
     fig.update_layout(
-        yaxis={"title": {"text": "leads"}, "range": [0, max(top, 1.0) * 1.2], "rangemode": "tozero"},
-        yaxis2={"title": {"text": "conversion", "font": {"color": ACCENT}}, "overlaying": "y", "side": "right", "tickmode": "auto", "nticks": 5,
-                "ticksuffix": " %", "showgrid": False, "rangemode": "tozero", "tickfont": {"color": ACCENT},
-                "range": [0, max(float(np.nanmax(rate)) if np.isfinite(rate).any() else 0.0, 10.0) * 1.2]})
+        yaxis={"title": {"text": "leads"}, "range": [0, _top(leads, floor=1.0) * 1.2], "rangemode": "tozero"},
+        yaxis2={"title": {"text": "conversion", "font": {"color": ACCENT}}, "overlaying": "y", "side": "right",
+                "tickmode": "auto", "nticks": 5, "ticksuffix": " %", "showgrid": False, "rangemode": "tozero",
+                "tickfont": {"color": ACCENT},
+                "range": [0, _top(rate, floor=10.0) * 1.2]})
     return fig

@@ -239,7 +239,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
             "forward_period": q.label, "notes": ctx.notes, "owners": len(scopes),
             "opportunities": int(len(ctx.snapshot))}
     owners = ctx.owners.copy()
-    owners["scope"] = owners["owner_id"].map(lambda o: ctx.org.scope_kind(o))  # type: ignore[attr-defined]
+    owners["scope"] = [ctx.org.scope_kind(o) for o in owners["owner_id"]]  # type: ignore[attr-defined]
     return Cube(kpis=allk, trust=trust_df, trust_rows=trust_rows, decomposition=decomp, facts=facts,
                 probabilities=probs, owners=owners, quality=_quality(data), meta=meta)
 
@@ -357,12 +357,14 @@ def _finish(df: pd.DataFrame, ctx: CubeContext) -> pd.DataFrame:
     """Add scope, level, kind, attainment and status; drop hidden KPIs; order columns."""
     from spm_lib.targets import attainment, status
 
-    df = df[~df["kpi"].map(lambda i: registry.REGISTRY[i].hidden if i in registry.REGISTRY else False)].copy()
+    reg = registry.REGISTRY
+    df = df[~df["kpi"].map({i: k.hidden for i, k in reg.items()}).fillna(False).astype(bool)].copy()
     owners = ctx.owners.set_index("owner_id")
     df["level"] = df["owner_id"].map(owners["level"])
-    df["scope"] = df["owner_id"].map(lambda o: ctx.org.scope_kind(o))  # type: ignore[attr-defined]
-    df["kind"] = df["kpi"].map(lambda i: registry.REGISTRY[i].kind if i in registry.REGISTRY else "leading")
-    direction = df["kpi"].map(lambda i: registry.REGISTRY[i].direction if i in registry.REGISTRY else "higher")
+    scope_of = {o: ctx.org.scope_kind(o) for o in owners.index}  # type: ignore[attr-defined]
+    df["scope"] = df["owner_id"].map(scope_of)
+    df["kind"] = df["kpi"].map({i: k.kind for i, k in reg.items()}).fillna("leading")
+    direction = df["kpi"].map({i: k.direction for i, k in reg.items()}).fillna("higher")
     for c in ("target", "available", "na_reason", "dim", "dim_value"):
         if c not in df.columns:
             df[c] = np.nan if c == "target" else None

@@ -21,7 +21,7 @@ from spm_lib.errors import SpmError, did_you_mean
 # plotly.js 4 shows a "Share chart" button by default that uploads the figure (sales data) to Plotly Cloud:
 # never offer it. Selection tools mean nothing on these charts.
 PLOTLY_CONFIG: dict[str, Any] = {"displaylogo": False, "responsive": True, "showSendToCloud": False,
-                                 "plotlyServerURL": "", "typesetMath": False,
+                                 "typesetMath": False,
                                  "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
 UNITS = ("currency", "count", "pct", "days", "ratio")
 STATUSES = ("green", "amber", "red", "none")

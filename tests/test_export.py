@@ -115,7 +115,7 @@ def test_figure_html_is_a_fragment_without_plotly_js_in_the_given_div() -> None:
                       "fig-a-b")
     assert 'id="fig-a-b"' in out and out.count("Plotly.newPlot") == 1
     assert '"displaylogo": false' in out and '"responsive": true' in out
-    assert '"showSendToCloud": false' in out and '"plotlyServerURL": ""' in out  # never upload sales data
+    assert '"showSendToCloud": false' in out  # never offer to upload sales data to Plotly Cloud
     assert "<html" not in out and len(out) < 20_000
 
 
