@@ -155,7 +155,7 @@ def _bar_height(n: int) -> int:
 
 def _target_line(fig: go.Figure, x: float, text: str) -> None:
     """A dashed vertical reference line at `x` across the plot, labelled on top."""
-    fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", layer="below",
+    fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", layer="between",
                   line={"color": INK, "width": 1.5, "dash": "dash"})
     fig.add_annotation(x=x, y=1, yref="paper", text=text, showarrow=False, yanchor="bottom",
                        font={"size": 11, "color": MUTED})

@@ -14,7 +14,6 @@ from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import run_sync
-from nbformat.v4 import new_code_cell
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.utils import merge_kwargs, remove_args
@@ -44,7 +43,10 @@ class _WarmClient(PapermillNotebookClient):  # type: ignore[misc]
     def papermill_execute_cells(self) -> None:
         wk = self.warm_kernel
         code = "%reset -f" if wk is not None and wk.warm else f"%reset -f\n{WARM_UP}"
-        self.execute_cell(new_code_cell(code), 0, store_history=False)
+        reply = run_sync(self.kc.execute_interactive)(code, store_history=False, timeout=300,
+                                                       output_hook=lambda msg: None)
+        if reply["content"].get("status") != "ok":
+            raise RuntimeError(f"the warm kernel could not be reset: {reply['content'].get('evalue')}")
         if wk is not None:
             wk.warm = True
         super().papermill_execute_cells()

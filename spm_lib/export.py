@@ -26,6 +26,16 @@ REPORT_CSS = STATIC_DIR / "report.css"
 PLOTLY_MARKER = "/* spm_lib: plotly.js finance bundle */"
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read once: setting it back is not thread-safe)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp's own files are private (0600)
+
+
 @functools.cache
 def _assets() -> dict[str, str]:
     """The inline CSS and plotly.js bundle, read once per process."""
@@ -54,8 +64,10 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write `text` (UTF-8) to `path` through a temp file in the same folder and a rename: never a half file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    mode = (target.stat().st_mode & 0o777) if target.exists() else _FILE_MODE
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
             handle.flush()

@@ -1,8 +1,9 @@
 """Small HTML helpers for reports: figures, escaped tables, badges, banners and number formats.
 
-Everything that comes from the CRM is untrusted text: every helper here escapes it. A value
-that is already HTML (it has `__html__`, e.g. what `badge` returns) is kept as it is, which
-is how a table formatter puts a badge in a cell.
+Everything that comes from the CRM is untrusted text: every helper here escapes it. What the
+helpers return is `Html`: a plain `str` marked as safe HTML (it has `__html__`), so a table
+formatter can return a badge and `table_html` keeps it as it is. Unlike markupsafe's Markup,
+`Html` has no operator magic: `"<h4>x</h4>" + table_html(...)` is an ordinary string.
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ UNITS = ("currency", "count", "pct", "days", "ratio")
 STATUSES = ("green", "amber", "red", "none")
 BANNER_KINDS = ("info", "success", "warning", "error")
 MISSING = "—"
+SHORT_CELL = 12  # a column whose cells are all this short (as HTML) is kept on one line
 _CURRENCY_AFFIXES = {"EUR": ("", " €"), "USD": ("$", ""), "GBP": ("£", ""), "JPY": ("¥", ""),
                      "INR": ("₹", ""), "CHF": ("", " CHF")}
 _SLUG = re.compile(r"[^a-z0-9]+")
+
+
+class Html(str):
+    """A string of HTML that is safe to insert as it is (built by these helpers from escaped parts)."""
+
+    __slots__ = ()
+
+    def __html__(self) -> str:
+        """The HTML itself (the markupsafe protocol: escape() leaves it alone)."""
+        return str(self)
 
 
 class RenderError(SpmError):
@@ -113,14 +125,14 @@ def div_id(*parts: object) -> str:
 
 def figure_html(fig: Any, div_id: str) -> str:
     """A plotly figure as an HTML fragment drawn by the page's plotly.js (not included), in the div `div_id`."""
-    return Markup(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOTLY_CONFIG))
+    return Html(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOTLY_CONFIG))
 
 
 # ---------------------------------------------------------------- text blocks
 def badge(status: str, text: str) -> str:
     """A status badge (green, amber, red or none) holding `text`, escaped."""
     kind = status if status in STATUSES else "none"
-    return Markup('<span class="spm-badge spm-badge-{}">{}</span>').format(kind, text)
+    return Html(Markup('<span class="spm-badge spm-badge-{}">{}</span>').format(kind, text))
 
 
 def banner(kind: str, title: str, body_html: str) -> str:
@@ -129,14 +141,14 @@ def banner(kind: str, title: str, body_html: str) -> str:
         raise RenderError(f"unknown banner kind {kind!r}{did_you_mean(kind, BANNER_KINDS)}; "
                           f"allowed: {', '.join(BANNER_KINDS)}")
     role = "alert" if kind in ("warning", "error") else "note"
-    return Markup('<div class="spm-banner spm-banner-{}" role="{}"><p class="spm-banner-title">{}</p>'
-                  '<div class="spm-banner-body">{}</div></div>').format(kind, role, title, Markup(body_html))
+    return Html(Markup('<div class="spm-banner spm-banner-{}" role="{}"><p class="spm-banner-title">{}</p>'
+                       '<div class="spm-banner-body">{}</div></div>').format(kind, role, title, Markup(body_html)))
 
 
 def details(summary: str, body_html: str, open_: bool = False) -> str:
     """A collapsible block ('below the line') with an escaped summary and a body that is already HTML."""
-    return Markup('<details class="spm-details"{}><summary>{}</summary>{}</details>').format(
-        Markup(" open") if open_ else "", summary, Markup(body_html))
+    return Html(Markup('<details class="spm-details"{}><summary>{}</summary>{}</details>').format(
+        Markup(" open") if open_ else "", summary, Markup(body_html)))
 
 
 # ---------------------------------------------------------------- tables
@@ -149,7 +161,12 @@ def _cell(value: Any) -> str:
 
 def table_html(df: pd.DataFrame, columns: Mapping[str, str], formats: Mapping[str, Callable[[Any], Any]] | None = None,
                classes: str = "spm-table", empty_text: str = "No data for this period") -> str:
-    """An HTML table of `df`'s `columns` (column -> header) in that order, each cell formatted then escaped."""
+    """An HTML table of `df`'s `columns` (column -> header) in that order, each cell formatted then escaped.
+
+    `formats` maps a column to a callable applied to each non-missing value (missing values show '—');
+    its result is escaped unless it is HTML already (`Html`, markupsafe `Markup`). `classes` are added
+    to the table's `spm-table` class.
+    """
     require_columns(df, columns, "table_html")
     formats = formats or {}
     unknown = [c for c in formats if c not in columns]
@@ -157,16 +174,19 @@ def table_html(df: pd.DataFrame, columns: Mapping[str, str], formats: Mapping[st
         raise RenderError(f"table_html: formats given for {', '.join(unknown)}, which are not among the shown "
                           f"columns ({', '.join(columns)}); add them to `columns` or drop the format.")
     numeric = {c: pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in columns}
-    num_class = {c: ' class="num"' if numeric[c] else "" for c in columns}
-    head = "".join(f'<th scope="col"{num_class[c]}>{escape(h)}</th>' for c, h in columns.items())
     cells: list[list[str]] = []
     for c in columns:
         fmt = formats.get(c)
         values = df[c].tolist()
         cells.append([_cell(fmt(v) if fmt is not None and not is_missing(v) else v) for v in values])
+    # short values (ids, dates, amounts) never wrap mid-word; numbers align right
+    short = {c: max((len(x) for x in col), default=0) <= SHORT_CELL for c, col in zip(columns, cells)}
+    num_class = {c: ' class="num"' if numeric[c] else ' class="short"' if short[c] else "" for c in columns}
+    head = "".join(f'<th scope="col"{num_class[c]}>{escape(h)}</th>' for c, h in columns.items())
     tds = [f"<td{num_class[c]}>" for c in columns]
     rows = ["<tr>" + "".join(f"{td}{cell}</td>" for td, cell in zip(tds, row)) + "</tr>" for row in zip(*cells)]
     if not rows:
         rows = [f'<tr><td class="spm-empty" colspan="{len(columns)}">{escape(empty_text)}</td></tr>']
-    return Markup(f'<table class="{escape(classes)}"><thead><tr>{head}</tr></thead>'
-                  f'<tbody>{"".join(rows)}</tbody></table>')
+    names = " ".join(dict.fromkeys(["spm-table", *classes.split()]))  # always styled as a report table
+    return Html(f'<table class="{escape(names)}"><thead><tr>{head}</tr></thead>'
+                f'<tbody>{"".join(rows)}</tbody></table>')

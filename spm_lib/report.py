@@ -14,6 +14,7 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
+from markupsafe import Markup, escape
 
 from spm_lib import charts, html
 from spm_lib import kpis as registry
@@ -28,6 +29,18 @@ CADENCE_FOCUS = {
     "annual": "targets, structure, budget and strategy for next year",
 }
 _CACHE: dict[Path, tuple[str, Cube]] = {}
+_SCOPE_INDEX: dict[int, dict[str, object]] = {}
+TRUST_BADGE = {"pass": "green", "warn": "amber", "fail": "red", "not_available": "none"}
+TRUST_BANNER = {"pass": "success", "warn": "warning", "fail": "error"}
+
+
+def _esc(text: object) -> str:
+    return str(escape(str(text)))
+
+
+def _trust_badge(status: object) -> str:
+    s = str(status)
+    return html.badge(TRUST_BADGE.get(s, "none"), s.replace("_", " "))
 
 
 @dataclass
@@ -71,6 +84,19 @@ def load_cube(run_dir: Path) -> Cube:
     cube = read_cube(run_dir)
     _CACHE[run_dir] = (str(meta.get("run_id")), cube)
     return cube
+
+
+def scope_positions(cube: Cube, owner_id: str) -> object:
+    """Row positions in cube.facts of the deals in `owner_id`'s scope (an index built once per cube)."""
+    index = _SCOPE_INDEX.get(id(cube))
+    if index is None:
+        exploded = cube.facts["scope_ids"].explode()
+        pos = pd.Series(range(len(cube.facts)), index=cube.facts.index).reindex(exploded.index).to_numpy()
+        index = {str(k): v for k, v in pd.Series(pos).groupby(exploded.astype(str).to_numpy()).groups.items()}
+        index = {k: pos[list(v)] for k, v in index.items()}
+        _SCOPE_INDEX.clear()
+        _SCOPE_INDEX[id(cube)] = index
+    return index.get(owner_id, [])
 
 
 def load(owner_id: str | None = None, cadence: str | None = None, as_of: str | date | None = None,
@@ -147,6 +173,10 @@ class Report:
         unit = registry.REGISTRY[kpi_id].unit if kpi_id in registry.REGISTRY else "count"
         return html.fmt_value(value, unit, self.currency)
 
+    def scope_facts(self, owner_id: str | None = None) -> pd.DataFrame:
+        """The as-of deals in this owner's (or `owner_id`'s) scope."""
+        return self.cube.facts.iloc[scope_positions(self.cube, owner_id or self.owner_id)]  # type: ignore[call-overload]
+
     def _figure(self, key: str, fig: object) -> str:
         self._figures[key] = fig
         return html.figure_html(fig, self._id(key))
@@ -162,12 +192,12 @@ class Report:
         fresh = facts["last_modified_date"].max() if "last_modified_date" in facts else None
         fresh_txt = f"latest CRM change {pd.Timestamp(fresh).date()}" if fresh is not None and pd.notna(fresh) \
             else "CRM change dates not available"
-        notes = "".join(f"<li>{html.esc(n)}</li>" for n in self.cube.meta.get("notes", []))  # type: ignore[union-attr]
-        body = (f'<div class="spm-header"><h1>{html.esc(self.name)}</h1>'
-                f'<p class="spm-sub">{html.esc(LEVEL_TITLES.get(self.level, self.level))} · '
-                f'{html.esc(self.cadence)} session · closed period <b>{html.esc(self.closed)}</b> · '
-                f'forward look <b>{html.esc(self.forward)}</b> · as of {html.esc(self.as_of)} · {html.esc(fresh_txt)}</p>'
-                f'<p class="spm-agenda">This session decides: {html.esc(CADENCE_FOCUS.get(self.cadence, ""))}.</p>'
+        notes = "".join(f"<li>{_esc(n)}</li>" for n in self.cube.meta.get("notes", []))  # type: ignore[union-attr]
+        body = (f'<div class="spm-header"><h1>{_esc(self.name)}</h1>'
+                f'<p class="spm-sub">{_esc(LEVEL_TITLES.get(self.level, self.level))} · '
+                f'{_esc(self.cadence)} session · closed period <b>{_esc(self.closed)}</b> · '
+                f'forward look <b>{_esc(self.forward)}</b> · as of {_esc(self.as_of)} · {_esc(fresh_txt)}</p>'
+                f'<p class="spm-agenda">This session decides: {_esc(CADENCE_FOCUS.get(self.cadence, ""))}.</p>'
                 + (f'<ul class="spm-notes">{notes}</ul>' if notes else "") + "</div>")
         return Html(body)
 
@@ -180,8 +210,7 @@ class Report:
 
     def offenders(self, limit: int | None = None) -> pd.DataFrame:
         """Offending open deals in this owner's scope, one row per deal and check, largest first."""
-        f = self.cube.facts
-        in_scope = f[f["scope_ids"].map(lambda ids: self.owner_id in list(ids))]
+        in_scope = self.scope_facts()
         rows = self.cube.trust_rows.merge(in_scope[["opportunity_id"]], on="opportunity_id")
         t = self.cube.trust[(self.cube.trust["owner_id"] == self.owner_id) & self.cube.trust["status"].isin(
             ["warn", "fail"])]
@@ -196,35 +225,35 @@ class Report:
         parts = []
         if status == "fail":
             failing = ", ".join(t.loc[t["status"] == "fail", "label"].astype(str))
-            parts.append(html.banner("fail", "Fix the data first",
-                                     f"These checks fail: {html.esc(failing)}. Correct the deals below in the CRM "
+            parts.append(html.banner("error", "Fix the data first",
+                                     f"These checks fail: {_esc(failing)}. Correct the deals below in the CRM "
                                      "before deciding anything else."))
         elif status == "warn":
-            parts.append(html.banner("warn", "Check the data", "Some checks warn; review the deals below."))
+            parts.append(html.banner("warning", "Check the data", "Some checks warn; review the deals below."))
         else:
-            parts.append(html.banner("pass", "The numbers can be trusted", "Every trust check passes."))
+            parts.append(html.banner("success", "The numbers can be trusted", "Every trust check passes."))
         t["shown"] = [self._trust_value(r) for r in t.itertuples()]
         parts.append(html.table_html(
             t[["label", "status", "shown", "count", "amount", "definition"]],
             {"label": "Check", "status": "Status", "shown": "Value", "count": "Deals", "amount": "Value of deals",
              "definition": "What it means"},
-            {"status": lambda s: html.badge(str(s), str(s).replace("_", " ")),
+            {"status": _trust_badge, "shown": Markup,
              "amount": lambda v: html.fmt_value(v, "currency", self.currency),
-             "count": lambda v: html.fmt_value(v, "count", "")},
-            raw={"status"}))
+             "count": lambda v: html.fmt_value(v, "count", "")}))
         off = self.offenders()
         if not off.empty:
             if self.level == "rep" or self.reports.empty:
-                parts.append("<h4>Deals to fix</h4>" + self._offender_table(off.head(50)))
+                parts.append(f"<h4>Deals to fix</h4>{self._offender_table(off.head(50))}")
             else:
-                parts.append("<h4>By direct report</h4>" + self._offenders_by_report(off))
-                parts.append(f"<h4>The {min(20, off['opportunity_id'].nunique())} largest deals to fix</h4>"
-                             + self._offender_table(self._dedupe(off).head(20)))
+                parts.append(f"<h4>By direct report</h4>{self._offenders_by_report(off)}")
+                top = self._offender_table(self._dedupe(off).head(20))
+                parts.append(f"<h4>The {min(20, off['opportunity_id'].nunique())} largest deals to fix</h4>{top}")
         q = self.cube.quality
         if not q.empty:
             q = q[q["severity"] != "info"]
             if not q.empty:
-                parts.append("<h4>Data quality of the load</h4>" + html.table_html(
+                parts.append("<h4>Data quality of the load</h4>")
+                parts.append(html.table_html(
                     q[["table", "column", "severity", "count", "message"]],
                     {"table": "Table", "column": "Column", "severity": "Severity", "count": "Rows",
                      "message": "Problem"}, {}))
@@ -233,7 +262,7 @@ class Report:
     def _trust_value(self, r: object) -> str:
         v = getattr(r, "value")
         if getattr(r, "status") == "not_available":
-            return html.esc(str(getattr(r, "na_reason") or "not available"))
+            return _esc(str(getattr(r, "na_reason") or "not available"))
         unit = getattr(r, "unit")
         if pd.isna(v):
             return "—"
@@ -259,11 +288,9 @@ class Report:
              "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())})
 
     def _offenders_by_report(self, off: pd.DataFrame) -> str:
-        f = self.cube.facts.set_index("opportunity_id")["scope_ids"]
         rows = []
         for r in self.reports.itertuples():
-            rid = str(r.owner_id)
-            mine = off[off["opportunity_id"].map(lambda i: rid in list(f.get(i, [])))]
+            mine = off[off["opportunity_id"].isin(self.scope_facts(str(r.owner_id))["opportunity_id"])]
             d = self._dedupe(mine) if not mine.empty else mine
             rows.append({"name": r.name, "deals": len(d), "value": d["amount"].sum() if len(d) else 0.0})
         own = off[off["owner_id"] == self.owner_id]
@@ -314,17 +341,17 @@ class Report:
     def _kpi_table(self, rows: pd.DataFrame) -> str:
         rows = rows.copy()
         rows["shown"] = [self._fmt(r.kpi, r.value) if not (isinstance(r.value, float) and math.isnan(r.value))
-                         else html.esc(r.na_reason or "—") for r in rows.itertuples()]
+                         else _esc(r.na_reason or "—") for r in rows.itertuples()]
         rows["target_s"] = [self._fmt(r.kpi, r.target) for r in rows.itertuples()]
         rows["att"] = [html.fmt_value(a * 100 if pd.notna(a) else a, "pct", "") for a in rows["attainment"]]
-        rows["label_h"] = [f'<span title="{html.esc(d)}">{html.esc(lab)}</span>'
+        rows["label_h"] = [f'<span title="{_esc(d)}">{_esc(lab)}</span>'
                            for lab, d in zip(rows["label"], rows["definition"], strict=True)]
         return html.table_html(
             rows[["label_h", "kind", "period", "shown", "target_s", "att", "status"]],
             {"label_h": "KPI", "kind": "Kind", "period": "Period", "shown": "Value", "target_s": "Target",
              "att": "Attainment", "status": "Status"},
-            {"status": lambda s: html.badge(str(s), {"none": "no target"}.get(str(s), str(s)))},
-            raw={"label_h", "status", "shown"}, classes="spm-kpis")
+            {"status": lambda s: html.badge(str(s), {"none": "no target"}.get(str(s), str(s))),
+             "label_h": Markup, "shown": Markup}, classes="spm-kpis")
 
     def trend_rows(self, kpi_id: str) -> pd.DataFrame:
         """The trend of a KPI over the cadence's trend periods (value and target)."""
@@ -357,7 +384,7 @@ class Report:
         month_fig = self._figure("pipeline-month", charts.pipeline_by_close_month(month_df[["month", "value"]],
                                                                                  self.currency))
         table = html.table_html(rows, {"label": "Forward look", "value": "Value", "definition": "Definition"},
-                                {}, raw={"value"})
+                                {"value": Markup})
         return Html(f"{table}{fig}<div class='spm-two'>{stage_fig}{month_fig}</div>")
 
     def _forward_row(self, kpi_id: str) -> dict[str, str]:
@@ -365,9 +392,9 @@ class Report:
         r = self.kpi(kpi_id, self.forward)
         if r is None or pd.isna(r["value"]):
             reason = (r["na_reason"] if r is not None else None) or "—"
-            shown = html.esc(str(reason))
+            shown = _esc(str(reason))
         else:
-            shown = html.esc(self._fmt(kpi_id, r["value"]) + ("×" if k.unit == "ratio" else ""))
+            shown = _esc(self._fmt(kpi_id, r["value"]) + ("×" if k.unit == "ratio" else ""))
         return {"label": k.label, "value": shown, "definition": k.definition}
 
     # ---- 5. where to focus
@@ -412,10 +439,10 @@ class Report:
 
     def focus(self) -> Html:
         """Findings in words; for managers and up their direct reports ranked; funnel, channels, products."""
-        words = "".join(f"<li>{html.esc(s)}</li>" for s in self.findings()) or "<li>No finding stands out.</li>"
+        words = "".join(f"<li>{_esc(s)}</li>" for s in self.findings()) or "<li>No finding stands out.</li>"
         parts = [f'<ul class="spm-findings">{words}</ul>']
         if not self.reports.empty:
-            parts.append("<h4>Direct reports ranked</h4>" + self.team_ranking_html())
+            parts.append(f"<h4>Direct reports ranked</h4>{self.team_ranking_html()}")
         conv = self.breakdown("stage_conversion", "stage")
         if not conv.empty:
             mgr = self.owner.get("manager_id")
@@ -439,7 +466,8 @@ class Report:
             b = self.breakdown("bookings", dim)
             if not b.empty:
                 b = b.sort_values("value", ascending=False)
-                parts.append(f"<h4>{title} ({html.esc(self.closed)})</h4>" + html.table_html(
+                parts.append(f"<h4>{title} ({_esc(self.closed)})</h4>")
+                parts.append(html.table_html(
                     b[["dim_value", "value"]], {"dim_value": dim.capitalize(), "value": "Bookings"},
                     {"value": lambda v: html.fmt_value(v, "currency", self.currency)}))
         return Html("".join(parts))
@@ -469,14 +497,14 @@ class Report:
         cols = {"name": "Direct report", "value": "Bookings", "attainment": "Attainment"}
         fmts = {"value": lambda v: html.fmt_value(v, "currency", self.currency),
                 "attainment": lambda a: html.fmt_value(a * 100 if pd.notna(a) else a, "pct", ""),
-                "trust": lambda s: html.badge(str(s), str(s))}
+                "trust": _trust_badge}
         for extra in ("win_rate", "pipeline_coverage", "activities"):
             if extra in t:
                 cols[extra] = registry.REGISTRY[extra].label
                 unit = registry.REGISTRY[extra].unit
                 fmts[extra] = lambda v, u=unit: html.fmt_value(v, u, self.currency)
         cols["trust"] = "Trust"
-        return fig + html.table_html(t[list(cols)], cols, fmts, raw={"trust"})
+        return f"{fig}{html.table_html(t[list(cols)], cols, fmts)}"
 
     # ---- 6. decisions and actions
     def actions(self) -> Html:
@@ -495,10 +523,9 @@ class Report:
         tree = self.cube.decomposition[self.cube.decomposition["owner_id"] == self.owner_id]
         if not tree.empty:
             parts.append(html.details("Goal decomposition: what the target requires",
-                                      self._figure("drivers", charts.driver_tree(tree, self.currency))
-                                      + self._tree_table(tree)))
-        f = self.cube.facts
-        mine = f[f["scope_ids"].map(lambda ids: self.owner_id in list(ids))]
+                                      "".join([self._figure("drivers", charts.driver_tree(tree, self.currency)),
+                                               self._tree_table(tree)])))
+        mine = self.scope_facts()
         open_ = mine[~mine["is_closed"].fillna(False).astype(bool)].sort_values("amount", ascending=False)
         parts.append(html.details(f"Open pipeline ({len(open_)} deals, largest 50)", self._deals(open_.head(50))))
         won = mine[mine["is_won"].fillna(False).astype(bool)]

@@ -15,7 +15,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from spm_lib import charts
 from spm_lib.export import PLOTLY_JS, export_html, write_atomic
-from spm_lib.html import RenderError, badge, banner, details, div_id, figure_html, fmt_value, table_html
+from spm_lib.html import Html, RenderError, badge, banner, details, div_id, figure_html, fmt_value, table_html
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "spm_lib" / "static"
@@ -87,6 +87,9 @@ def test_table_html_escapes_every_cell_and_header() -> None:
     assert XSS not in out and "&lt;script&gt;alert(1)&lt;/script&gt;" in out
     assert "Acme &amp; Sons" in out and "Account &lt;name&gt;" in out
     assert '<td class="num">1.5k €</td>' in out and '<td class="num">—</td>' in out
+    assert out.startswith('<table class="spm-table">')
+    wide = table_html(df, {"account": "A"}, classes="spm-kpis wide")
+    assert wide.startswith('<table class="spm-table spm-kpis wide">')
 
 
 def test_table_html_keeps_badges_from_formatters_and_shows_empty_tables() -> None:
@@ -97,6 +100,19 @@ def test_table_html_keeps_badges_from_formatters_and_shows_empty_tables() -> Non
     assert '<td class="spm-empty" colspan="2">No data for this period</td>' in empty
     with pytest.raises(RenderError, match="needs the column"):
         table_html(df, {"kpis": "KPI"})
+
+
+def test_table_html_keeps_short_text_columns_on_one_line() -> None:
+    df = pd.DataFrame({"id": ["opp-0031228"], "note": ["no activity for 64 days"]})
+    out = table_html(df, {"id": "Id", "note": "What is wrong"})
+    assert '<td class="short">opp-0031228</td><td>no activity for 64 days</td>' in out
+
+
+def test_helpers_return_plain_strings_that_concatenate_without_surprises() -> None:
+    table = table_html(pd.DataFrame({"a": [1]}), {"a": "A"})
+    joined = "<h4>Deals</h4>" + table + badge("green", "ok")
+    assert type(joined) is str and joined.startswith("<h4>Deals</h4><table")
+    assert isinstance(badge("red", "x"), Html) and isinstance(table, str)
 
 
 def test_badge_banner_and_details_escape_their_text() -> None:
@@ -217,6 +233,24 @@ def test_the_same_notebook_gives_the_same_html_whatever_the_cell_ids(exported: s
     assert "cell-id=" not in exported
 
 
+def test_widget_and_javascript_outputs_leave_no_random_ids() -> None:
+    cell = new_code_cell("slider")
+    cell.outputs = [new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2, "version_minor": 0},
+        "text/plain": "IntSlider(value=3)"}),
+        new_output("display_data", data={"application/javascript": "alert('JS-OUTPUT')"})]
+    nb = new_notebook(cells=[cell])
+    without_state = export_html(nb, "w")
+    assert "IntSlider(value=3)" in without_state and "JS-OUTPUT" not in without_state
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
+        "state": {"abc": {"model_name": "IntSliderModel", "model_module": "@jupyter-widgets/controls",
+                          "model_module_version": "2.0.0", "state": {"value": 3}}},
+        "version_major": 2, "version_minor": 0}}
+    with_state = export_html(nb, "w")
+    assert with_state == export_html(nb, "w")
+    assert "open the live report" in with_state and "widget-state" not in with_state
+
+
 def test_write_atomic_replaces_the_file_and_leaves_no_temp_files(tmp_path: Path) -> None:
     target = tmp_path / "runs" / "rep" / "ann.html"
     write_atomic(target, "first")
@@ -226,6 +260,16 @@ def test_write_atomic_replaces_the_file_and_leaves_no_temp_files(tmp_path: Path)
         write_atomic(target, 42)  # type: ignore[arg-type]
     assert target.read_text(encoding="utf-8") == "second é"  # a failed write leaves the old report whole
     assert [p.name for p in target.parent.iterdir()] == ["ann.html"]
+
+
+def test_write_atomic_gives_the_permissions_a_plain_write_would(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.html"
+    plain.write_text("x", encoding="utf-8")
+    atomic = write_atomic(tmp_path / "atomic.html", "x")
+    assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's private 0600
+    atomic.chmod(0o640)
+    write_atomic(atomic, "y")
+    assert atomic.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
 
 
 def test_charts_really_draw_offline_in_headless_chromium(tmp_path: Path, exported: str) -> None:
