@@ -21,6 +21,15 @@ DECIDES = {
 }
 
 
+def _cadence_cells(cadence: str) -> list[nbformat.NotebookNode]:
+    """The agenda item that differs by cadence: deals to push, priorities and resources, targets and structure."""
+    item = {"weekly": ("Deals to push this week", "rpt.deals_to_push()"),
+            "monthly": ("Deals to push and activity mix", "rpt.deals_to_push()"),
+            "quarterly": ("Priorities and resources", "rpt.priorities()"),
+            "annual": ("Targets, structure and budget", "rpt.targets_and_structure()")}[cadence]
+    return [new_markdown_cell(f"### {item[0]}"), new_code_cell(item[1])]
+
+
 def template(level: str, cadence: str) -> nbformat.NotebookNode:
     """The notebook of one level × cadence."""
     unit = CADENCES[cadence]
@@ -39,6 +48,7 @@ def template(level: str, cadence: str) -> nbformat.NotebookNode:
         new_code_cell("rpt.forward_look()"),
         new_markdown_cell(f"## 4. Where to focus{' — the team' if level != 'rep' else ''}"),
         new_code_cell("rpt.focus()"),
+        *_cadence_cells(cadence),
         new_markdown_cell("## 5. Decisions and actions"),
         new_code_cell("rpt.actions()"),
         new_markdown_cell("## 6. Below the line"),

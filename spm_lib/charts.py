@@ -10,6 +10,7 @@ Empty inputs give a small figure saying "No data for this period", never an exce
 from __future__ import annotations
 
 import html as _html
+import re
 import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -312,7 +313,8 @@ def funnel(df: pd.DataFrame, weak_stage: str | None, *, benchmark_label: str = "
     fig = _figure(title, _bar_height(len(df)), showlegend=True, margin={"l": 8, "r": 16, "t": 36, "b": 58})
     cd, tmpl = _hover([stages, [f"Converts at {r}" for r in rate_text], defs])
     fig.add_trace(go.Bar(y=stages, x=np.nan_to_num(rate), orientation="h", name="Conversion",
-                         marker={"color": colours}, text=rate_text, textposition="outside", cliponaxis=False,
+                         marker={"color": colours}, text=rate_text, textposition="auto", insidetextanchor="middle",
+                         textfont={"size": 12}, cliponaxis=False,
                          customdata=cd, hovertemplate=tmpl))
     if np.isfinite(bench).any():
         cd, tmpl = _hover([stages, [f"{_esc(benchmark_label).capitalize()}: {b}" for b in bench_text], defs])
@@ -420,6 +422,23 @@ def _tree_rows(nodes: pd.DataFrame) -> tuple[list[int], list[int], list[int | No
     return order, depth, parent
 
 
+TREE_WIDTH_PX, CHAR_PX, MARKER_PX = 880.0, 7.0, 24.0  # a typical plot width and 12 px text, for the tree's indent
+
+
+def _plain(text: str) -> str:
+    """Label text as shown: tags dropped, entities counted as one character."""
+    return _html.unescape(re.sub(r"<[^>]+>", "", text))
+
+
+def _tree_right_edge(depth: np.ndarray, chars: list[int]) -> float:
+    """The x-axis end that leaves room for the longest row's text right of its marker (indent 24-90 px per level)."""
+    room = TREE_WIDTH_PX - MARKER_PX - np.asarray(chars, dtype="float64") * CHAR_PX
+    deep = depth > 0
+    per_level = float(np.min(room[deep] / depth[deep])) if deep.any() else 90.0
+    per_level = min(max(per_level, 24.0), 90.0)
+    return -0.25 + TREE_WIDTH_PX / per_level
+
+
 def driver_tree(nodes: pd.DataFrame, currency: str, *, definition: str = DEFINITIONS["driver_tree"]) -> go.Figure:
     """The goal's driver tree as an indented tree: one node per row, 'need X · have Y', marker in status colour.
 
@@ -453,7 +472,7 @@ def driver_tree(nodes: pd.DataFrame, currency: str, *, definition: str = DEFINIT
                                      "line": {"color": "white", "width": 1.5}},
                              textfont={"size": 12, "color": INK}, cliponaxis=False,
                              customdata=cd, hovertemplate=tmpl))
-    fig.update_xaxes(visible=False, range=[-0.25, float(x.max()) + 4.5])
+    fig.update_xaxes(visible=False, range=[-0.25, _tree_right_edge(x, [len(_plain(t)) for t in text])])
     rows_shown = max(len(order), 7)  # a small tree keeps its rows close, leaving space below
     fig.update_yaxes(visible=False, range=[-(rows_shown - 1) - 0.6, 0.6])
     return fig

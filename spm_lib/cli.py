@@ -66,15 +66,21 @@ def data_check(ctx: click.Context) -> None:
         sys.exit(1)
 
 
-def _as_of(value: object) -> date:
-    """The --as-of date, default: the last day of the last closed month."""
-    from spm_lib.demo import default_end
+def _as_of(value: object, cfg: object = None, cadence: str = "monthly") -> date:
+    """The --as-of date; default: the last day of the cadence's last closed period (month, quarter, year, week)."""
+    if value is not None:
+        return value.date()  # type: ignore[attr-defined]
+    from spm_lib.periods import FiscalCalendar
 
-    return value.date() if value is not None else default_end(date.today())  # type: ignore[attr-defined]
+    if cfg is None:
+        from spm_lib.demo import default_end
+
+        return default_end(date.today())
+    return FiscalCalendar.from_config(cfg).last_closed_end(cadence, date.today())
 
 
 AS_OF = click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None,
-                     help="As-of date YYYY-MM-DD (default: the last day of the last closed month).")
+                     help="As-of date YYYY-MM-DD (default: the last day of the last closed month, quarter, year or week).")
 CADENCE = click.option("--cadence", type=click.Choice(["weekly", "monthly", "quarterly", "annual"]),
                        default="monthly", show_default=True)
 
@@ -92,8 +98,9 @@ def cube_cmd(ctx: click.Context, as_of: object, cadence: str, force: bool) -> No
 
     cfg = _config(ctx.obj["project"])
     t0 = time.perf_counter()
-    folder = ensure_cube(cfg, cadence, _as_of(as_of), force=force)
-    click.echo(f"Cube for {cadence} as of {_as_of(as_of)} in {folder} ({time.perf_counter() - t0:.1f} s)")
+    day = _as_of(as_of, cfg, cadence)
+    folder = ensure_cube(cfg, cadence, day, force=force)
+    click.echo(f"Cube for {cadence} as of {day} in {folder} ({time.perf_counter() - t0:.1f} s)")
 
 
 @cli.command("kpis")
@@ -113,7 +120,7 @@ def kpis_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None,
     from spm_lib.views import kpi_listing
 
     cfg = _config(ctx.obj["project"])
-    cube = read_cube(ensure_cube(cfg, cadence, _as_of(as_of)))
+    cube = read_cube(ensure_cube(cfg, cadence, _as_of(as_of, cfg, cadence)))
     _emit(kpi_listing(cube, owner=owner, level=level, closed_only=which == "closed"), fmt)
 
 
@@ -130,7 +137,7 @@ def trust_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None
     from spm_lib.views import trust_listing
 
     cfg = _config(ctx.obj["project"])
-    cube = read_cube(ensure_cube(cfg, cadence, _as_of(as_of)))
+    cube = read_cube(ensure_cube(cfg, cadence, _as_of(as_of, cfg, cadence)))
     checks, deals = trust_listing(cube, owner=owner)
     if fmt == "table":
         click.echo(checks.to_string(index=False) if not checks.empty else "All trust checks pass.")
@@ -156,7 +163,7 @@ def run_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, 
     from spm_lib.runner import run
 
     cfg = _config(ctx.obj["project"])
-    day = _as_of(as_of)
+    day = _as_of(as_of, cfg, cadence)
     manifest = run(cfg, cadence, day, level=level, owner=owner, workers=workers, resume=resume,
                    force_cube=recompute)
     owners = manifest["owners"]

@@ -270,6 +270,12 @@ class FiscalCalendar:
                               remaining=remaining, to_date=to_date,
                               months_remaining=self._months_after(forward, remaining.start), trend=trend)
 
+    def last_closed_end(self, cadence: str, today: date) -> date:
+        """The natural as-of of a `cadence` run made on `today`: the last day of its last closed period."""
+        check_cadence(cadence)
+        current = self.period(CADENCE_GRAIN[cadence], today)
+        return self.shift(current, -1).end
+
     def _months_after(self, q: Period, first_day: date) -> float:
         """Months of `q` from `first_day` on: whole months count 1, a partial month the share of its days."""
         total = 0.0

@@ -559,3 +559,113 @@ class Report:
         return html.table_html(df[cols], {c: c.replace("_", " ").capitalize() for c in cols},
                                {"amount": lambda v: html.fmt_value(v, "currency", self.currency),
                                 "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())})
+
+    # ---- cadence-specific agenda items
+    def deals_to_push(self, limit: int = 15) -> Html:
+        """Monthly/weekly: the largest open deals closing in the rest of the forward period, with their win odds."""
+        f = self.scope_facts()
+        open_ = f[~f["is_closed"].fillna(False).astype(bool) & f["close_date"].notna()]
+        first = pd.Timestamp(self.as_of) + pd.Timedelta(days=1)
+        q_end = pd.Timestamp(str(self.cube.meta["forward_end"]))
+        soon = open_[(open_["close_date"] >= first) & (open_["close_date"] <= q_end)]
+        prob = self.cube.probabilities.set_index("stage")["probability"]
+        soon = soon.assign(p=soon["stage"].map(prob), owner=soon["owner_id"].map(
+            self.cube.owners.set_index("owner_id")["name"])).sort_values("amount", ascending=False).head(limit)
+        if soon.empty:
+            return Html('<p class="spm-muted">No open deal closes in the rest of the period.</p>')
+        table = html.table_html(
+            soon[["name", "owner", "stage", "amount", "close_date", "p"]],
+            {"name": "Deal", "owner": "Owner", "stage": "Stage", "amount": "Amount", "close_date": "Close date",
+             "p": "Win probability"},
+            {"amount": lambda v: html.fmt_value(v, "currency", self.currency),
+             "close_date": lambda d: str(pd.Timestamp(d).date()),
+             "p": lambda v: html.fmt_value(v * 100, "pct", "")})
+        mix = self.breakdown("activities", "type")
+        mix_html = ""
+        if not mix.empty:
+            mix_html = "<h4>Activity mix this period</h4>" + str(html.table_html(
+                mix.sort_values("value", ascending=False)[["dim_value", "value"]],
+                {"dim_value": "Type", "value": "Activities"}, {"value": lambda v: html.fmt_value(v, "count", "")}))
+        return Html(f"<p>The largest open deals that can still close in {_esc(self.forward)}: "
+                    f"where a push this {self.cadence[:-2] if self.cadence.endswith('ly') else 'period'} "
+                    f"moves the result.</p>{table}{mix_html}")
+
+    def priorities(self) -> Html:
+        """Quarterly: where bookings came from against the trailing year (products, segments, channels), and
+        for managers and up which direct reports need resources (coverage against attainment)."""
+        parts = []
+        for dim, title in (("product", "Product"), ("segment", "Segment"), ("lead_source", "Lead source")):
+            now = self.breakdown("bookings", dim)
+            ttm = self.breakdown("bookings", dim, "TTM")
+            if now.empty:
+                continue
+            df = now[["dim_value", "value"]].merge(ttm[["dim_value", "value"]], on="dim_value", how="outer",
+                                                    suffixes=("", "_ttm")).fillna(0.0)
+            tot, tot_ttm = df["value"].sum(), df["value_ttm"].sum()
+            df["share"] = df["value"] / tot * 100 if tot else float("nan")
+            df["share_ttm"] = df["value_ttm"] / tot_ttm * 100 if tot_ttm else float("nan")
+            df["shift"] = df["share"] - df["share_ttm"]
+            df = df.sort_values("shift")
+            parts.append(f"<h4>{title}: share of bookings, this period against the trailing year</h4>")
+            parts.append(str(html.table_html(
+                df[["dim_value", "value", "share", "share_ttm", "shift"]],
+                {"dim_value": title, "value": "Bookings", "share": "Share now", "share_ttm": "Share TTM",
+                 "shift": "Shift (points)"},
+                {"value": lambda v: html.fmt_value(v, "currency", self.currency),
+                 "share": lambda v: html.fmt_value(v, "pct", ""), "share_ttm": lambda v: html.fmt_value(v, "pct", ""),
+                 "shift": lambda v: f"{v:+.1f}"})))
+        if not self.reports.empty:
+            cov = self.team_rows("pipeline_coverage")
+            k = self.cube.kpis
+            cov = k[k["owner_id"].isin(self.reports["owner_id"]) & (k["kpi"] == "pipeline_coverage")
+                    & (k["period"] == self.forward) & k["dim"].isna()][["owner_id", "value"]]
+            att = self.team_rows("quota_attainment")[["owner_id", "name", "value"]]
+            df = att.merge(cov, on="owner_id", how="left", suffixes=("_att", "_cov"))
+            df["need"] = [("support: behind with thin pipeline" if (a < 90 and (pd.isna(c) or c < 2)) else
+                           "protect: behind, pipeline there" if a < 90 else "on track")
+                          if pd.notna(a) else "no target" for a, c in zip(df["value_att"], df["value_cov"])]
+            parts.append("<h4>Resources: attainment against coverage of the rest of the period</h4>")
+            parts.append(str(html.table_html(
+                df[["name", "value_att", "value_cov", "need"]],
+                {"name": "Direct report", "value_att": "Attainment", "value_cov": "Coverage", "need": "Reading"},
+                {"value_att": lambda v: html.fmt_value(v, "pct", ""),
+                 "value_cov": lambda v: html.fmt_value(v, "ratio", "") + "×"})))
+        return Html("".join(parts) or '<p class="spm-muted">No breakdown available for this period.</p>')
+
+    def targets_and_structure(self) -> Html:
+        """Annual: the year per direct report (attainment, bookings per head), cost of sales, and what next
+        year's target requires (the driver tree below the line)."""
+        parts = []
+        ytd = f"{self.closed}-YTD" if not self.closed.endswith("-YTD") else self.closed
+        rows = []
+        for r in list(self.reports.itertuples()) or [None]:
+            oid = self.owner_id if r is None else str(r.owner_id)
+            heads = len(self._subtree_reps(oid)) or 1
+            bk = self.kpi("bookings", owner_id=oid)
+            rows.append({"name": self.name if r is None else r.name, "reps": heads,
+                         "bookings": bk["value"] if bk is not None else float("nan"),
+                         "attainment": bk["attainment"] * 100 if bk is not None and pd.notna(bk["attainment"])
+                         else float("nan"),
+                         "per_rep": (bk["value"] / heads) if bk is not None and heads else float("nan")})
+        df = pd.DataFrame(rows)
+        parts.append(f"<h4>The year {_esc(self.closed)} by team: productivity per sales executive</h4>")
+        parts.append(str(html.table_html(
+            df, {"name": "Team", "reps": "Sales executives", "bookings": "Bookings", "attainment": "Attainment",
+                 "per_rep": "Bookings per executive"},
+            {"bookings": lambda v: html.fmt_value(v, "currency", self.currency),
+             "attainment": lambda v: html.fmt_value(v, "pct", ""),
+             "per_rep": lambda v: html.fmt_value(v, "currency", self.currency)})))
+        cos = self.kpi("cost_of_sales_pct")
+        if cos is not None and pd.notna(cos["value"]):
+            parts.append(f"<p>Cost of sales: {_esc(html.fmt_value(cos['value'], 'pct', ''))} of bookings "
+                         f"({_esc(ytd)} budget discussion).</p>")
+        return Html("".join(parts))
+
+    def _subtree_reps(self, owner_id: str) -> list[str]:
+        o = self.cube.owners
+        out, frontier = [], [owner_id]
+        while frontier:
+            kids = o[o["manager_id"].isin(frontier)]
+            out += kids.loc[kids["level"] == "rep", "owner_id"].astype(str).tolist()
+            frontier = kids["owner_id"].astype(str).tolist()
+        return out

@@ -203,8 +203,9 @@ def exported() -> str:
 def test_export_is_small_and_carries_every_figure_once(exported: str) -> None:
     assert len(exported.encode("utf-8")) < 1_500_000
     assert exported.count("Plotly.newPlot(") == 6
+    assert exported.count('class="plotly-graph-div"') == 6
     for section in SECTIONS:
-        assert exported.count(f'<div class="plotly-graph-div" id="fig-ann-{section}"') == 1
+        assert exported.count(f'<div id="fig-ann-{section}" class="plotly-graph-div"') == 1
     assert exported.count(PLOTLY_JS.read_text(encoding="utf-8")) == 1  # the bundle, inline, once
     assert exported.index("plotly.js (finance - minified)") < exported.index("</head>")
 
