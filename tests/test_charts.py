@@ -267,3 +267,16 @@ def test_crm_text_is_escaped_in_chart_labels_and_json() -> None:
 def test_missing_columns_name_the_chart_and_the_column() -> None:
     with pytest.raises(RenderError, match=r"Open pipeline by stage needs the column\(s\) count"):
         charts.pipeline_by_stage(stages().drop(columns="count"), "EUR")
+
+
+def test_driver_tree_leaves_room_for_the_deepest_longest_row() -> None:
+    # a chain 5 levels deep whose last label is long: indenting 90 px per level would push it off the chart
+    label = "Days left to create opportunities that close in Q"
+    nodes = pd.DataFrame({"node": list("abcdef"), "parent": [None, *"abcde"],
+                          "label": ["Goal", "B", "C", "D", "E", label], "unit": "count",
+                          "required": [1.0] * 6, "actual": [1.0] * 6, "status": "green"})
+    fig = charts.driver_tree(nodes, "EUR")
+    text = f"{label}  need 1 · have 1"  # 71 characters at about 7 px in a plot about 880 px wide
+    px_per_level = 880 / (fig.layout.xaxis.range[1] - fig.layout.xaxis.range[0])
+    assert 24 <= px_per_level < 90
+    assert 5 * px_per_level + 24 + len(text) * 7 <= 880 + 1e-6
