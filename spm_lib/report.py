@@ -394,7 +394,7 @@ class Report:
             reason = (r["na_reason"] if r is not None else None) or "—"
             shown = _esc(str(reason))
         else:
-            shown = _esc(self._fmt(kpi_id, r["value"]) + ("×" if k.unit == "ratio" else ""))
+            shown = _esc(self._fmt(kpi_id, r["value"]))
         return {"label": k.label, "value": shown, "definition": k.definition}
 
     # ---- 5. where to focus
@@ -415,7 +415,7 @@ class Report:
         weak = self.weak_stage()
         if weak:
             out.append(f"{weak['stage']} → next stage converts at {weak['rate']:.0f} % against "
-                       f"{weak['benchmark_rate']:.0f} % for the {weak['benchmark']}.")
+                       f"{weak['benchmark_rate']:.0f} % for {weak['benchmark']}.")
         t = self.cube.trust[(self.cube.trust["owner_id"] == self.owner_id) & (self.cube.trust["check"] ==
                                                                              "opps_stale_60d")]
         if not t.empty and t.iloc[0]["count"] and not pd.isna(t.iloc[0]["count"]):
@@ -435,7 +435,7 @@ class Report:
         res = weak_stage(conv, self.owner_id, bench)
         if res is None:
             return None
-        return {**res, "benchmark": "team" if self.level == "rep" else "organisation above"}
+        return {**res, "benchmark": "the team" if self.level == "rep" else "the organisation above"}
 
     def focus(self) -> Html:
         """Findings in words; for managers and up their direct reports ranked; funnel, channels, products."""
@@ -454,8 +454,9 @@ class Report:
                              benchmark_rate=conv["dim_value"].map(bench),
                              _o=conv["dim_value"].map(order).fillna(99)).sort_values("_o")
             weak = self.weak_stage()
-            parts.append(self._figure("funnel", charts.funnel(df[["stage", "rate", "benchmark_rate"]],
-                                                              str(weak["stage"]) if weak else None)))
+            parts.append(self._figure("funnel", charts.funnel(
+                df[["stage", "rate", "benchmark_rate"]], str(weak["stage"]) if weak else None,
+                benchmark_label=str(weak["benchmark"]) if weak else "the team")))
         leads = self.breakdown("leads", "channel")
         if not leads.empty:
             conv_c = self.breakdown("lead_conversion_rate", "channel").set_index("dim_value")["value"]
@@ -629,7 +630,7 @@ class Report:
                 df[["name", "value_att", "value_cov", "need"]],
                 {"name": "Direct report", "value_att": "Attainment", "value_cov": "Coverage", "need": "Reading"},
                 {"value_att": lambda v: html.fmt_value(v, "pct", ""),
-                 "value_cov": lambda v: html.fmt_value(v, "ratio", "") + "×"})))
+                 "value_cov": lambda v: html.fmt_value(v, "ratio", "")})))
         return Html("".join(parts) or '<p class="spm-muted">No breakdown available for this period.</p>')
 
     def targets_and_structure(self) -> Html:
