@@ -8,6 +8,7 @@ with the file, the key and what is allowed.
 from __future__ import annotations
 
 import os
+from datetime import date
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -292,6 +293,78 @@ class TargetsConfig(Strict):
         return self
 
 
+# ---------------------------------------------------------------- state.yml
+class StateConfig(Strict):
+    """Where state that must outlive runs lives (actions, the send ledger, schedule state)."""
+
+    url: str = "sqlite:///state/spm.sqlite"  # relative sqlite paths are under the project root; ${VAR} expanded
+
+
+# ---------------------------------------------------------------- live.yml
+class LiveConfig(Strict):
+    """The live (Voila) server: the address links carry, kernels, culling."""
+
+    public_url: str = "http://127.0.0.1:8866"  # what signed links carry (behind a TLS proxy: its https URL)
+    base_url: str = "/"
+    host: str = "127.0.0.1"
+    port: int = Field(8866, ge=1, le=65535)
+    pool_size: int = Field(2, ge=0, le=32)  # preheated kernels per template
+    cull_idle_s: int = Field(600, ge=0)  # idle kernels of abandoned tabs are culled (0 = never)
+    link_days: int = Field(7, ge=1)  # default validity of a signed link
+
+
+# ---------------------------------------------------------------- delivery.yml
+class SmtpConfig(Strict):
+    """SMTP server; the password only from the environment (SPM_SMTP_PASSWORD)."""
+
+    host: str = "localhost"
+    port: int = Field(25, ge=1, le=65535)
+    security: Literal["none", "starttls", "ssl"] = "none"
+    user: str | None = None
+    timeout_s: float = 30.0
+
+
+class DeliveryConfig(Strict):
+    """Who receives which email, and how it is sent."""
+
+    from_address: str = "SPM reports <spm-reports@localhost>"
+    cc_leader: bool = False
+    attach_report: bool = True
+    exclude: list[str] = Field(default_factory=list)  # owner ids never emailed
+    redirect_to: str | None = None  # send every email to this address instead (staging, first run)
+    operator_email: str | None = None  # receives each run's summary and every failure
+    rate_per_minute: int = Field(600, ge=1)
+    max_attempts: int = Field(4, ge=1, le=20)
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+
+
+# ---------------------------------------------------------------- schedule.yml
+class ScheduleJob(Strict):
+    """When one cadence runs (company time zone): APScheduler 3 cron fields, or a business day of the month."""
+
+    cadence: Literal["weekly", "monthly", "quarterly", "annual"]
+    hour: int = Field(7, ge=0, le=23)
+    minute: int = Field(0, ge=0, le=59)
+    business_day: int | None = Field(None, ge=1, le=23)  # Nth working day of the month (after the period closed)
+    cron: dict[str, str | int] | None = None  # APScheduler CronTrigger fields (day_of_week 0 = Monday!)
+    send: bool = True
+    misfire_grace_s: int = Field(6 * 3600, ge=0)
+
+
+class ScheduleConfig(Strict):
+    """The jobs of `spm schedule` and the holidays business days skip."""
+
+    jobs: dict[str, ScheduleJob] = Field(default_factory=dict)
+    holidays: list[date] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- runs.yml
+class RunsConfig(Strict):
+    """Run folders: how many to keep per cadence (older ones are pruned; state is never touched)."""
+
+    keep: int = Field(24, ge=1)
+
+
 # ---------------------------------------------------------------- the whole config
 SECTIONS: dict[str, type[Strict]] = {
     "company": CompanyConfig,
@@ -300,6 +373,11 @@ SECTIONS: dict[str, type[Strict]] = {
     "trust": TrustConfig,
     "kpis": KpisConfig,
     "targets": TargetsConfig,
+    "state": StateConfig,
+    "live": LiveConfig,
+    "delivery": DeliveryConfig,
+    "schedule": ScheduleConfig,
+    "runs": RunsConfig,
 }
 
 
@@ -315,6 +393,11 @@ class Config(BaseModel):
     trust: TrustConfig = Field(default_factory=TrustConfig)
     kpis: KpisConfig = Field(default_factory=KpisConfig)
     targets: TargetsConfig = Field(default_factory=TargetsConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    live: LiveConfig = Field(default_factory=LiveConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    runs: RunsConfig = Field(default_factory=RunsConfig)
 
     def path(self, relative: str | Path) -> Path:
         """Resolve a path from config against the project root."""
