@@ -160,11 +160,17 @@ def derive_flag(values: pd.Series, members: list[Any], negate: bool = False) -> 
 
 def row_ids(df: pd.DataFrame, table: str) -> pd.Series:
     """Ids naming each row in findings: the table's key, else 'row N' (N = 1-based data row of the source)."""
-    numbers = pd.Series([f"row {i}" for i in df.index], index=df.index, dtype="string")
     key = CONTRACT[table].key if table in CONTRACT else None
     if key and key in df.columns:
-        return clean_strings(df[key]).fillna(numbers)
-    return numbers
+        ids = clean_strings(df[key])
+        missing = ids.isna()
+        return ids.mask(missing, _row_numbers(df.index[missing.to_numpy()])) if missing.any() else ids
+    return _row_numbers(df.index)
+
+
+def _row_numbers(index: pd.Index) -> pd.Series:
+    """'row N' for each row label N (vectorised)."""
+    return pd.Series("row " + index.astype(str), index=index, dtype="string")
 
 
 def _check_keys(table: str, mapping: TableMapping) -> None:
@@ -245,7 +251,6 @@ def _lookup(df: pd.DataFrame, table: str, target: str, other: str, key_col: str,
 
 def _parse(df: pd.DataFrame, table: str, mapping: TableMapping, cfg: Config, findings: Findings) -> pd.DataFrame:
     """Give every contract column its contract dtype; unparseable cells become missing and are reported."""
-    ids = row_ids(df, table)
     fix_key = f"config/source.yml tables.{table}"
     for col in CONTRACT[table].columns:
         if col.name not in df.columns:
@@ -272,7 +277,7 @@ def _parse(df: pd.DataFrame, table: str, mapping: TableMapping, cfg: Config, fin
             what, fix = "text", ""
         if bool(bad.any()):
             samples = format_ids(clean_strings(s)[bad].drop_duplicates().head(5).map(repr), limit=5)
-            findings.add(table, col.name, "unparseable", "warning", ids[bad],
+            findings.add(table, col.name, "unparseable", "warning", row_ids(df, table)[bad],
                          f"{int(bad.sum())} values are not {what} and were left empty, e.g. {samples}", fix)
         df[col.name] = out.astype(PANDAS_DTYPES[col.dtype])  # type: ignore[call-overload]
     return df

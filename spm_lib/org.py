@@ -17,9 +17,11 @@ from datetime import date
 from functools import cached_property
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from spm_lib.errors import OrgError, did_you_mean, format_ids
+from spm_lib.frames import isin
 
 ScopeKind = Literal["own", "team", "unit", "org"]
 SCOPE_KIND: dict[str, ScopeKind] = {"rep": "own", "manager": "team", "director": "unit", "executive": "org"}
@@ -29,10 +31,14 @@ _LOW, _HIGH = pd.Timestamp.min.ceil("D"), pd.Timestamp.max.floor("D")  # stand-i
 
 def hierarchy_problems(owners: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Return (owners whose manager_id is unknown, cycles as lists of owner ids) of an owners table."""
-    ids = set(owners["owner_id"].dropna().astype(str))
+    id_column = owners["owner_id"].dropna().astype(str)
     managers = owners.dropna(subset=["manager_id"])
     managers = managers[managers["manager_id"].astype(str).str.len() > 0]
-    unknown = sorted(managers.loc[~managers["manager_id"].astype(str).isin(ids), "owner_id"].astype(str).unique())
+    known = isin(managers["manager_id"].astype(str), id_column).to_numpy()
+    unknown = sorted(managers.loc[~known, "owner_id"].astype(str).unique())
+    if not _may_cycle(managers.loc[known, "owner_id"].astype(str), managers.loc[known, "manager_id"].astype(str)):
+        return unknown, []
+    ids = set(id_column)
     parent = {str(o): str(m) for o, m in zip(managers["owner_id"], managers["manager_id"], strict=True)
               if str(m) in ids}
     cycles: list[list[str]] = []
@@ -49,6 +55,19 @@ def hierarchy_problems(owners: pd.DataFrame) -> tuple[list[str], list[list[str]]
         for n in path:
             state[n] = 2
     return unknown, cycles
+
+
+def _may_cycle(child: pd.Series, parent: pd.Series) -> bool:
+    """False when following manager links from every owner surely ends at the top (no cycle), in numpy."""
+    links = pd.DataFrame({"c": child.to_numpy(), "p": parent.to_numpy()}).drop_duplicates("c", keep="last")
+    nodes = pd.Index(pd.concat([links["c"], links["p"]]).unique())
+    up = np.full(len(nodes), -1, dtype=np.int64)
+    up[nodes.get_indexer(links["c"])] = nodes.get_indexer(links["p"])
+    steps = 1
+    while steps <= len(nodes):  # pointer doubling: up[x] becomes x's 2**k-th manager (-1 past the top)
+        up = np.where(up >= 0, up[np.maximum(up, 0)], -1)
+        steps *= 2
+    return bool((up >= 0).any())
 
 
 def _clean_ids(s: pd.Series) -> pd.Series:

@@ -385,7 +385,7 @@ class Report:
                                                                                  self.currency))
         table = html.table_html(rows, {"label": "Forward look", "value": "Value", "definition": "Definition"},
                                 {"value": Markup})
-        return Html(f"{table}{fig}<div class='spm-two'>{stage_fig}{month_fig}</div>")
+        return Html(f"{table}{fig}{stage_fig}{month_fig}")
 
     def _forward_row(self, kpi_id: str) -> dict[str, str]:
         k = registry.REGISTRY[kpi_id]

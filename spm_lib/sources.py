@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from spm_lib.config import Config, TableMapping
 from spm_lib.contract import CONTRACT
@@ -58,6 +60,20 @@ def register_source(kind: str) -> Callable[[Callable[[Config], Source]], Callabl
         return factory
 
     return deco
+
+
+_NULLABLE = {pa.bool_(): pd.BooleanDtype(), pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(),
+             pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(),
+             pa.uint16(): pd.UInt16Dtype(), pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype()}
+
+
+def arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
+    """An Arrow table as pandas like DuckDB's `.df()` types it (nullable flags and integers, decimals as floats,
+    dates as datetimes), without converting text cell by cell."""
+    fields = [pa.field(f.name, pa.float64()) if pa.types.is_decimal(f.type) else f for f in table.schema]
+    if any(pa.types.is_decimal(f.type) for f in table.schema):
+        table = table.cast(pa.schema(fields))
+    return table.to_pandas(types_mapper=_NULLABLE.get, date_as_object=False)
 
 
 def _numbered(df: pd.DataFrame) -> pd.DataFrame:
@@ -152,7 +168,7 @@ class DuckDbSource:
                 return None
             sql, what = f"select * from {_quote(found[0])}.{_quote(found[1])}", f"table {options.source or name}"
         try:
-            return _numbered(self.con.execute(sql).df())
+            return _numbered(arrow_to_pandas(self.con.sql(sql).to_arrow_table()))
         except duckdb.Error as e:
             raise SourceError(f"{self.location}: cannot read {what}: {e}") from None
 
@@ -255,9 +271,13 @@ class _Reader:
         return name, TableMapping.model_validate({"source": name})
 
     def _drop_rows(self, df: pd.DataFrame, options: TableMapping, label: str) -> pd.DataFrame:
-        blank = pd.Series(True, index=df.index)
-        for column in df.columns:  # a loop over columns, not rows
-            blank &= _blank(df[column])
+        still = np.ones(len(df), dtype=bool)
+        for column in df.columns:  # a loop over columns, not rows; only rows blank so far are looked at
+            rows = np.flatnonzero(still)
+            if not len(rows):
+                break
+            still[rows] = _blank(df[column].iloc[rows]).to_numpy(dtype=bool)
+        blank = pd.Series(still, index=df.index)
         self.findings.add(label, None, "empty_rows_dropped", "info", [f"row {i}" for i in df.index[blank]],
                           f"{int(blank.sum())} empty rows dropped from {self._where(options, label)}",
                           "nothing to do")

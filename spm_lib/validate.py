@@ -19,6 +19,7 @@ from pandera.errors import SchemaErrors
 from spm_lib.config import Config
 from spm_lib.contract import CONTRACT, PANDAS_DTYPES, REQUIRED_TABLES
 from spm_lib.errors import SpmError, did_you_mean, format_ids
+from spm_lib.frames import isin
 from spm_lib.mapping import row_ids
 from spm_lib.org import _overlapping_owners, hierarchy_problems
 from spm_lib.quality import Finding, Findings
@@ -73,6 +74,8 @@ def validate(tables: dict[str, pd.DataFrame], cfg: Config, findings: Findings) -
 def _typed(name: str, df: pd.DataFrame, findings: Findings) -> pd.DataFrame:
     """The table with contract dtypes (pandera, lazily); columns whose values cannot be typed are left out."""
     t = CONTRACT[name]
+    if all(_has_dtype(df[c.name], PANDAS_DTYPES[c.dtype]) for c in t.columns if c.name in df.columns):
+        return df  # already typed (the mapping casts every contract column): nothing to coerce or report
     schema = pa.DataFrameSchema({c.name: pa.Column(PANDAS_DTYPES[c.dtype], nullable=True, required=False,
                                                    coerce=True) for c in t.columns if c.name in df.columns})
     try:
@@ -90,6 +93,11 @@ def _typed(name: str, df: pd.DataFrame, findings: Findings) -> pd.DataFrame:
                      f"values cannot be read as {expected}, e.g. {examples}",
                      f"fix the values, or set the date/number format in {SOURCE_FIX} tables.{name}")
     return schema.remove_columns(broken).validate(df.drop(columns=broken))
+
+
+def _has_dtype(column: pd.Series, dtype: str) -> bool:
+    """True when `column` already has exactly the contract dtype `dtype` (storage and missing-value marker too)."""
+    return str(column.dtype) == dtype and column.dtype == pd.api.types.pandas_dtype(dtype)
 
 
 def _check_tables_present(tables: dict[str, pd.DataFrame], findings: Findings) -> None:
@@ -326,6 +334,8 @@ def _drop(table: str, df: pd.DataFrame, column: str, check: str, bad: pd.Series,
           findings: Findings) -> pd.DataFrame:
     """Drop the rows where `bad` holds, recording them (by id) in one warning that says they were dropped."""
     bad = bad.astype("boolean").fillna(True).astype(bool)  # an undecidable row cannot be used either
+    if not bad.any():
+        return df
     findings.add(table, column, check, "warning", row_ids(df, table)[bad], f"{message}; these rows are dropped",
                  fix)
     return df[~bad]
@@ -349,7 +359,7 @@ def _drop_unknown_opportunities(history: pd.DataFrame, opps: pd.DataFrame, findi
     """Drop history rows whose opportunity is not in the (kept) opportunities."""
     if "opportunity_id" not in history.columns or "opportunity_id" not in opps.columns:
         return history
-    bad = ~history["opportunity_id"].isin(opps["opportunity_id"].dropna())
+    bad = ~isin(history["opportunity_id"], opps["opportunity_id"].dropna())
     values = format_ids(sorted(history.loc[bad, "opportunity_id"].dropna().astype(str).unique()), 5)
     return _drop("opportunity_history", history, "opportunity_id", "unknown_opportunity", bad,
                  f"opportunity_id not in opportunities, or dropped there ({values or 'empty'})",
@@ -382,7 +392,7 @@ def _agents_without_deals(owners: pd.DataFrame, opps: pd.DataFrame, findings: Fi
     leaf = ~ids.isin(owners["manager_id"].dropna())
     if "level" in owners.columns:
         leaf |= owners.loc[ids.index, "level"].astype("string").str.strip().str.lower().eq("rep").fillna(False)
-    idle = sorted(ids[leaf & ~ids.isin(opps["owner_id"].dropna())].astype(str).unique())
+    idle = sorted(ids[leaf & ~isin(ids, opps["owner_id"].dropna())].astype(str).unique())
     findings.add("owners", "owner_id", "agent_without_deals", "info", idle,
                  "agents without deals: reps who own no opportunity (their KPIs show 0 or n/a)",
                  "nothing to do if they are new or not selling; else check owner_id in opportunities")
