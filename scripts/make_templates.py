@@ -37,7 +37,8 @@ def template(level: str, cadence: str) -> nbformat.NotebookNode:
         new_markdown_cell(f"# {LEVELS[level]} · {cadence} performance session\n\n"
                           f"The agenda of this {unit}'s session: trust the numbers, see where you stand, "
                           f"look ahead, decide {DECIDES[cadence]}."),
-        new_code_cell("owner_id = None\ncadence = None\nas_of = None\nrun_dir = None", metadata={"tags": ["parameters"]}),
+        new_code_cell("owner_id = None\ncadence = None\nas_of = None\nrun_dir = None",
+                      metadata={"tags": ["parameters"]}),
         new_code_cell(f"from spm_lib import report\n\nrpt = report.load(owner_id, cadence, as_of, run_dir, "
                       f"level={level!r}, default_cadence={cadence!r})\nrpt.header()"),
         new_markdown_cell("## 1. Can we trust the numbers?"),

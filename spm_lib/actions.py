@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -36,6 +36,7 @@ STATUSES = ("open", "done", "dropped")
 FORMATS = ("csv", "json")
 MAX_TEXT = 2000
 MAX_KEY = 200
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads such a CSV cell as a formula
 STATUS_BADGE = {"open": "none", "done": "green", "dropped": "none"}
 
 ACTIONS = sa.Table(
@@ -60,7 +61,7 @@ ACTIONS = sa.Table(
     sa.Index("ix_actions_owner_cadence", "owner_id", "cadence", "status"),
 )
 COLUMNS = [c.name for c in ACTIONS.columns]
-_DTYPES = {"action_id": "Int64", "due_date": "datetime64[ns]", "recorded_at": "datetime64[ns]",
+_DTYPES: dict[str, Any] = {"action_id": "Int64", "due_date": "datetime64[ns]", "recorded_at": "datetime64[ns]",
            "updated_at": "datetime64[ns]", "closed_at": "datetime64[ns]"}
 
 
@@ -98,8 +99,8 @@ def _engine(cfg: Any) -> Engine:
 
 def _utc(at: datetime | None) -> datetime:
     """`at` (default now) as a naive UTC datetime; a naive `at` is taken as UTC already."""
-    at = at or datetime.now(timezone.utc)
-    return at.astimezone(timezone.utc).replace(tzinfo=None) if at.tzinfo else at
+    at = at or datetime.now(UTC)
+    return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
 
 
 def _required(value: object, field: str, hint: str) -> str:
@@ -195,10 +196,11 @@ def record(cfg: Any, *, form_key: str, owner_id: str, text: str, due_date: date 
     by = _required(recorded_by, "recorded_by", "give who records it (the owner or their leader)")
     cadence = _check_cadence(cadence)
     now = _utc(at)
-    row = {"form_key": key, "owner_id": owner, "text": body, "support_asked": _optional(support_asked),
-           "due_date": _due(due_date), "kpi": _check_kpi(cfg, kpi), "status": "open", "cadence": cadence,
-           "period": _check_period(cfg, period, cadence), "recorded_by": by, "recorded_at": now,
-           "updated_by": by, "updated_at": now, "closed_at": None}
+    row: dict[str, Any] = {
+        "form_key": key, "owner_id": owner, "text": body, "support_asked": _optional(support_asked),
+        "due_date": _due(due_date), "kpi": _check_kpi(cfg, kpi), "status": "open", "cadence": cadence,
+        "period": _check_period(cfg, period, cadence), "recorded_by": by, "recorded_at": now,
+        "updated_by": by, "updated_at": now, "closed_at": None}
     eng = _engine(cfg)
 
     def insert(conn: Connection) -> Action:
@@ -261,7 +263,7 @@ def for_report(cfg: Any, owner_id: str, cadence: str, as_of: date | str) -> pd.D
     since = last_session_start(cfg, cadence, as_of)
     df = _query(cfg, sa.and_(_mine(owner_id, cadence),
                              sa.or_(ACTIONS.c.status == "open", ACTIONS.c.closed_at >= since)),
-                ACTIONS.c.status != "open", ACTIONS.c.due_date, ACTIONS.c.closed_at)
+                ACTIONS.c.status != "open", ACTIONS.c.closed_at, ACTIONS.c.due_date)
     df["overdue"] = ((df["status"] == "open") & (df["due_date"] < pd.Timestamp(as_date(as_of)))).astype("boolean")
     return df
 
@@ -279,9 +281,9 @@ def export(cfg: Any, owner_id: str | None = None, fmt: Literal["csv", "json"] | 
     out = df.astype("object").where(df.notna(), None)
     if fmt == "json":
         return json.dumps(out.to_dict(orient="records"), ensure_ascii=False, indent=2) + "\n"
-    # a spreadsheet runs a cell starting with = + - @ as a formula: prefix such free text with '
-    for c in ("owner_id", "text", "support_asked", "recorded_by", "updated_by"):
-        out[c] = out[c].map(lambda v: f"'{v}" if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v)
+    # prefix free text a spreadsheet would run as a formula with ' (shown, never run)
+    for c in ("form_key", "owner_id", "text", "support_asked", "recorded_by", "updated_by"):
+        out[c] = out[c].map(lambda v: f"'{v}" if isinstance(v, str) and v[:1] in FORMULA_STARTS else v)
     return str(out.to_csv(index=False, lineterminator="\n"))
 
 
@@ -299,7 +301,9 @@ def actions_html(rpt: Any) -> str:
     """The report's 'Decisions and actions' section: open actions (overdue marked), those closed since last session."""
     from spm_lib.config import load_config
 
-    df = for_report(load_config(), rpt.owner_id, rpt.cadence, rpt.as_of)
+    cfg = load_config()
+    df = for_report(cfg, rpt.owner_id, rpt.cadence, rpt.as_of)
+    df["closed_at"] = df["closed_at"].dt.tz_localize("UTC").dt.tz_convert(cfg.company.timezone)  # company's day
     open_ = df[df["status"] == "open"]
     open_ = open_.assign(state=open_["overdue"].astype(bool).map({True: "overdue", False: "open"}))
     closed = df[df["status"] != "open"]

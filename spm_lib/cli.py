@@ -80,7 +80,8 @@ def _as_of(value: object, cfg: object = None, cadence: str = "monthly") -> date:
 
 
 AS_OF = click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None,
-                     help="As-of date YYYY-MM-DD (default: the last day of the last closed month, quarter, year or week).")
+                     help="As-of date YYYY-MM-DD (default: the last day of the last closed month, quarter, "
+                     "year or week).")
 CADENCE = click.option("--cadence", type=click.Choice(["weekly", "monthly", "quarterly", "annual"]),
                        default="monthly", show_default=True)
 
@@ -183,7 +184,7 @@ def run_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, 
         sys.exit(1)
 
 
-def _emit(df: "object", fmt: str) -> None:
+def _emit(df: object, fmt: str) -> None:
     import pandas as pd
 
     assert isinstance(df, pd.DataFrame)

@@ -8,8 +8,8 @@ with the file, the key and what is allowed.
 from __future__ import annotations
 
 import os
-from datetime import date
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 

@@ -235,9 +235,12 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     facts = _facts(ctx)
     import uuid
 
-    meta = {"run_id": uuid.uuid4().hex[:12], "computed_at": pd.Timestamp.now(tz="UTC").isoformat(), "as_of": ctx.as_of.isoformat(), "cadence": cadence, "closed_period": ctx.windows.closed.label,  # type: ignore[attr-defined]
-            "forward_period": q.label, "forward_start": q.start.isoformat(), "forward_end": q.end.isoformat(), "notes": ctx.notes, "owners": len(scopes),
-            "opportunities": int(len(ctx.snapshot))}
+    win = ctx.windows
+    meta = {"run_id": uuid.uuid4().hex[:12], "computed_at": pd.Timestamp.now(tz="UTC").isoformat(),
+            "as_of": ctx.as_of.isoformat(), "cadence": cadence,
+            "closed_period": win.closed.label,  # type: ignore[attr-defined]
+            "forward_period": q.label, "forward_start": q.start.isoformat(), "forward_end": q.end.isoformat(),
+            "notes": ctx.notes, "owners": len(scopes), "opportunities": int(len(ctx.snapshot))}
     owners = ctx.owners.copy()
     owners["scope"] = [ctx.org.scope_kind(o) for o in owners["owner_id"]]  # type: ignore[attr-defined]
     return Cube(kpis=allk, trust=trust_df, trust_rows=trust_rows, decomposition=decomp, facts=facts,

@@ -31,14 +31,12 @@ _LOW, _HIGH = pd.Timestamp.min.ceil("D"), pd.Timestamp.max.floor("D")  # stand-i
 
 def hierarchy_problems(owners: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Return (owners whose manager_id is unknown, cycles as lists of owner ids) of an owners table."""
-    id_column = owners["owner_id"].dropna().astype(str)
+    if not HierarchyScreen(owners["owner_id"], owners["manager_id"]).may_fail(np.ones(len(owners), dtype=bool)):
+        return [], []
+    ids = set(owners["owner_id"].dropna().astype(str))
     managers = owners.dropna(subset=["manager_id"])
     managers = managers[managers["manager_id"].astype(str).str.len() > 0]
-    known = isin(managers["manager_id"].astype(str), id_column).to_numpy()
-    unknown = sorted(managers.loc[~known, "owner_id"].astype(str).unique())
-    if not _may_cycle(managers.loc[known, "owner_id"].astype(str), managers.loc[known, "manager_id"].astype(str)):
-        return unknown, []
-    ids = set(id_column)
+    unknown = sorted(managers.loc[~isin(managers["manager_id"].astype(str), ids), "owner_id"].astype(str).unique())
     parent = {str(o): str(m) for o, m in zip(managers["owner_id"], managers["manager_id"], strict=True)
               if str(m) in ids}
     cycles: list[list[str]] = []
@@ -57,17 +55,36 @@ def hierarchy_problems(owners: pd.DataFrame) -> tuple[list[str], list[list[str]]
     return unknown, cycles
 
 
-def _may_cycle(child: pd.Series, parent: pd.Series) -> bool:
-    """False when following manager links from every owner surely ends at the top (no cycle), in numpy."""
-    links = pd.DataFrame({"c": child.to_numpy(), "p": parent.to_numpy()}).drop_duplicates("c", keep="last")
-    nodes = pd.Index(pd.concat([links["c"], links["p"]]).unique())
-    up = np.full(len(nodes), -1, dtype=np.int64)
-    up[nodes.get_indexer(links["c"])] = nodes.get_indexer(links["p"])
-    steps = 1
-    while steps <= len(nodes):  # pointer doubling: up[x] becomes x's 2**k-th manager (-1 past the top)
-        up = np.where(up >= 0, up[np.maximum(up, 0)], -1)
-        steps *= 2
-    return bool((up >= 0).any())
+class HierarchyScreen:
+    """A quick numpy screen of an owners table: may the rows valid on a day hold an unknown manager or a cycle?
+
+    Built once per table; `may_fail` costs microseconds per day, so `hierarchy_problems` (exact, with the ids to
+    report) only runs on the days that need it.
+    """
+
+    def __init__(self, owner_id: pd.Series, manager_id: pd.Series) -> None:
+        owner, manager = owner_id.astype("string"), manager_id.astype("string")
+        codes, uniques = pd.factorize(pd.concat([owner, manager], ignore_index=True))
+        self.owner, self.manager = codes[: len(owner)], codes[len(owner):]
+        self.has_manager = (self.manager >= 0) & (manager.str.len() > 0).fillna(False).to_numpy(dtype=bool)
+        self.size = len(uniques)
+
+    def may_fail(self, valid: np.ndarray) -> bool:
+        """False when the rows where `valid` holds surely have every manager among their owners and no cycle."""
+        present = np.zeros(self.size + 1, dtype=bool)  # slot -1 (no id) stays False
+        present[self.owner[valid]] = True
+        present[-1] = False
+        links = valid & self.has_manager
+        child, parent = self.owner[links], self.manager[links]
+        if not present[parent].all() or (child < 0).any() or len(np.unique(child)) != len(child):
+            return True
+        up = np.full(self.size, -1, dtype=np.int64)
+        up[child] = parent
+        steps = 1
+        while steps <= self.size:  # pointer doubling: up[x] becomes x's 2**k-th manager (-1 past the top)
+            up = np.where(up >= 0, up[np.maximum(up, 0)], -1)
+            steps *= 2
+        return bool((up >= 0).any())
 
 
 def _clean_ids(s: pd.Series) -> pd.Series:
@@ -120,8 +137,12 @@ def _validate(df: pd.DataFrame) -> None:
     # check the hierarchy as it stands on every day it changes (once when there are no validity dates)
     vf, vt = df["valid_from"].fillna(_LOW), df["valid_to"].fillna(_HIGH)
     changes = pd.concat([vf, df["valid_to"].dropna() + pd.Timedelta(days=1)]).drop_duplicates().sort_values()
+    screen = HierarchyScreen(df["owner_id"], df["manager_id"])
     for day in changes:
-        on_day = df[(vf <= day) & (vt >= day)]
+        valid = ((vf <= day) & (vt >= day)).to_numpy(dtype=bool)
+        if not screen.may_fail(valid):
+            continue
+        on_day = df[valid]
         unknown, cycles = hierarchy_problems(on_day)
         when = "" if day == _LOW else f" on {pd.Timestamp(day).date()}"
         if unknown:

@@ -260,10 +260,10 @@ class Report:
         return Html("".join(parts))
 
     def _trust_value(self, r: object) -> str:
-        v = getattr(r, "value")
-        if getattr(r, "status") == "not_available":
-            return _esc(str(getattr(r, "na_reason") or "not available"))
-        unit = getattr(r, "unit")
+        v = r.value
+        if r.status == "not_available":
+            return _esc(str(r.na_reason or "not available"))
+        unit = r.unit
         if pd.isna(v):
             return "—"
         return f"{v * 100:.0f} % of open value" if unit == "rate" else (

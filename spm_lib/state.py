@@ -119,7 +119,7 @@ def transact(eng: Engine, work: Callable[[Connection], T], *, write: bool = True
     """Run `work(conn)` in one transaction, retried with backoff while the database is locked."""
     try:
         for attempt in Retrying(retry=retry_if_exception(_locked), stop=stop_after_attempt(LOCK_ATTEMPTS),
-                                wait=wait_exponential_jitter(initial=0.05, max=2.0), reraise=True):
+                                wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05), reraise=True):
             with attempt:
                 with eng.connect().execution_options(spm_write=write) as conn, conn.begin():
                     return work(conn)
@@ -141,7 +141,7 @@ def ensure_schema(eng: Engine) -> None:
     # two processes may both see a table missing and both create it: the loser retries and then finds it
     for attempt in Retrying(retry=retry_if_exception(lambda e: isinstance(e, DBAPIError)),
                             stop=stop_after_attempt(LOCK_ATTEMPTS),
-                            wait=wait_exponential_jitter(initial=0.05, max=1.0), reraise=True):
+                            wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05), reraise=True):
         with attempt:
             transact(eng, lambda conn: METADATA.create_all(conn, checkfirst=True))
     _READY[key] = declared

@@ -21,7 +21,7 @@ from spm_lib.contract import CONTRACT, PANDAS_DTYPES, REQUIRED_TABLES
 from spm_lib.errors import SpmError, did_you_mean, format_ids
 from spm_lib.frames import isin
 from spm_lib.mapping import row_ids
-from spm_lib.org import _overlapping_owners, hierarchy_problems
+from spm_lib.org import HierarchyScreen, _overlapping_owners, hierarchy_problems
 from spm_lib.quality import Finding, Findings
 
 # a period label: month 2026-10, fiscal quarter FY2026-Q3, fiscal year FY2026, ISO week 2026-W07
@@ -202,8 +202,12 @@ def _check_owners(owners: pd.DataFrame, findings: Findings) -> None:
                  "(a team move ends the old row the day before the new one starts)")
     unknown: set[str] = set()
     cycles: dict[frozenset[str], list[str]] = {}
-    for snapshot in _snapshots(df[~inverted & ~df["owner_id"].isin(overlap)]):
-        bad, found = hierarchy_problems(snapshot)
+    checked = df[~inverted & ~df["owner_id"].isin(overlap)]
+    screen = HierarchyScreen(checked["owner_id"], checked["manager_id"])
+    for valid in _snapshot_masks(checked):
+        if not screen.may_fail(valid):
+            continue  # no unknown manager and no cycle on that day
+        bad, found = hierarchy_problems(checked[valid])
         unknown.update(bad)
         cycles.update({frozenset(c): c for c in found})
     if unknown:
@@ -234,13 +238,14 @@ def _with_validity(owners: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _snapshots(df: pd.DataFrame) -> list[pd.DataFrame]:
-    """The owners valid on each day the hierarchy changes (the whole table when it has no validity dates)."""
+def _snapshot_masks(df: pd.DataFrame) -> list[np.ndarray]:
+    """Which rows are valid on each day the hierarchy changes (all rows when it has no validity dates)."""
     if df["valid_from"].isna().all() and df["valid_to"].isna().all():
-        return [df]
+        return [np.ones(len(df), dtype=bool)]
     vf, vt = df["valid_from"].fillna(pd.Timestamp.min), df["valid_to"].fillna(pd.Timestamp.max)
     days = pd.concat([vf, df["valid_to"].dropna() + pd.Timedelta(days=1)]).drop_duplicates()
-    return [df[(vf <= day) & (vt >= day)] for day in days]  # a loop over change days, not rows
+    start, end = vf.to_numpy(), vt.to_numpy()
+    return [(start <= day) & (end >= day) for day in days.to_numpy()]  # a loop over change days, not rows
 
 
 # ---------------------------------------------------------------- opportunities

@@ -72,6 +72,7 @@ def test_a_changed_owner_cadence_or_expiry_keeps_the_old_signature_and_is_refuse
     token = sign(SECRET, "M1", "monthly", date(2026, 10, 31), EXPIRES)
     body, _, sig = token.rpartition(".")
     payload = json.loads(_unb64(body))
+    assert _b64(json.dumps(payload, separators=(",", ":")).encode()) == body  # re-encoding alone changes nothing
     payload[field] = value
     tampered = _b64(json.dumps(payload, separators=(",", ":")).encode()) + "." + sig
     assert "not valid" in _refused(tampered)

@@ -33,7 +33,8 @@ def project(small_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     # one rep's report fails: a cell raises for that owner only
     tpl = root / "templates" / "rep_monthly.ipynb"
     nb = nbformat.read(tpl, as_version=4)
-    nb.cells.insert(3, nbformat.v4.new_code_cell("if owner_id == 'rep-002':\n    raise RuntimeError('boom for rep-002')"))
+    boom = "if owner_id == 'rep-002':\n    raise RuntimeError('boom for rep-002')"
+    nb.cells.insert(3, nbformat.v4.new_code_cell(boom))
     nbformat.write(nb, tpl)
     return root
 
