@@ -268,13 +268,26 @@ def for_report(cfg: Any, owner_id: str, cadence: str, as_of: date | str) -> pd.D
     return df
 
 
-def export(cfg: Any, owner_id: str | None = None, fmt: Literal["csv", "json"] | str = "csv") -> str:
-    """Every action (or one owner's) as CSV or JSON text, by owner and recording time."""
+def list_actions(cfg: Any, owner_id: str | None = None, cadence: str | None = None,
+                 status: str | None = None) -> pd.DataFrame:
+    """Every action, or those of one owner / cadence / status, by owner and recording time."""
+    where: list[sa.ColumnElement[bool]] = [sa.true()]
+    if owner_id is not None:
+        where.append(ACTIONS.c.owner_id == str(owner_id))
+    if cadence is not None:
+        where.append(ACTIONS.c.cadence == _check_cadence(cadence))
+    if status is not None:
+        where.append(ACTIONS.c.status == _check_status(status))
+    return _query(cfg, sa.and_(*where), ACTIONS.c.owner_id, ACTIONS.c.recorded_at)
+
+
+def export(cfg: Any, owner_id: str | None = None, fmt: Literal["csv", "json"] | str = "csv", *,
+           cadence: str | None = None, status: str | None = None) -> str:
+    """The actions of `list_actions` as CSV or JSON text (dates YYYY-MM-DD, times UTC)."""
     if fmt not in FORMATS:
         raise ActionError(f"unknown export format {fmt!r}{did_you_mean(str(fmt), FORMATS)}; "
                           f"allowed: {', '.join(FORMATS)}")
-    where = sa.true() if owner_id is None else ACTIONS.c.owner_id == str(owner_id)
-    df = _query(cfg, where, ACTIONS.c.owner_id, ACTIONS.c.recorded_at)
+    df = list_actions(cfg, owner_id, cadence, status)
     df["due_date"] = df["due_date"].dt.strftime("%Y-%m-%d")
     for c in ("recorded_at", "updated_at", "closed_at"):
         df[c] = df[c].dt.strftime("%Y-%m-%dT%H:%M:%SZ")

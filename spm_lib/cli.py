@@ -184,6 +184,56 @@ def run_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, 
         sys.exit(1)
 
 
+@cli.group()
+def actions() -> None:
+    """The action register: actions agreed in sessions, owned by the owner of the numbers."""
+
+
+CADENCE_FILTER = click.option("--cadence", type=click.Choice(["weekly", "monthly", "quarterly", "annual"]),
+                              default=None, help="Only actions of sessions at this cadence.")
+STATUS_FILTER = click.option("--status", type=click.Choice(["open", "done", "dropped"]), default=None,
+                             help="Only this status.")
+
+
+@actions.command("list")
+@click.option("--owner", default=None, help="Only this owner's actions.")
+@CADENCE_FILTER
+@STATUS_FILTER
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.pass_context
+def actions_list(ctx: click.Context, owner: str | None, cadence: str | None, status: str | None, fmt: str) -> None:
+    """Print the recorded actions (every owner unless --owner)."""
+    from spm_lib import actions as register
+
+    cfg = _config(ctx.obj["project"])
+    if fmt != "table":
+        click.echo(register.export(cfg, owner, fmt=fmt, cadence=cadence, status=status), nl=False)
+        return
+    df = register.list_actions(cfg, owner, cadence=cadence, status=status)
+    cols = ["action_id", "owner_id", "cadence", "period", "status", "due_date", "kpi", "text"]
+    click.echo(df[cols].to_string(index=False) if not df.empty else "No action matches.")
+
+
+@actions.command("export")
+@click.option("--owner", default=None, help="Only this owner's actions (default: every owner).")
+@CADENCE_FILTER
+@STATUS_FILTER
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write to this file instead of stdout.")
+@click.pass_context
+def actions_export(ctx: click.Context, owner: str | None, cadence: str | None, status: str | None, fmt: str,
+                   out: str | None) -> None:
+    """Export the action register as CSV or JSON."""
+    from spm_lib import actions as register
+
+    text = register.export(_config(ctx.obj["project"]), owner, fmt=fmt, cadence=cadence, status=status)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        Path(out).write_text(text, encoding="utf-8")
+        click.echo(f"Actions written to {out}")
+
+
 def _emit(df: object, fmt: str) -> None:
     import pandas as pd
 

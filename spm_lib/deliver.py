@@ -66,11 +66,12 @@ class DeliveryError(SpmError):
 
 
 class SendFailed(DeliveryError):
-    """The SMTP server did not take a message; `tries` attempts were made."""
+    """The SMTP server did not take a message after `tries` attempts; `permanent` for a 5xx refusal."""
 
-    def __init__(self, message: str, tries: int) -> None:
+    def __init__(self, message: str, tries: int, permanent: bool) -> None:
         super().__init__(message)
         self.tries = tries
+        self.permanent = permanent
 
 
 # ---------------------------------------------------------------- headers and addresses
@@ -134,6 +135,9 @@ def subject(rpt: Any) -> str:
 def _offenders(rpt: Any) -> pd.DataFrame:
     """The largest offending deals of the owner's scope, one row per deal, at most OFFENDERS_SHOWN."""
     off = rpt.offenders()
+    t = rpt.cube.trust
+    failing = t.loc[(t["owner_id"] == rpt.owner_id) & (t["status"] == "fail"), "check"]
+    off = off[off["check"].isin(set(failing))]
     if off.empty:
         return off
     first = off.groupby("opportunity_id", sort=False).first().reset_index()
@@ -469,8 +473,10 @@ class SmtpSender:
                                wait=wait_exponential(multiplier=RETRY_BASE_S, max=RETRY_MAX_S),
                                reraise=True)(attempt)
         except (smtplib.SMTPException, OSError) as e:
-            kind = "temporary, gave up" if _temporary(e) else "permanent"
-            raise SendFailed(f"{_describe(e)} ({kind} after {tries} attempt{'s' * (tries != 1)})", tries) from None
+            temporary = _temporary(e)
+            kind = "temporary, gave up" if temporary else "permanent"
+            raise SendFailed(f"{_describe(e)} ({kind} after {tries} attempt{'s' * (tries != 1)})", tries,
+                             not temporary) from None
         return tries, refused
 
 
@@ -607,14 +613,32 @@ def _skip_reason(cfg: Config, owners: pd.DataFrame, entry: Mapping[str, Any] | N
     return None
 
 
-def _ledger_decision(history: pd.DataFrame, generation: int, resend_unknown: bool) -> str:
-    """What the ledger says about an owner: 'send', 'unknown', 'sent' (this generation) or 'sent-before'."""
+def _recipient_key(cfg: Config, owners: pd.DataFrame, owner_id: str) -> str:
+    """The addresses an owner's email would go to, as given (before validation): what the ledger remembers."""
+    if cfg.delivery.redirect_to:
+        return clean_header(cfg.delivery.redirect_to)
+    row = owners.loc[owner_id]
+    key = clean_header(row.get("email"))
+    manager = row.get("manager_id")
+    if cfg.delivery.cc_leader and isinstance(manager, str) and manager in owners.index:
+        key += f", cc {clean_header(owners.loc[manager].get('email'))}"
+    return key
+
+
+def _ledger_decision(history: pd.DataFrame, generation: int, recipients: str, resend_unknown: bool) -> str:
+    """What the ledger says of an owner: send, unknown, sent (this generation), sent-before or refused."""
     if (history["status"] == "sending").any() and not resend_unknown:
         return "unknown"
     sent = history[history["status"] == "sent"]
     if (sent["generation"] == generation).any():
         return "sent"
-    return "sent-before" if not sent.empty else "send"
+    if not sent.empty:
+        return "sent-before"
+    last = history.sort_values("updated_at").tail(1)
+    if not last.empty and last["status"].iloc[0] == "failed" and bool(last["permanent"].iloc[0]) \
+            and last["recipients"].iloc[0] == recipients:
+        return "refused"
+    return "send"
 
 
 def _write_eml(path: Path, msg: EmailMessage) -> str:
@@ -672,16 +696,22 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
                 if why:
                     summary.skipped[oid] = why
                     continue
-                decision = _ledger_decision(history[history["owner_id"] == oid], generation, resend_unknown)
+                recipients = _recipient_key(cfg, owners, oid)
+                mine = history[history["owner_id"] == oid]
+                decision = _ledger_decision(mine, generation, recipients, resend_unknown)
                 if decision == "unknown":
                     summary.unknown.append(oid)
+                    continue
+                if decision == "refused":
+                    summary.skipped[oid] = (f"refused earlier ({mine.sort_values('updated_at')['error'].iloc[-1]}); "
+                                            "fix the address in the CRM or delivery config")
                     continue
                 if decision == "sent" or (decision == "sent-before" and not resend_changed):
                     summary.skipped[oid] = "already sent" + (" (use --resend-changed to send a changed report)"
                                                              if decision == "sent-before" else "")
                     continue
+                digest = ""
                 try:
-                    to, cc = _recipients(cfg, owners, oid)
                     rpt = load(oid, cadence, run_dir=run_dir)
                     figs = email_figures(rpt)
                     actions = _actions_html(cfg, rpt)
@@ -694,6 +724,7 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
                                                                                       {oid: digest}):
                         summary.skipped[oid] = "already sent, and its report has not changed"
                         continue
+                    to, cc = _recipients(cfg, owners, oid)
                     token = message_token(rpt, digest)
                     exporter.open()
                     images, alts = {}, {}
@@ -707,23 +738,31 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
                 except (DeliveryError, ImageError) as e:
                     summary.failed[oid] = str(e)
                     log.error("%s not sent: %s", oid, e)
+                    if not dry_run:  # an invalid address stays refused until it changes; a bad image is retried
+                        ledger.plan(cfg, run_key, generation, oid, run_id=run_id, message_id="", content_hash=digest,
+                                    recipients=recipients)
+                        ledger.mark_failed(cfg, run_key, generation, oid, str(e),
+                                           permanent=isinstance(e, DeliveryError))
                     continue
-                addresses = [a.addr_spec for a in [*to, *cc]]
                 if dry_run:
                     summary.written.append(_write_eml(out_dir / f"{safe_name(oid)}.eml", msg))
                     summary.sent.append(oid)
                     continue
                 assert sender is not None
                 ledger.plan(cfg, run_key, generation, oid, run_id=run_id, message_id=str(msg["Message-ID"]),
-                            content_hash=digest, recipients=", ".join(addresses))
+                            content_hash=digest, recipients=recipients)
                 ledger.mark_sending(cfg, run_key, generation, oid)
                 pace.wait()
+                addresses = [a.addr_spec for a in [*to, *cc]]
                 try:
                     tries, refused = sender.send(msg, addresses)
                 except DeliveryError as e:
-                    ledger.mark_failed(cfg, run_key, generation, oid, str(e), tries=getattr(e, "tries", 1))
+                    ledger.mark_failed(cfg, run_key, generation, oid, str(e), tries=getattr(e, "tries", 1),
+                                       permanent=getattr(e, "permanent", False))
                     summary.failed[oid] = str(e)
                     log.error("%s failed: %s", oid, e)
+                    if not isinstance(e, SendFailed):  # the server cannot be used at all (e.g. login refused)
+                        raise
                     continue
                 note = ("refused: " + ", ".join(refused)) if refused else None
                 ledger.mark_sent(cfg, run_key, generation, oid, note, tries=tries)

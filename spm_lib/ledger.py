@@ -35,6 +35,7 @@ LEDGER = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("updated_at", sa.DateTime, nullable=False),
     sa.Column("error", sa.String(MAX_ERROR)),
+    sa.Column("permanent", sa.Boolean, nullable=False, default=False),  # a failure resending cannot fix
     sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="ck_send_ledger_status"),
     sa.Index("ix_send_ledger_run_owner", "run_key", "owner_id"),
 )
@@ -60,7 +61,8 @@ def plan(cfg: Any, run_key: str, generation: int, owner_id: str, *, run_id: str,
          content_hash: str, recipients: str) -> None:
     """Record (or reset) the owner's email of this run and generation as pending, keeping its attempt count."""
     values = {"run_id": run_id, "message_id": message_id, "content_hash": content_hash,
-              "recipients": recipients[:2000], "status": "pending", "updated_at": _now(), "error": None}
+              "recipients": recipients[:2000], "status": "pending", "updated_at": _now(), "error": None,
+              "permanent": False}
 
     def work(conn: Connection) -> None:
         done = conn.execute(sa.update(LEDGER).where(_key(run_key, generation, owner_id)).values(**values))
@@ -94,9 +96,14 @@ def mark_sent(cfg: Any, run_key: str, generation: int, owner_id: str, note: str 
          attempts=LEDGER.c.attempts + (max(tries, 1) - 1))
 
 
-def mark_failed(cfg: Any, run_key: str, generation: int, owner_id: str, error: str, *, tries: int = 1) -> None:
-    """The message was not delivered after `tries` SMTP attempts; `error` says why (a later send tries again)."""
-    _set(cfg, run_key, generation, owner_id, status="failed", error=error[:MAX_ERROR],
+def mark_failed(cfg: Any, run_key: str, generation: int, owner_id: str, error: str, *, tries: int = 1,
+                permanent: bool = False) -> None:
+    """The message was not delivered after `tries` SMTP attempts; `error` says why.
+
+    A later send tries it again, unless the failure is `permanent` (a 5xx refusal, an invalid address) and the
+    recipients are still the same.
+    """
+    _set(cfg, run_key, generation, owner_id, status="failed", error=error[:MAX_ERROR], permanent=permanent,
          attempts=LEDGER.c.attempts + (max(tries, 1) - 1))
 
 
@@ -105,7 +112,8 @@ def rows(cfg: Any, run_key: str) -> pd.DataFrame:
     stmt = sa.select(LEDGER).where(LEDGER.c.run_key == run_key).order_by(LEDGER.c.owner_id, LEDGER.c.generation)
     found = state.transact(_engine(cfg), lambda conn: [tuple(r) for r in conn.execute(stmt)], write=False)
     df = pd.DataFrame(found, columns=COLUMNS)
-    return df.astype({"generation": "Int64", "attempts": "Int64", "updated_at": "datetime64[ns]"})
+    return df.astype({"generation": "Int64", "attempts": "Int64", "updated_at": "datetime64[ns]",
+                      "permanent": "boolean"})
 
 
 def unknown(cfg: Any, run_key: str) -> list[str]:

@@ -17,6 +17,7 @@ import pandas as pd
 from spm_lib.config import Config, NumberFormat, OwnersFromHierarchy, TableMapping
 from spm_lib.contract import CONTRACT, PANDAS_DTYPES
 from spm_lib.errors import MappingError, did_you_mean, format_ids
+from spm_lib.frames import trimmed_already
 from spm_lib.quality import Findings
 
 ReadOther = Callable[[str, str], pd.DataFrame]  # (source table name, config key naming it) -> raw frame
@@ -32,7 +33,10 @@ def clean_strings(s: pd.Series) -> pd.Series:
     """Return `s` as the contract string dtype: trimmed, empty cells missing, integral floats without '.0'."""
     if pd.api.types.is_float_dtype(s) and bool(((s.dropna() % 1) == 0).all()):
         s = s.astype("Int64")
-    out = s.astype("string").str.strip()
+    out = s.astype("string")
+    if trimmed_already(out):  # nothing to strip or blank: skip two passes over every value
+        return out
+    out = out.str.strip()
     return out.mask(out == "")
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 from spm_lib.config import Config, TableMapping
 from spm_lib.contract import CONTRACT
 from spm_lib.errors import ConfigError, SourceError, did_you_mean
-from spm_lib.mapping import map_table, owners_from_hierarchy
+from spm_lib.mapping import clean_strings, map_table, owners_from_hierarchy
 from spm_lib.quality import Findings
 
 FILE_SUFFIXES = (".csv", ".parquet", ".xlsx")
@@ -235,8 +235,7 @@ class SqlSource:
 def _blank(column: pd.Series) -> pd.Series:
     """True where a cell is missing or only whitespace."""
     if pd.api.types.is_string_dtype(column) or pd.api.types.is_object_dtype(column):
-        text = column.astype("string").str.strip()
-        return (text.isna() | (text == "")).astype(bool)
+        return clean_strings(column.astype("string")).isna().astype(bool)
     return column.isna()
 
 

@@ -202,6 +202,17 @@ def test_actions_html_without_actions_says_so(tmp_path: Path, monkeypatch: pytes
 
 
 # ---------------------------------------------------------------- export
+def test_list_actions_filters_by_owner_cadence_and_status(cfg: Config) -> None:
+    a = rec(cfg, "a")
+    rec(cfg, "b", cadence="weekly", period="2026-W40")
+    rec(cfg, "c", owner_id="R2")
+    actions.set_status(cfg, a.action_id, "dropped", "R1", at=utc(2026, 10, 2))
+    assert actions.list_actions(cfg)["form_key"].tolist() == ["a", "b", "c"]
+    assert actions.list_actions(cfg, "R1")["form_key"].tolist() == ["a", "b"]
+    assert actions.list_actions(cfg, "R1", cadence="weekly")["form_key"].tolist() == ["b"]
+    assert actions.list_actions(cfg, status="dropped")["form_key"].tolist() == ["a"]
+
+
 def test_export_csv_and_json(cfg: Config) -> None:
     a = rec(cfg, "a", text="=HYPERLINK(\"http://evil\")", support_asked="Budget, 2 days", kpi="bookings")
     actions.set_status(cfg, a.action_id, "done", "R1", at=utc(2026, 10, 3, 10, 30))
