@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from spm_lib.config import StagesConfig
+from spm_lib.frames import isin
 
 FIELDS = ["stage", "amount", "close_date"]
 EXTRA_COLUMNS = ["pushes", "amount_decreased", "stage_entered_at", "max_stage_index", "days_in_stage",
@@ -76,10 +77,14 @@ def _history_rows(history: pd.DataFrame, ids: pd.Series, as_of: date) -> pd.Data
                    else pd.Series(np.nan, index=history.index, dtype="float64"))
     h["close_date"] = (pd.to_datetime(history["close_date"]).astype("datetime64[ns]") if "close_date" in history
                        else pd.Series(pd.NaT, index=history.index, dtype="datetime64[ns]"))
-    h = h[h["opportunity_id"].isin(ids) & (h["changed_at"] < _end_of(as_of))]
-    h = h.sort_values(["opportunity_id", "changed_at"], kind="stable").reset_index(drop=True)
-    h[FIELDS] = h.groupby("opportunity_id", sort=False)[FIELDS].ffill()
-    prev = h.groupby("opportunity_id", sort=False)[FIELDS].shift(1)
+    h = h[isin(h["opportunity_id"], ids).to_numpy() & (h["changed_at"] < _end_of(as_of)).to_numpy()]
+    # by opportunity, then changed_at, ties in table order (a stable sort on integer codes, not on the text ids)
+    codes = pd.factorize(h["opportunity_id"])[0]
+    order = np.lexsort((h["changed_at"].to_numpy(dtype="int64"), codes))
+    h = h.take(order).reset_index(drop=True)
+    key = codes[order]
+    h[FIELDS] = h[FIELDS].groupby(key, sort=False).ffill()
+    prev = h[FIELDS].groupby(key, sort=False).shift(1)
     for f in FIELDS:
         h[f"prev_{f}"] = prev[f]
     return h
@@ -165,8 +170,12 @@ def reached_stages(opportunities: pd.DataFrame, history: pd.DataFrame | None, as
     deal reached them all, a deal lost straight away none. Without history only the as-of (current) stage is
     known: an open deal reached the stages up to it, a won deal all, a lost deal none.
     """
-    snap = snapshot(opportunities, history, as_of, stages)
-    if _has_history(history):
+    return reached_from_snapshot(snapshot(opportunities, history, as_of, stages), _has_history(history), stages)
+
+
+def reached_from_snapshot(snap: pd.DataFrame, from_history: bool, stages: StagesConfig) -> pd.DataFrame:
+    """`reached_stages` from a snapshot already computed (`from_history`: it was reconstructed from history)."""
+    if from_history:
         furthest = snap["max_stage_index"]
     else:
         stage = snap["stage"] if "stage" in snap else pd.Series(pd.NA, index=snap.index, dtype="string")

@@ -234,6 +234,124 @@ def actions_export(ctx: click.Context, owner: str | None, cadence: str | None, s
         click.echo(f"Actions written to {out}")
 
 
+@cli.command("send")
+@AS_OF
+@CADENCE
+@click.option("--level", default=None, help="Only owners of this level.")
+@click.option("--owner", default=None, help="Only this owner.")
+@click.option("--dry-run", is_flag=True, help="Write runs/<cadence>/<as_of>/email/<owner>.eml instead of sending.")
+@click.option("--resend-unknown", is_flag=True, help="Also send emails an interrupted send left of unknown state.")
+@click.option("--resend-changed", is_flag=True, help="Send again to owners whose report changed since it was sent.")
+@click.pass_context
+def send_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, owner: str | None,
+             dry_run: bool, resend_unknown: bool, resend_changed: bool) -> None:
+    """Email each owner their report of a finished run (never twice); SMTP password from $SPM_SMTP_PASSWORD."""
+    from spm_lib.deliver import send_all
+    from spm_lib.runfolder import run_dir
+
+    cfg = _config(ctx.obj["project"])
+    folder = run_dir(cfg, cadence, _as_of(as_of, cfg, cadence))
+    summary = send_all(cfg, folder, owner=owner, level=level, dry_run=dry_run,
+                       resend_unknown=resend_unknown, resend_changed=resend_changed)
+    click.echo(summary.text())
+    if dry_run and summary.written:
+        click.echo(f"Emails written to {folder / 'email'}")
+    if not summary.ok:
+        sys.exit(1)
+
+
+@cli.command("link")
+@click.option("--owner", required=True, help="Owner id whose live report the link opens.")
+@CADENCE
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Pin the link to this as-of (default: the latest run when opened).")
+@click.option("--expires", default=None, help="Validity, e.g. 7d, 12h, 30m (default: live.link_days days).")
+@click.pass_context
+def link_cmd(ctx: click.Context, owner: str, cadence: str, as_of: object, expires: str | None) -> None:
+    """Print a signed, expiring link to an owner's live report (needs SPM_LINK_SECRET)."""
+    from datetime import UTC, datetime, timedelta
+
+    from spm_lib.links import link_url, parse_duration, secret_from_env, sign
+    from spm_lib.load import load_dataset
+    from spm_lib.org import Org
+
+    cfg = _config(ctx.obj["project"])
+    valid = parse_duration(expires) if expires else timedelta(days=cfg.live.link_days)
+    secret = secret_from_env()
+    owner = Org.from_owners(load_dataset(cfg).tables["owners"]).check_owner(owner)
+    until = datetime.now(UTC) + valid
+    day = as_of.date() if as_of is not None else None  # type: ignore[attr-defined]
+    click.echo(link_url(cfg, sign(secret, owner, cadence, day, until)))
+    click.echo(f"valid until {until:%Y-%m-%d %H:%M} UTC", err=True)
+
+
+@cli.command("schedule")
+@click.option("--next", "show_next", is_flag=True, help="Print the next firings of every job and their as-of.")
+@click.option("--print-cron", is_flag=True, help="Print crontab lines (one daily line per job).")
+@click.option("--fire", "job", default=None, help="Fire this job now if a firing is due (for cron).")
+@click.pass_context
+def schedule_cmd(ctx: click.Context, show_next: bool, print_cron: bool, job: str | None) -> None:
+    """Run the schedule in-process (default), or show it, print cron lines, or fire one job."""
+    import shutil
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from spm_lib import schedule
+
+    cfg = _config(ctx.obj["project"])
+    now = datetime.now(ZoneInfo(cfg.company.timezone))
+    if show_next:
+        for f in schedule.next_firings(cfg, now):
+            click.echo(f"{f.fired_at:%Y-%m-%d %H:%M %Z}  {f.job:<12} as of {f.as_of}")
+        return
+    if print_cron:
+        click.echo(schedule.CRON_HEADER)
+        for line in schedule.cron_lines(cfg, shutil.which("spm") or str(Path(sys.executable).parent / "spm")):
+            click.echo(line)
+        return
+    run_fn, send_fn, done = _schedule_actions(cfg)
+    if job:
+        click.echo(str(schedule.fire(cfg, job, now, run_fn, send_fn, done)))
+        return
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    click.echo("spm schedule: serving (Ctrl-C to stop); catching up missed firings first", err=True)
+    schedule.serve(cfg, run_fn, send_fn, done)
+
+
+def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
+    """(run_fn, send_fn, done) of the schedule: render (resume), send the unsent, done = all rendered and sent."""
+    import json as _json
+
+    from spm_lib import ledger
+    from spm_lib.deliver import send_all
+    from spm_lib.runfolder import run_dir
+    from spm_lib.runner import run
+
+    def run_fn(cadence: str, as_of: date) -> None:
+        manifest = run(cfg, cadence, as_of, resume=True, progress=False)
+        if manifest["failed"]:
+            raise SpmError(f"{len(manifest['failed'])} owners failed for {cadence} {as_of}; see the manifest")
+
+    def send_fn(cadence: str, as_of: date) -> None:
+        summary = send_all(cfg, run_dir(cfg, cadence, as_of), progress=False)
+        if not summary.ok:
+            raise SpmError(summary.text())
+
+    def done(cadence: str, as_of: date) -> bool:
+        folder = run_dir(cfg, cadence, as_of)
+        if not (folder / "manifest.json").is_file():
+            return False
+        owners = _json.loads((folder / "manifest.json").read_text())["owners"]
+        if not owners or any(o["status"] != "ok" for o in owners.values()):
+            return False
+        sent = ledger.rows(cfg, f"{cadence}/{as_of.isoformat()}")
+        return not sent.empty and set(sent.loc[sent["status"] == "sent", "owner_id"]) >= set(owners)
+
+    return run_fn, send_fn, done
+
+
 def _emit(df: object, fmt: str) -> None:
     import pandas as pd
 

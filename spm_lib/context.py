@@ -39,6 +39,7 @@ class CubeContext:
     con: duckdb.DuckDBPyConnection
     owners: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    cache: dict[str, object] = field(default_factory=dict)  # things computed once per run (e.g. reached stages)
 
     def scope_join(self, alias: str, date_expr: str) -> str:
         """SQL joining `ancestors a` to fact alias `alias` on owner and on the hierarchy valid at `date_expr`."""

@@ -230,7 +230,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     allk = pd.concat([base, fwd, conv], ignore_index=True)
     allk = _finish(allk, ctx)
 
-    trust_df, trust_rows = trust.compute_trust(ctx)
+    trust_df, trust_rows = trust.compute_trust(ctx, bookings_by_month=_month_bookings(ctx, periods, base))
     decomp = decomposition.decompose(ctx, allk, pd.concat([tgt, q_targets], ignore_index=True))
     facts = _facts(ctx)
     import uuid
@@ -240,11 +240,28 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
             "as_of": ctx.as_of.isoformat(), "cadence": cadence,
             "closed_period": win.closed.label,  # type: ignore[attr-defined]
             "forward_period": q.label, "forward_start": q.start.isoformat(), "forward_end": q.end.isoformat(),
-            "notes": ctx.notes, "owners": len(scopes), "opportunities": int(len(ctx.snapshot))}
+            "notes": ctx.notes, "owners": len(scopes), "opportunities": int(len(ctx.snapshot)),
+            "above_the_line": cfg.kpis.above_the_line,
+            "kpi_meta": {k.id: {"label": k.label, "unit": k.unit, "direction": k.direction, "kind": k.kind,
+                                "definition": k.definition} for k in registry.REGISTRY.values() if not k.hidden}}
     owners = ctx.owners.copy()
     owners["scope"] = [ctx.org.scope_kind(o) for o in owners["owner_id"]]  # type: ignore[attr-defined]
     return Cube(kpis=allk, trust=trust_df, trust_rows=trust_rows, decomposition=decomp, facts=facts,
                 probabilities=probs, owners=owners, quality=_quality(data), meta=meta)
+
+
+def _month_bookings(ctx: CubeContext, periods: pd.DataFrame, kpis: pd.DataFrame) -> pd.DataFrame | None:
+    """The cube's bookings of the last full month per scope (owner_id, period, value), as they stood at its end;
+    None when that month is not a period of this cube (trust then computes them itself)."""
+    from spm_lib.trust import last_full_month
+
+    label, start, end = last_full_month(ctx.as_of)
+    month = periods[(periods["label"] == label) & (periods["start"] == pd.Timestamp(start))
+                    & (periods["end"] == pd.Timestamp(end)) & (periods["asof_end"] == pd.Timestamp(end))]
+    if month.empty:
+        return None
+    rows = kpis[(kpis["kpi"] == "bookings") & kpis["dim"].isna() & (kpis["period"] == label)]
+    return rows[["owner_id", "period", "value"]].reset_index(drop=True)
 
 
 def _quality(data: Dataset) -> pd.DataFrame:

@@ -236,7 +236,7 @@ def _html_to_text(fragment: str) -> str:
 
 def plain_text(rpt: Any, *, link_url: str | None, actions_html: str = "", attached: bool = True) -> str:
     """The plain-text alternative of the email."""
-    parts = [f"{rpt.name} · {rpt.cadence} report",
+    parts = [f"{clean_header(rpt.name)} · {rpt.cadence} report",
              f"Closed period {rpt.closed} · forward look {rpt.forward} · as of {rpt.as_of}", "",
              _trust_text(rpt), "", "Above the line", _kpi_text(rpt), ""]
     if actions_html:

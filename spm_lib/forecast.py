@@ -90,12 +90,15 @@ def _has_history(ctx: CubeContext) -> bool:
 
 
 def _reached(ctx: CubeContext) -> pd.DataFrame:
-    """(opportunity_id, stage) pairs: the open stages each deal had reached as of as_of."""
-    from spm_lib.asof import reached_stages
+    """(opportunity_id, stage) pairs: the open stages each deal had reached as of as_of (computed once per run)."""
+    from spm_lib.asof import reached_from_snapshot
 
-    history = ctx.data.tables.get("opportunity_history")
-    r = reached_stages(ctx.data.table("opportunities"), history, ctx.as_of, ctx.cfg.stages)
-    return r[["opportunity_id", "stage"]].drop_duplicates()
+    if "reached" not in ctx.cache:
+        history = ctx.data.tables.get("opportunity_history")
+        from_history = history is not None and not history.empty
+        r = reached_from_snapshot(ctx.snapshot, from_history, ctx.cfg.stages)
+        ctx.cache["reached"] = r[["opportunity_id", "stage"]].drop_duplicates()
+    return ctx.cache["reached"]  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- win probabilities

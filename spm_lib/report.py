@@ -128,6 +128,36 @@ def load(owner_id: str | None = None, cadence: str | None = None, as_of: str | d
 
 
 # ---------------------------------------------------------------- the report
+@dataclass(frozen=True)
+class KpiInfo:
+    """What a report shows about a KPI: label, unit, direction, kind and its one-line definition."""
+
+    id: str
+    label: str
+    unit: str
+    direction: str
+    kind: str
+    definition: str
+
+
+class KpiMeta:
+    """The KPI declarations of a run (stored in cube.json, so custom KPIs show with their labels too)."""
+
+    def __init__(self, cube: Cube) -> None:
+        stored: dict[str, dict[str, str]] = cube.meta.get("kpi_meta") or {}  # type: ignore[assignment]
+        self._info = {i: KpiInfo(id=i, **m) for i, m in stored.items()}
+        for k in registry.REGISTRY.values():
+            self._info.setdefault(k.id, KpiInfo(k.id, k.label, k.unit, k.direction, k.kind, k.definition))
+
+    def get(self, kpi_id: str) -> KpiInfo:
+        """The KPI's info (a neutral one for an id the run does not declare)."""
+        return self._info.get(kpi_id) or KpiInfo(kpi_id, kpi_id.replace("_", " ").capitalize(), "count",
+                                                  "higher", "leading", "")
+
+    def __contains__(self, kpi_id: object) -> bool:
+        return kpi_id in self._info
+
+
 class Report:
     """One owner's report of one run: each method is one section of the session agenda."""
 
@@ -147,6 +177,7 @@ class Report:
         k = cube.kpis
         self.kpis = k[k["owner_id"] == owner_id]
         self.reports = cube.owners[cube.owners["manager_id"] == owner_id].sort_values("owner_id")
+        self.kpi_meta = KpiMeta(cube)
         self._figures: dict[str, object] = {}
 
     # ---- helpers
@@ -170,7 +201,7 @@ class Report:
         return k[(k["kpi"] == kpi_id) & (k["dim"] == dim) & (k["period"] == (period or self.closed))]
 
     def _fmt(self, kpi_id: str, value: object) -> str:
-        unit = registry.REGISTRY[kpi_id].unit if kpi_id in registry.REGISTRY else "count"
+        unit = self.kpi_meta.get(kpi_id).unit
         return html.fmt_value(value, unit, self.currency)
 
     def scope_facts(self, owner_id: str | None = None) -> pd.DataFrame:
@@ -304,19 +335,16 @@ class Report:
     # ---- 3. above the line
     def above_the_line_ids(self) -> list[str]:
         """The KPIs this level × cadence decides on (config/kpis.yml above_the_line)."""
-        from spm_lib.config import load_config
-
-        cfg = load_config()
-        ids = cfg.kpis.above_the_line.get(self.level, {}).get(self.cadence) or \
-            cfg.kpis.above_the_line.get("default", {}).get(self.cadence) or ["bookings", "quota_attainment",
-                                                                            "win_rate", "pipeline_coverage"]
-        return [i for i in ids if i in registry.REGISTRY]
+        atl: dict[str, dict[str, list[str]]] = self.cube.meta.get("above_the_line") or {}  # type: ignore[assignment]
+        ids = atl.get(self.level, {}).get(self.cadence) or atl.get("default", {}).get(self.cadence) or [
+            "bookings", "quota_attainment", "win_rate", "pipeline_coverage"]
+        return [i for i in ids if i in self.kpi_meta]
 
     def kpi_rows(self, ids: list[str]) -> pd.DataFrame:
         """One row per KPI: value, target, attainment, status, unit and definition (closed or forward period)."""
         rows = []
         for i in ids:
-            k = registry.REGISTRY[i]
+            k = self.kpi_meta.get(i)
             r = self.kpi(i) if self.kpi(i) is not None else self.kpi(i, self.forward)
             rows.append({"kpi": i, "label": k.label, "unit": k.unit, "definition": k.definition, "kind": k.kind,
                          "value": r["value"] if r is not None else float("nan"),
@@ -388,7 +416,7 @@ class Report:
         return Html(f"{table}{fig}{stage_fig}{month_fig}")
 
     def _forward_row(self, kpi_id: str) -> dict[str, str]:
-        k = registry.REGISTRY[kpi_id]
+        k = self.kpi_meta.get(kpi_id)
         r = self.kpi(kpi_id, self.forward)
         if r is None or pd.isna(r["value"]):
             reason = (r["na_reason"] if r is not None else None) or "—"
@@ -501,8 +529,8 @@ class Report:
                 "trust": _trust_badge}
         for extra in ("win_rate", "pipeline_coverage", "activities"):
             if extra in t:
-                cols[extra] = registry.REGISTRY[extra].label
-                unit = registry.REGISTRY[extra].unit
+                cols[extra] = self.kpi_meta.get(extra).label
+                unit = self.kpi_meta.get(extra).unit
                 fmts[extra] = lambda v, u=unit: html.fmt_value(v, u, self.currency)
         cols["trust"] = "Trust"
         return f"{fig}{html.table_html(t[list(cols)], cols, fmts)}"
@@ -535,8 +563,7 @@ class Report:
             won = won.sort_values("close_date", ascending=False).head(50)
         parts.append(html.details("Latest deals won (50)", self._deals(won)))
         allk = self.kpis[self.kpis["dim"].isna() & (self.kpis["period"].isin([self.closed, self.forward]))]
-        allk = allk.assign(label=allk["kpi"].map(lambda i: registry.REGISTRY[i].label
-                                                 if i in registry.REGISTRY else i))
+        allk = allk.assign(label=allk["kpi"].map(lambda i: self.kpi_meta.get(i).label))
         allk = allk.assign(shown=[self._fmt(r.kpi, r.value) if r.available else (r.na_reason or "—")
                                   for r in allk.itertuples()])
         parts.append(html.details("Every KPI of this run", html.table_html(

@@ -74,8 +74,12 @@ def validate(tables: dict[str, pd.DataFrame], cfg: Config, findings: Findings) -
 def _typed(name: str, df: pd.DataFrame, findings: Findings) -> pd.DataFrame:
     """The table with contract dtypes (pandera, lazily); columns whose values cannot be typed are left out."""
     t = CONTRACT[name]
-    if all(_has_dtype(df[c.name], PANDAS_DTYPES[c.dtype]) for c in t.columns if c.name in df.columns):
-        return df  # already typed (the mapping casts every contract column): nothing to coerce or report
+    present = [c for c in t.columns if c.name in df.columns]
+    if all(_has_dtype(df[c.name], PANDAS_DTYPES[c.dtype]) for c in present):
+        # already typed by the mapping: nothing can fail, so do only what pandera's coercion would do
+        casts = {c.name: _coerced(PANDAS_DTYPES[c.dtype]) for c in present
+                 if _coerced(PANDAS_DTYPES[c.dtype]) != df[c.name].dtype}
+        return df.astype(casts) if casts else df
     schema = pa.DataFrameSchema({c.name: pa.Column(PANDAS_DTYPES[c.dtype], nullable=True, required=False,
                                                    coerce=True) for c in t.columns if c.name in df.columns})
     try:
@@ -93,6 +97,14 @@ def _typed(name: str, df: pd.DataFrame, findings: Findings) -> pd.DataFrame:
                      f"values cannot be read as {expected}, e.g. {examples}",
                      f"fix the values, or set the date/number format in {SOURCE_FIX} tables.{name}")
     return schema.remove_columns(broken).validate(df.drop(columns=broken))
+
+
+@cache
+def _coerced(dtype: str) -> object:
+    """The dtype pandera's coercion gives a column of dtype `dtype` (pandas 3: "string" becomes `str`)."""
+    empty = pd.DataFrame({"x": pd.Series([], dtype=dtype)})
+    schema = pa.DataFrameSchema({"x": pa.Column(dtype, nullable=True, required=False, coerce=True)})
+    return schema.validate(empty)["x"].dtype
 
 
 def _has_dtype(column: pd.Series, dtype: str) -> bool:
