@@ -44,7 +44,9 @@ def _stage_index(stage: pd.Series, stages: StagesConfig) -> pd.Series:
     """Index of each stage in stages.open_names; won stages count as the last open stage; others NA."""
     index = {name: i for i, name in enumerate(stages.open_names)}
     index |= {name: len(stages.open_names) - 1 for name in stages.won}
-    return stage.astype("string").map(index).astype("Int64")
+    codes, uniques = pd.factorize(stage.astype("string"))  # map the few distinct stages, not every row
+    per_stage = pd.Series(uniques, dtype="string").map(index).astype("Int64").array
+    return pd.Series(per_stage.take(codes, allow_fill=True), index=stage.index, dtype="Int64")
 
 
 def _closed_flags(opps: pd.DataFrame, stages: StagesConfig) -> tuple[pd.Series, pd.Series]:
@@ -77,7 +79,8 @@ def _history_rows(history: pd.DataFrame, ids: pd.Series, as_of: date) -> pd.Data
                    else pd.Series(np.nan, index=history.index, dtype="float64"))
     h["close_date"] = (pd.to_datetime(history["close_date"]).astype("datetime64[ns]") if "close_date" in history
                        else pd.Series(pd.NaT, index=history.index, dtype="datetime64[ns]"))
-    h = h[isin(h["opportunity_id"], ids).to_numpy() & (h["changed_at"] < _end_of(as_of)).to_numpy()]
+    h = h[isin(h["opportunity_id"], ids).to_numpy() & (h["changed_at"] < _end_of(as_of)).to_numpy()
+          & h["opportunity_id"].notna().to_numpy()]
     # by opportunity, then changed_at, ties in table order (a stable sort on integer codes, not on the text ids)
     codes = pd.factorize(h["opportunity_id"])[0]
     order = np.lexsort((h["changed_at"].to_numpy(dtype="int64"), codes))
@@ -87,21 +90,25 @@ def _history_rows(history: pd.DataFrame, ids: pd.Series, as_of: date) -> pd.Data
     prev = h[FIELDS].groupby(key, sort=False).shift(1)
     for f in FIELDS:
         h[f"prev_{f}"] = prev[f]
+    h["_g"] = np.cumsum(np.r_[True, key[1:] != key[:-1]]) - 1 if len(key) else np.zeros(0, dtype=np.int64)
     return h
 
 
-def _lookup(values: pd.Series, key: pd.Series) -> pd.Series:
-    """values[k] for each k of `key` (NA where missing), aligned with key's index."""
-    return values.reindex(key.to_numpy()).set_axis(key.index)
+def _lookup(values: pd.Series, pos: np.ndarray, index: pd.Index) -> pd.Series:
+    """values[p] for each group number p of `pos` (NA where -1: no history row), with index `index`."""
+    return values.reindex(pos).set_axis(index)
 
 
 def _from_history(opps: pd.DataFrame, h: pd.DataFrame, stages: StagesConfig, as_of: date) -> pd.DataFrame:
     """`opps` with as-of stage/amount/close_date and the history columns (pushes, …) from the rows `h`."""
     out = opps.copy()
     key = out["opportunity_id"].astype("string")
-    last = h.groupby("opportunity_id", sort=False)[FIELDS].last()  # the carried-forward values of the last row
+    g = h["_g"].to_numpy()  # the opportunity's group number: rows are sorted by it, then by changed_at
+    last_row = np.r_[g[1:] != g[:-1], True] if len(g) else np.zeros(0, dtype=bool)
+    pos = pd.Index(h["opportunity_id"][last_row]).get_indexer(key)  # each deal's group, -1 without history
+    last = h.loc[last_row, FIELDS].reset_index(drop=True)  # the carried-forward values of the last row
     for f in FIELDS:
-        asof_value = _lookup(last[f], key)
+        asof_value = _lookup(last[f], pos, out.index)
         current = out[f] if f in out.columns else pd.Series(pd.NA, index=out.index)
         out[f] = asof_value.where(asof_value.notna(), current).astype(current.dtype if f in opps.columns
                                                                        else last[f].dtype)
@@ -111,19 +118,19 @@ def _from_history(opps: pd.DataFrame, h: pd.DataFrame, stages: StagesConfig, as_
     decreased = ((h["amount"] < h["prev_amount"]).fillna(False) & was_open).astype(bool)
     entered = (h["stage"].notna() & (h["prev_stage"].isna() | (h["stage"] != h["prev_stage"]))).fillna(False)
     per_opp = pd.DataFrame({
-        "pushes": pushed.astype(int).groupby(h["opportunity_id"]).sum(),
-        "amount_decreased": decreased.groupby(h["opportunity_id"]).any(),
-        "stage_entered_at": h["changed_at"].where(entered.astype(bool)).groupby(h["opportunity_id"]).max(),
-        "max_stage_index": _stage_index(h["stage"], stages).groupby(h["opportunity_id"]).max(),
+        "pushes": pushed.astype(int).groupby(g).sum(),
+        "amount_decreased": decreased.groupby(g).any(),
+        "stage_entered_at": h["changed_at"].where(entered.astype(bool)).groupby(g).max(),
+        "max_stage_index": _stage_index(h["stage"], stages).groupby(g).max(),
     })
-    out["pushes"] = _lookup(per_opp["pushes"], key).fillna(0).astype("Int64")
-    out["amount_decreased"] = _lookup(per_opp["amount_decreased"], key).fillna(False).astype("boolean")
+    out["pushes"] = _lookup(per_opp["pushes"], pos, out.index).fillna(0).astype("Int64")
+    out["amount_decreased"] = _lookup(per_opp["amount_decreased"], pos, out.index).fillna(False).astype("boolean")
     # no row set the stage up to as_of: the deal has been in it since it was created
-    entered_at = _lookup(per_opp["stage_entered_at"], key).astype("datetime64[ns]")
+    entered_at = _lookup(per_opp["stage_entered_at"], pos, out.index).astype("datetime64[ns]")
     if "created_date" in out.columns:
         entered_at = entered_at.fillna(pd.to_datetime(out["created_date"]).astype("datetime64[ns]"))
     out["stage_entered_at"] = entered_at
-    reached = _lookup(per_opp["max_stage_index"], key).astype("Int64")
+    reached = _lookup(per_opp["max_stage_index"], pos, out.index).astype("Int64")
     out["max_stage_index"] = pd.concat([reached, _stage_index(out["stage"], stages)], axis=1).max(axis=1).astype(
         "Int64")
     days = (pd.Timestamp(as_of) - out["stage_entered_at"].dt.normalize()).dt.days

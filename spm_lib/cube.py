@@ -338,8 +338,11 @@ def _apply_formulas(df: pd.DataFrame, ids: list[str], ctx: CubeContext) -> pd.Da
         return df
     key = ["owner_id", "period", "dim", "dim_value"]
     keyed = df.assign(dim=df["dim"].fillna(""), dim_value=df["dim_value"].fillna(""))
-    vals = keyed.pivot_table(index=key, columns="kpi", values="value", aggfunc="first", dropna=False)
-    tgts = keyed.pivot_table(index=key, columns="kpi", values="target", aggfunc="first", dropna=False)
+    # one row per (scope, period, dim, dim value) present: a pivot with dropna=False would build every combination
+    # (2,000 owners x 15 periods x every dim value of any dim) and give rows of dim NaN with a dim_value, value NaN
+    first = keyed.groupby(key + ["kpi"], sort=True)[["value", "target"]].first()  # first non-null, like pivot's
+    vals = first["value"].unstack("kpi")
+    tgts = first["target"].unstack("kpi")
     w = vals.copy()
     for c in tgts.columns:
         w[f"{c}__target"] = tgts[c]

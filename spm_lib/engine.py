@@ -1,4 +1,4 @@
-"""A papermill engine that executes many notebooks on one warm kernel, reset between notebooks.
+"""A papermill engine that executes many notebooks on one warm kernel and client, reset between notebooks.
 
 Kernel start-up and the imports of pandas, plotly and spm_lib cost seconds; the report's own work costs a
 fraction of a second. `WarmKernel` starts one python3 kernel, imports the report stack once, and each notebook
@@ -27,10 +27,14 @@ class WarmKernel:
     def __init__(self, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.km = AsyncKernelManager(kernel_name="python3")
         run_sync(self.km.start_kernel)(cwd=str(cwd), env={**os.environ, **(env or {})})
+        self.kc = self.km.client()  # one client (its ZMQ channels) for every notebook run on this kernel
+        self.kc.start_channels()
+        run_sync(self.kc.wait_for_ready)(timeout=120)
         self.warm = False
 
     def shutdown(self) -> None:
         """Stop the kernel."""
+        self.kc.stop_channels()
         if self.km.has_kernel:
             run_sync(self.km.shutdown_kernel)(now=True)
 
@@ -67,14 +71,11 @@ class WarmKernelEngine(NBClientEngine):  # type: ignore[misc]
                              kernel_name=kernel_name, log_output=log_output, stdout_file=stdout_file,
                              stderr_file=stderr_file)
         client = _WarmClient(nb_man, km=warm.km, **final)
+        client.kc = warm.kc  # reuse the warm client: no new channels, no wait for ready per notebook
         client.warm_kernel = warm
         if holder is not None:
             holder["nb"] = nb_man.nb
-        try:
-            return client.execute()
-        finally:
-            if client.kc is not None:
-                client.kc.stop_channels()
+        return client.execute()
 
 
 papermill_engines.register("spm-warm", WarmKernelEngine)

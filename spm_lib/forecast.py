@@ -266,16 +266,16 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
 
 def _last_activity(ctx: CubeContext) -> pd.Series:
     """Last history change or logged activity of each opportunity up to the end of as_of (index opportunity_id)."""
-    end = pd.Timestamp(ctx.as_of) + pd.Timedelta(days=1)
-    h = ctx.data.table("opportunity_history")
-    h = h[pd.to_datetime(h["changed_at"]) < end]
-    parts = [pd.DataFrame({"opportunity_id": h["opportunity_id"], "when": pd.to_datetime(h["changed_at"])})]
+    end = (pd.Timestamp(ctx.as_of) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    parts = [f"SELECT opportunity_id, CAST(changed_at AS TIMESTAMP) AS w FROM opportunity_history "
+             f"WHERE changed_at < TIMESTAMP '{end}'"]
     if ctx.data.has("activities", "opportunity_id"):
-        a = ctx.data.table("activities")
-        a = a[pd.to_datetime(a["date"]) < end]
-        parts.append(pd.DataFrame({"opportunity_id": a["opportunity_id"], "when": pd.to_datetime(a["date"])}))
-    both = pd.concat(parts, ignore_index=True).dropna()
-    return both.groupby("opportunity_id")["when"].max().dt.normalize()
+        parts.append(f"SELECT opportunity_id, CAST(date AS TIMESTAMP) FROM activities WHERE date < TIMESTAMP '{end}'")
+    last = ctx.con.execute(f"""
+        SELECT opportunity_id, max(w) AS w FROM ({' UNION ALL '.join(parts)})
+        WHERE opportunity_id IS NOT NULL AND w IS NOT NULL GROUP BY opportunity_id""").df()
+    when = pd.to_datetime(last["w"]).astype("datetime64[ns]").dt.normalize()
+    return pd.Series(when.to_numpy(), index=pd.Index(last["opportunity_id"], name="opportunity_id"), name="when")
 
 
 def weak_stage(conv: pd.DataFrame, owner_id: str, benchmark_owner_id: str) -> dict[str, Any] | None:

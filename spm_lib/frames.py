@@ -48,8 +48,8 @@ def _chunk_edges_clean(chunk: pa.Array) -> bool:
         return True
     _, off_buf, data_buf = chunk.buffers()
     offsets = np.frombuffer(off_buf, dtype=np.int64 if pa.types.is_large_string(chunk.type) else np.int32)
-    offsets = offsets[chunk.offset: chunk.offset + n + 1].astype(np.int64)
-    start, end = offsets[:-1], offsets[1:]
+    bounds: np.ndarray[Any, np.dtype[np.int64]] = offsets[chunk.offset: chunk.offset + n + 1].astype(np.int64)
+    start, end = bounds[:-1], bounds[1:]
     if chunk.null_count:
         valid = np.asarray(chunk.is_valid(), dtype=bool)
         start, end = start[valid], end[valid]

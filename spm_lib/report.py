@@ -30,6 +30,17 @@ CADENCE_FOCUS = {
 }
 _CACHE: dict[Path, tuple[str, Cube]] = {}
 _SCOPE_INDEX: dict[int, dict[str, object]] = {}
+_KPIS_BY_OWNER: dict[int, dict[str, pd.DataFrame]] = {}
+
+
+def owner_kpis(cube: Cube, owner_id: str) -> pd.DataFrame:
+    """The KPI rows of one owner (the cube's rows split by owner once per cube)."""
+    split = _KPIS_BY_OWNER.get(id(cube))
+    if split is None:
+        split = {str(k): g for k, g in cube.kpis.groupby("owner_id", sort=False)}
+        _KPIS_BY_OWNER.clear()
+        _KPIS_BY_OWNER[id(cube)] = split
+    return split.get(owner_id, cube.kpis.iloc[0:0])
 TRUST_BADGE = {"pass": "green", "warn": "amber", "fail": "red", "not_available": "none"}
 TRUST_BANNER = {"pass": "success", "warn": "warning", "fail": "error"}
 
@@ -174,8 +185,10 @@ class Report:
         self.closed = str(cube.meta["closed_period"])
         self.forward = str(cube.meta["forward_period"])
         self.currency = str(cube.meta.get("currency", ""))
-        k = cube.kpis
-        self.kpis = k[k["owner_id"] == owner_id]
+        self.kpis = owner_kpis(cube, owner_id)
+        nodim = self.kpis[self.kpis["dim"].isna()]
+        self._by_key = {(kp, pe): i for i, (kp, pe) in enumerate(zip(nodim["kpi"], nodim["period"]))}
+        self._nodim = nodim
         self.reports = cube.owners[cube.owners["manager_id"] == owner_id].sort_values("owner_id")
         self.kpi_meta = KpiMeta(cube)
         self._figures: dict[str, object] = {}
@@ -186,7 +199,10 @@ class Report:
 
     def kpi(self, kpi_id: str, period: str | None = None, owner_id: str | None = None) -> pd.Series | None:
         """The KPI row (no breakdown) of this owner (or `owner_id`) for `period` (default: the closed period)."""
-        k = self.kpis if owner_id is None else self.cube.kpis[self.cube.kpis["owner_id"] == owner_id]
+        if owner_id is None or owner_id == self.owner_id:
+            i = self._by_key.get((kpi_id, period or self.closed))
+            return None if i is None else self._nodim.iloc[i]
+        k = owner_kpis(self.cube, owner_id)
         rows = k[(k["kpi"] == kpi_id) & (k["period"] == (period or self.closed)) & k["dim"].isna()]
         return None if rows.empty else rows.iloc[0]
 

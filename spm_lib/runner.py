@@ -172,8 +172,6 @@ def run(cfg: Config, cadence: str, as_of: date, *, level: str | None = None, own
         workers: int | None = None, resume: bool = False, force_cube: bool = False,
         progress: bool = True) -> dict[str, Any]:
     """Compute the cube (if needed) and render the reports; return the manifest (also written to disk)."""
-    from tqdm import tqdm
-
     from spm_lib.runfolder import compute_cube_into, has_cube, locked, run_dir
 
     folder = run_dir(cfg, cadence, as_of)
@@ -184,59 +182,87 @@ def run(cfg: Config, cadence: str, as_of: date, *, level: str | None = None, own
         log.setLevel(logging.INFO)
         try:
             t0 = time.perf_counter()
-            if force_cube or not has_cube(folder):
-                log.info("computing the cube for %s as of %s", cadence, as_of)
-                compute_cube_into(cfg, cadence, as_of, folder)
-            cube_s = time.perf_counter() - t0
-            manifest = _read_manifest(folder)
-            meta = json.loads((folder / "cube.json").read_text())
-            if manifest.get("run_id") != meta["run_id"]:
-                manifest = {"run_id": meta["run_id"], "generation": int(manifest.get("generation", 0)) + 1,
-                            "owners": {}}
-            jobs = plan(cfg, folder, cadence, level=level, owner=owner)
-            if resume:
-                done = manifest.get("owners", {})
-                jobs = [j for j in jobs if done.get(j.owner_id, {}).get("status") != "ok"
-                        or not Path(j.html).is_file()]
-            log.info("rendering %d reports with %s workers", len(jobs), workers or "default")
-            outcomes = _render_all(cfg, jobs, cadence, as_of.isoformat(), str(folder), workers,
-                                   tqdm(total=len(jobs), desc=f"{cadence} reports", unit="report",
-                                        disable=not progress))
-            for o in outcomes:
-                manifest["owners"][o.owner_id] = asdict(o)
-                if o.status != "ok":
-                    log.error("%s failed: %s", o.owner_id, o.error)
-            manifest.update({"cadence": cadence, "as_of": as_of.isoformat(), "cube_s": round(cube_s, 3),
-                             "render_s": round(time.perf_counter() - t0 - cube_s, 3),
-                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                             "rendered": len(outcomes),
-                             "failed": sorted(k for k, v in manifest["owners"].items() if v["status"] != "ok")})
+            pool = _pool(cfg, workers, plan_owners(folder, cfg, cadence, level, owner))
+            try:
+                if force_cube or not has_cube(folder):  # the workers start their kernels meanwhile
+                    log.info("computing the cube for %s as of %s", cadence, as_of)
+                    compute_cube_into(cfg, cadence, as_of, folder)
+                cube_s = time.perf_counter() - t0
+                manifest = _render_run(cfg, folder, cadence, as_of, level, owner, resume, pool, progress, t0, cube_s)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
             _write_manifest(folder, manifest)
-            log.info("done: %d rendered, %d failed", len(outcomes), len(manifest["failed"]))
+            log.info("done: %d rendered, %d failed", manifest["rendered"], len(manifest["failed"]))
             return manifest
         finally:
             log.removeHandler(handler)
             handler.close()
 
 
-def _render_all(cfg: Config, jobs: list[Job], cadence: str, as_of: str, folder: str, workers: int | None,
+def plan_owners(folder: Path, cfg: Config, cadence: str, level: str | None, owner: str | None) -> int:
+    """How many owners a run will render at most (to size the worker pool before the cube exists)."""
+    if (folder / "owners.parquet").is_file():
+        return len(plan(cfg, folder, cadence, level=level, owner=owner))
+    return 1 if owner else 1000
+
+
+def _pool(cfg: Config, workers: int | None, jobs: int) -> ProcessPoolExecutor:
+    """The worker processes, each with its warm kernel (started now, in parallel with the cube)."""
+    n = max(1, min(workers or (os.cpu_count() or 1), jobs))
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"), initializer=_worker_init,
+                               initargs=(str(cfg.root),))
+    for _ in range(n):  # make every worker start now rather than at its first job
+        pool.submit(_noop)
+    return pool
+
+
+def _noop() -> None:
+    """Nothing: submitted once per worker so that it starts its kernel at once."""
+
+
+def _render_run(cfg: Config, folder: Path, cadence: str, as_of: date, level: str | None, owner: str | None,
+                resume: bool, pool: ProcessPoolExecutor, progress: bool, t0: float, cube_s: float) -> dict[str, Any]:
+    """Render the planned owners on the pool and return the updated manifest."""
+    from tqdm import tqdm
+
+    manifest = _read_manifest(folder)
+    meta = json.loads((folder / "cube.json").read_text())
+    if manifest.get("run_id") != meta["run_id"]:
+        manifest = {"run_id": meta["run_id"], "generation": int(manifest.get("generation", 0)) + 1,
+                    "owners": {}}
+    jobs = plan(cfg, folder, cadence, level=level, owner=owner)
+    if resume:
+        done = manifest.get("owners", {})
+        jobs = [j for j in jobs if done.get(j.owner_id, {}).get("status") != "ok"
+                or not Path(j.html).is_file()]
+    log.info("rendering %d reports", len(jobs))
+    outcomes = _render_all(pool, jobs, cadence, as_of.isoformat(), str(folder),
+                           tqdm(total=len(jobs), desc=f"{cadence} reports", unit="report",
+                                disable=not progress))
+    for o in outcomes:
+        manifest["owners"][o.owner_id] = asdict(o)
+        if o.status != "ok":
+            log.error("%s failed: %s", o.owner_id, o.error)
+    manifest.update({"cadence": cadence, "as_of": as_of.isoformat(), "cube_s": round(cube_s, 3),
+                     "render_s": round(time.perf_counter() - t0 - cube_s, 3),
+                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "rendered": len(outcomes),
+                     "failed": sorted(k for k, v in manifest["owners"].items() if v["status"] != "ok")})
+    return manifest
+
+
+def _render_all(pool: ProcessPoolExecutor, jobs: list[Job], cadence: str, as_of: str, folder: str,
                 bar: Any) -> list[Outcome]:
-    if not jobs:
-        bar.close()
-        return []
-    n = max(1, min(workers or (os.cpu_count() or 1), len(jobs)))
     outcomes: list[Outcome] = []
-    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"), initializer=_worker_init,
-                             initargs=(str(cfg.root),)) as pool:
-        futures = {pool.submit(render_one, j, cadence, as_of, folder): j for j in jobs}
-        for fut in as_completed(futures):
-            j = futures[fut]
-            try:
-                outcomes.append(fut.result())
-            except Exception as e:  # a worker died: that owner failed, the rest go on
-                outcomes.append(Outcome(j.owner_id, j.level, "failed", 0.0, j.ipynb, "", "unknown",
-                                        f"worker crashed: {type(e).__name__}: {e}"))
-            bar.update(1)
+    futures = {pool.submit(render_one, j, cadence, as_of, folder): j for j in jobs}
+    for fut in as_completed(futures):
+        j = futures[fut]
+        try:
+            outcomes.append(fut.result())
+        except Exception as e:  # a worker died: that owner failed, the rest go on  # noqa: BLE001
+            outcomes.append(Outcome(j.owner_id, j.level, "failed", 0.0, j.ipynb, "", "unknown",
+                                    f"worker crashed: {type(e).__name__}: {e}"))
+        bar.update(1)
     bar.close()
     return outcomes
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from spm_lib.config import Threshold
 from spm_lib.errors import SpmError, did_you_mean
+from spm_lib.frames import isin
 
 if TYPE_CHECKING:
     from spm_lib.context import CubeContext
@@ -192,9 +193,11 @@ def _no_activity(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
     n = ctx.cfg.trust.no_activity_days
     act = ctx.data.table("activities")
     act = act[act["opportunity_id"].notna()]
+    act = act[isin(act["opportunity_id"].astype(str), deals["opportunity_id"].astype(str)).to_numpy()]  # open deals
     adate = _dates(act["date"])
     last = adate[adate <= ts].groupby(act.loc[adate <= ts, "opportunity_id"].astype(str)).max()
-    last_for = deals["opportunity_id"].astype(str).map(last)
+    last_for = (deals["opportunity_id"].astype(str).map(last) if len(last)
+                else pd.Series(pd.NaT, index=deals.index, dtype=adate.dtype))
     quiet = last_for.isna() | (last_for <= ts - pd.Timedelta(days=n))
     if "created_date" in deals:
         created = _dates(deals["created_date"])
@@ -207,13 +210,15 @@ def _no_activity(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
 def stage_medians(ctx: CubeContext) -> pd.Series:
     """Median days spent in each stage, over stage spells that ended by as-of (from opportunity_history)."""
     h = ctx.data.table("opportunity_history")
-    h = h[pd.to_datetime(h["changed_at"]) < _asof_ts(ctx) + pd.Timedelta(days=1)]
-    h = h.assign(changed_at=pd.to_datetime(h["changed_at"])).sort_values(["opportunity_id", "changed_at"],
-                                                                         kind="stable")
-    h = h.assign(stage=h.groupby("opportunity_id")["stage"].ffill()).dropna(subset=["stage"])
-    prev = h.groupby("opportunity_id")["stage"].shift()
+    keep = (pd.to_datetime(h["changed_at"]) < _asof_ts(ctx) + pd.Timedelta(days=1)) & h["opportunity_id"].notna()
+    h = h.loc[keep, ["opportunity_id", "changed_at", "stage"]]
+    h = h.assign(changed_at=pd.to_datetime(h["changed_at"]), _key=pd.factorize(h["opportunity_id"])[0])
+    # by opportunity then changed_at, ties in table order: a stable sort on integer codes, not on the text ids
+    h = h.take(np.lexsort((h["changed_at"].to_numpy(dtype="int64"), h["_key"].to_numpy())))
+    h = h.assign(stage=h.groupby("_key", sort=False)["stage"].ffill()).dropna(subset=["stage"])
+    prev = h.groupby("_key", sort=False)["stage"].shift()
     starts = h[prev.isna() | (h["stage"] != prev).fillna(True)]
-    left_at = starts.groupby("opportunity_id")["changed_at"].shift(-1)
+    left_at = starts.groupby("_key", sort=False)["changed_at"].shift(-1)
     ended = starts.assign(days=(left_at - starts["changed_at"]).dt.total_seconds() / 86400)
     ended = ended[left_at.notna()]
     return ended.groupby("stage")["days"].median()
@@ -232,6 +237,7 @@ def _amount_decreased(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
     hit = deals["amount_decreased"].astype("boolean").fillna(False).astype(bool)
     h = ctx.data.table("opportunity_history")
     h = h[pd.to_datetime(h["changed_at"]) < _asof_ts(ctx) + pd.Timedelta(days=1)]
+    h = h[isin(h["opportunity_id"].astype(str), deals.loc[hit, "opportunity_id"].astype(str)).to_numpy()]  # flagged
     peak = h.groupby(h["opportunity_id"].astype(str))["amount"].max()
     peak_for = deals["opportunity_id"].astype(str).map(peak).astype("float64")
     amount = deals["amount"].astype("float64")
