@@ -312,9 +312,9 @@ def _day(value: object) -> str:
 
 def actions_html(rpt: Any) -> str:
     """The report's 'Decisions and actions' section: open actions (overdue marked), those closed since last session."""
-    from spm_lib.config import load_config
+    from spm_lib.config import cached_config
 
-    cfg = load_config()
+    cfg = cached_config()
     df = for_report(cfg, rpt.owner_id, rpt.cadence, rpt.as_of)
     df["closed_at"] = df["closed_at"].dt.tz_localize("UTC").dt.tz_convert(cfg.company.timezone)  # company's day
     open_ = df[df["status"] == "open"]

@@ -500,3 +500,18 @@ def _cross_check(cfg: Config) -> None:
             if cadence not in CADENCES:
                 raise ConfigError(f"config/kpis.yml: key `above_the_line.{level}.{cadence}`: unknown cadence"
                                   f"{did_you_mean(cadence, CADENCES)}; allowed: {', '.join(CADENCES)}")
+
+
+_CACHED: dict[Path, tuple[tuple[float, ...], Config]] = {}
+
+
+def cached_config(root: Path | None = None) -> Config:
+    """load_config, read once per process and again only when a file under config/ changed (long-lived kernels)."""
+    root = (root or project_dir()).resolve()
+    stamp = tuple(sorted(p.stat().st_mtime for p in (root / "config").rglob("*.yml")))
+    hit = _CACHED.get(root)
+    if hit and hit[0] == stamp:
+        return hit[1]
+    cfg = load_config(root)
+    _CACHED[root] = (stamp, cfg)
+    return cfg
