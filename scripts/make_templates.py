@@ -11,14 +11,10 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-LEVELS = {"rep": "Sales executive", "manager": "Manager", "director": "Director", "executive": "Executive"}
+from spm_lib.report import CADENCE_FOCUS as DECIDES
+from spm_lib.report import LEVEL_TITLES as LEVELS
+
 CADENCES = {"weekly": "week", "monthly": "month", "quarterly": "quarter", "annual": "year"}
-DECIDES = {
-    "weekly": "the activity of the coming week and the deals to move",
-    "monthly": "activity level and focus, the deals to push, the data to fix",
-    "quarterly": "priorities, resource shifts and the next quarter's targets",
-    "annual": "targets, team structure, budget and strategy for next year",
-}
 
 
 def _cadence_cells(cadence: str) -> list[nbformat.NotebookNode]:

@@ -180,15 +180,20 @@ def reached_stages(opportunities: pd.DataFrame, history: pd.DataFrame | None, as
     return reached_from_snapshot(snapshot(opportunities, history, as_of, stages), _has_history(history), stages)
 
 
-def reached_from_snapshot(snap: pd.DataFrame, from_history: bool, stages: StagesConfig) -> pd.DataFrame:
-    """`reached_stages` from a snapshot already computed (`from_history`: it was reconstructed from history)."""
+def furthest_reached(snap: pd.DataFrame, from_history: bool, stages: StagesConfig) -> pd.Series:
+    """Index (stages.open_names order) of the furthest open stage each snapshot deal reached (Int64; NA: none)."""
     if from_history:
         furthest = snap["max_stage_index"]
     else:
         stage = snap["stage"] if "stage" in snap else pd.Series(pd.NA, index=snap.index, dtype="string")
         furthest = _stage_index(stage, stages)
     won = snap["is_won"].fillna(False).astype(bool)
-    furthest = furthest.astype("Int64").mask(won, len(stages.open_names) - 1)
+    return furthest.astype("Int64").mask(won, len(stages.open_names) - 1)
+
+
+def reached_from_snapshot(snap: pd.DataFrame, from_history: bool, stages: StagesConfig) -> pd.DataFrame:
+    """`reached_stages` from a snapshot already computed (`from_history`: it was reconstructed from history)."""
+    furthest = furthest_reached(snap, from_history, stages)
     keep = furthest.notna()
     ids = snap.loc[keep, "opportunity_id"].astype("string").to_numpy()
     counts = furthest[keep].astype("int64").to_numpy() + 1
