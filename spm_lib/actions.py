@@ -115,6 +115,13 @@ def _optional(value: object) -> str | None:
     return text[:MAX_TEXT] or None
 
 
+def _check_cadence(cadence: str) -> str:
+    try:
+        return check_cadence(cadence)
+    except PeriodError as e:  # the same message, as an error of the action register
+        raise ActionError(str(e)) from None
+
+
 def _check_status(status: str) -> str:
     if status not in STATUSES:
         raise ActionError(f"unknown action status {status!r}{did_you_mean(str(status), STATUSES)}; "
@@ -187,7 +194,7 @@ def record(cfg: Any, *, form_key: str, owner_id: str, text: str, due_date: date 
     body = _required(text, "text", "write what will be done, e.g. 'Call the 3 stalled Proposal deals'")[:MAX_TEXT]
     owner = _required(owner_id, "owner", "give the owner id of the report (the owner of the numbers)")
     by = _required(recorded_by, "recorded_by", "give who records it (the owner or their leader)")
-    cadence = check_cadence(cadence)
+    cadence = _check_cadence(cadence)
     now = _utc(at)
     row: dict[str, Any] = {
         "form_key": key, "owner_id": owner, "text": body, "support_asked": _optional(support_asked),
@@ -231,7 +238,7 @@ def set_status(cfg: Any, action_id: int, status: str, by: str, *, at: datetime |
 
 # ---------------------------------------------------------------- reading
 def _mine(owner_id: str, cadence: str) -> sa.ColumnElement[bool]:
-    return sa.and_(ACTIONS.c.owner_id == str(owner_id), ACTIONS.c.cadence == check_cadence(cadence))
+    return sa.and_(ACTIONS.c.owner_id == str(owner_id), ACTIONS.c.cadence == _check_cadence(cadence))
 
 
 def open_actions(cfg: Any, owner_id: str, cadence: str) -> pd.DataFrame:
@@ -247,7 +254,7 @@ def closed_since(cfg: Any, owner_id: str, cadence: str, since: datetime) -> pd.D
 
 def last_session_start(cfg: Any, cadence: str, as_of: date | str) -> datetime:
     """When 'the last session' of a report ended: 00:00 company time on the first day of its closed period (UTC)."""
-    start = FiscalCalendar.from_config(cfg).windows(check_cadence(cadence), as_of).closed.start
+    start = FiscalCalendar.from_config(cfg).windows(_check_cadence(cadence), as_of).closed.start
     return _utc(datetime.combine(start, time.min, tzinfo=ZoneInfo(cfg.company.timezone)))
 
 
@@ -268,7 +275,7 @@ def list_actions(cfg: Any, owner_id: str | None = None, cadence: str | None = No
     if owner_id is not None:
         where.append(ACTIONS.c.owner_id == str(owner_id))
     if cadence is not None:
-        where.append(ACTIONS.c.cadence == check_cadence(cadence))
+        where.append(ACTIONS.c.cadence == _check_cadence(cadence))
     if status is not None:
         where.append(ACTIONS.c.status == _check_status(status))
     return _query(cfg, sa.and_(*where), ACTIONS.c.owner_id, ACTIONS.c.recorded_at)

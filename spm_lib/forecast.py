@@ -46,15 +46,26 @@ def _flag(s: pd.Series) -> pd.Series:
     return s.astype("boolean").fillna(False).astype(bool)
 
 
-def _per_scope(ctx: CubeContext, facts: pd.DataFrame, date_col: str | None) -> pd.DataFrame:
-    """Facts repeated once per scope they count in (column scope_id), on the hierarchy valid at `date_col`."""
-    anc = ctx.ancestors[["owner_id", "scope_id", "valid_from", "valid_to"]]
-    m = facts.merge(anc, on="owner_id", how="inner")
-    when = (pd.to_datetime(m[date_col]).dt.normalize() if date_col is not None
-            else pd.Series(pd.Timestamp(ctx.as_of), index=m.index))
-    vf, vt = pd.to_datetime(m["valid_from"]), pd.to_datetime(m["valid_to"])
-    ok = (vf.isna() | when.isna() | (when >= vf)) & (vt.isna() | when.isna() | (when <= vt))
-    return m[ok].drop(columns=["valid_from", "valid_to"])
+def _scope_totals(ctx: CubeContext, facts: pd.DataFrame, date_col: str | None, keys: list[str],
+                  sums: list[str]) -> pd.DataFrame:
+    """Per scope_id (and `keys`): n (facts) and the sum of each of `sums`, every fact counted in each scope it
+    belongs to on the hierarchy valid at the day of `date_col` (as_of when None); sorted by scope_id, keys."""
+    when = (pd.to_datetime(facts[date_col]).dt.normalize() if date_col is not None
+            else pd.Series(pd.Timestamp(ctx.as_of), index=facts.index))
+    f = pd.DataFrame({"owner_id": facts["owner_id"], "_when": when.astype("datetime64[ns]").to_numpy(),
+                      **{c: facts[c] for c in dict.fromkeys(keys + sums)}})
+    ctx.con.register("_scope_facts", f)
+    cols = "".join(f', f."{c}"' for c in keys)
+    totals = "".join(f', coalesce(fsum(f."{c}"), 0.0) AS "{c}"' for c in sums)
+    try:
+        return ctx.con.execute(f"""
+            SELECT a.scope_id{cols}, count(*) AS n{totals}
+            FROM _scope_facts f JOIN ancestors a ON a.owner_id = f.owner_id
+              AND (a.valid_from IS NULL OR f._when IS NULL OR f._when >= a.valid_from)
+              AND (a.valid_to IS NULL OR f._when IS NULL OR f._when <= a.valid_to)
+            GROUP BY ALL ORDER BY ALL""").df()
+    finally:
+        ctx.con.unregister("_scope_facts")
 
 
 def _text_where(cond: pd.Series, text: str) -> pd.Series:
@@ -89,16 +100,14 @@ def _has_history(ctx: CubeContext) -> bool:
     return ctx.data.has("opportunity_history")
 
 
-def _reached(ctx: CubeContext) -> pd.DataFrame:
-    """(opportunity_id, stage) pairs: the open stages each deal had reached as of as_of (computed once per run)."""
-    from spm_lib.asof import reached_from_snapshot
+def _furthest(ctx: CubeContext) -> pd.Series:
+    """Per snapshot deal, the index of the furthest open stage it had reached as of as_of (-1: none); it reached
+    every open stage up to that one."""
+    from spm_lib.asof import furthest_reached
 
-    if "reached" not in ctx.cache:
-        history = ctx.data.tables.get("opportunity_history")
-        from_history = history is not None and not history.empty
-        r = reached_from_snapshot(ctx.snapshot, from_history, ctx.cfg.stages)
-        ctx.cache["reached"] = r[["opportunity_id", "stage"]].drop_duplicates()
-    return ctx.cache["reached"]  # type: ignore[return-value]
+    history = ctx.data.tables.get("opportunity_history")
+    from_history = history is not None and not history.empty
+    return furthest_reached(ctx.snapshot, from_history, ctx.cfg.stages).fillna(-1).astype("int64")
 
 
 # ---------------------------------------------------------------- win probabilities
@@ -113,17 +122,21 @@ def win_probabilities(ctx: CubeContext, min_deals: int = MIN_DEALS) -> pd.DataFr
     snap = ctx.snapshot
     start = pd.Timestamp(_one_year_before(ctx.as_of) + timedelta(days=1))
     closed = snap[_flag(snap["is_closed"]) & _between(snap["close_date"], (start, pd.Timestamp(ctx.as_of)))]
-    reached = _reached(ctx)
-    r = reached.merge(closed[["opportunity_id", "is_won"]], on="opportunity_id", how="inner")
-    r["won"] = _flag(r["is_won"]).astype(int)
-    counts = r.groupby("stage").agg(n=("opportunity_id", "nunique"), won=("won", "sum"))
-    out = stages.merge(counts, left_on="stage", right_index=True, how="left")
-    out["n"] = out["n"].fillna(0).astype(int)
-    out["won"] = out["won"].fillna(0)
+    furthest = _furthest(ctx)[closed.index].to_numpy()
+    won = _flag(closed["is_won"]).to_numpy()
+    out = stages.copy()
+    out["n"] = _reached_counts(furthest, len(stages))
+    out["won"] = _reached_counts(furthest[won], len(stages))
     calibrated = (out["n"] >= min_deals) & (out["n"] > 0) & _has_history(ctx)
     out["probability"] = np.where(calibrated, out["won"] / out["n"].where(out["n"] > 0), out["config_probability"])
     out["source"] = np.where(calibrated, "calibrated", "config")
     return out[["stage", "stage_index", "probability", "source", "n"]].reset_index(drop=True)
+
+
+def _reached_counts(furthest: np.ndarray, n_stages: int) -> np.ndarray:
+    """How many deals reached each open stage, from each deal's furthest stage index (-1: none)."""
+    per = np.bincount(furthest[furthest >= 0], minlength=n_stages)[:n_stages]
+    return per[::-1].cumsum()[::-1].astype(int)
 
 
 def _one_year_before(d: date) -> date:
@@ -150,10 +163,11 @@ def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.Data
     won["amount"] = won["amount"].astype("float64").fillna(0.0)
 
     scopes = _scopes(ctx)
-    ps = _per_scope(ctx, pipe, None)
-    open_value = ps.groupby("scope_id")["amount"].sum().reindex(scopes, fill_value=0.0)
-    weighted = ps.groupby("scope_id")["weighted"].sum().reindex(scopes, fill_value=0.0)
-    to_date = _per_scope(ctx, won, "close_date").groupby("scope_id")["amount"].sum().reindex(scopes, fill_value=0.0)
+    ps = _scope_totals(ctx, pipe, None, [], ["amount", "weighted"]).set_index("scope_id")
+    open_value = ps["amount"].reindex(scopes, fill_value=0.0)
+    weighted = ps["weighted"].reindex(scopes, fill_value=0.0)
+    to_date = _scope_totals(ctx, won, "close_date", [], ["amount"]).set_index("scope_id")["amount"].reindex(
+        scopes, fill_value=0.0)
     expected = to_date + weighted
 
     target = _q_target(targets, label).reindex(scopes)
@@ -186,7 +200,7 @@ def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.Data
         needs_target(run_rate, "required_run_rate"),
         needs_target(coverage, "pipeline_coverage",
                      _text_where(denom <= 0, met_reason)),
-        _breakdowns(ps, label, stage_ok, ctx.data.has("opportunities", "forecast_category")),
+        _breakdowns(ctx, pipe, label, stage_ok, ctx.data.has("opportunities", "forecast_category")),
     ]
     return pd.concat(parts, ignore_index=True)
 
@@ -205,7 +219,8 @@ def _na(scopes: pd.Index, kpi: str, period: str, reason: str) -> pd.DataFrame:
     return _rows(pd.Series(np.nan, index=scopes), kpi, period, available=False, na_reason=reason)
 
 
-def _breakdowns(ps: pd.DataFrame, label: str, by_stage: bool, by_category: bool) -> pd.DataFrame:
+def _breakdowns(ctx: CubeContext, ps: pd.DataFrame, label: str, by_stage: bool, by_category: bool
+                ) -> pd.DataFrame:
     """pipeline_open_value per scope split by stage, close month and (when present) forecast category."""
     dims = {"close_month": pd.to_datetime(ps["close_date"]).dt.strftime("%Y-%m")}
     if by_stage:
@@ -214,7 +229,7 @@ def _breakdowns(ps: pd.DataFrame, label: str, by_stage: bool, by_category: bool)
         dims["forecast_category"] = ps["forecast_category"].astype("string").str.strip().fillna(UNKNOWN)
     frames = []
     for dim, key in dims.items():
-        g = ps.assign(_k=key.astype(str)).groupby(["scope_id", "_k"])["amount"].sum().reset_index()
+        g = _scope_totals(ctx, ps.assign(_k=key.astype(str)), None, ["_k"], ["amount"])
         frames.append(pd.DataFrame({"owner_id": g["scope_id"].astype(str), "period": label,
                                     "kpi": "pipeline_open_value", "dim": dim, "dim_value": g["_k"],
                                     "value": g["amount"].astype("float64"), "target": np.nan,
@@ -245,17 +260,24 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
     window = (ctx.windows.trend[0].start, ctx.as_of)  # type: ignore[attr-defined]
     deals = deals[_between(deals["event_date"], window)]
 
-    reached = _reached(ctx)
-    reached = reached[reached["stage"].isin(idx.index)].assign(stage_index=lambda r: r["stage"].map(idx))
-    furthest = reached.groupby("opportunity_id")["stage_index"].max().rename("furthest")
-    r = reached.merge(deals.rename(columns={"stage": "current"}), on="opportunity_id", how="inner")
-    r = r.merge(furthest, left_on="opportunity_id", right_index=True)
-    r = r[r["current"].astype("string").fillna("") != r["stage"]]
-    r["went_on"] = ((r["furthest"] > r["stage_index"]) | _flag(r["is_won"])).astype(int)
-    r["left"] = 1
-    per = _per_scope(ctx, r, "event_date").groupby(["scope_id", "stage"])[["went_on", "left"]].sum()
-    grid = pd.MultiIndex.from_product([scopes, stages["stage"]], names=["scope_id", "stage"])
-    per = per.reindex(grid, fill_value=0).reset_index()
+    deals["furthest"] = _furthest(ctx)[deals.index]
+    deals["current"] = deals["stage"].astype("string").map(idx).astype("float64").fillna(-1).astype("int64")
+    deals["won"] = _flag(deals["is_won"])
+    deals = deals[deals["furthest"] >= 0]
+    # deals of a scope grouped by (furthest, current, won): a deal left each stage it reached but is not in, and
+    # went on from it when it reached a later stage or was won
+    g = _scope_totals(ctx, deals, "event_date", ["furthest", "current", "won"], [])
+    k = stages["stage_index"].to_numpy()[None, :]
+    f, cur = g["furthest"].to_numpy()[:, None], g["current"].to_numpy()[:, None]
+    left = (k <= f) & (k != cur)
+    went_on = left & ((k < f) | g["won"].to_numpy(dtype=bool)[:, None])
+    n = g["n"].to_numpy()[:, None]
+    by_scope = g["scope_id"].astype(str).to_numpy()
+    lefts = pd.DataFrame(left * n).groupby(by_scope).sum().reindex(scopes, fill_value=0)
+    wents = pd.DataFrame(went_on * n).groupby(by_scope).sum().reindex(scopes, fill_value=0)
+    per = pd.DataFrame({"scope_id": np.repeat(scopes.to_numpy(), len(stages)),
+                        "stage": np.tile(stages["stage"].to_numpy(), len(scopes)),
+                        "went_on": wents.to_numpy().ravel(), "left": lefts.to_numpy().ravel()})
     value = 100.0 * per["went_on"] / per["left"].where(per["left"] > 0)
     reason = _text_where(per["left"] == 0, "no deal left this stage in the trend window")
     out = pd.DataFrame({"owner_id": per["scope_id"].astype(str), "period": label, "kpi": "stage_conversion",
