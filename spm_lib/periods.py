@@ -197,7 +197,8 @@ class FiscalCalendar:
         elif m := _QUARTER.match(text):
             q = int(m.group(2))
             if 1 <= q <= 4:
-                start = _add_months(date(self._fy_start_year_of_name(int(m.group(1))), self.start_month, 1), 3 * (q - 1))
+                fy_start = date(self._fy_start_year_of_name(int(m.group(1))), self.start_month, 1)
+                start = _add_months(fy_start, 3 * (q - 1))
                 return self.period("quarter", start)
         elif m := _YEAR.match(text):
             return self.period("year", date(self._fy_start_year_of_name(int(m.group(1))), self.start_month, 1))

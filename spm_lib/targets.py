@@ -109,7 +109,8 @@ def _explicit_rows(ctx: CubeContext, metric: str) -> pd.DataFrame:
         return pd.DataFrame(columns=["owner_id", "period", "value"])
     t = ctx.data.table("targets")
     t = t[t["metric"].astype("string") == metric].dropna(subset=["owner_id", "period", "value"])
-    out = pd.DataFrame({"owner_id": t["owner_id"].astype(str).str.strip(), "period": t["period"].astype(str).str.strip(),
+    out = pd.DataFrame({"owner_id": t["owner_id"].astype(str).str.strip(),
+                        "period": t["period"].astype(str).str.strip(),
                         "value": t["value"].astype("float64")})
     return out.drop_duplicates(["owner_id", "period"], keep="last").reset_index(drop=True)
 

@@ -157,7 +157,8 @@ def test_reached_stages_counts_skipped_stages_and_wins() -> None:
 
 
 def test_reached_stages_without_history_uses_the_current_stage() -> None:
-    lost = pd.DataFrame({"opportunity_id": pd.array(["O5"], dtype="string"), "owner_id": pd.array(["R1"], dtype="string"),
+    lost = pd.DataFrame({"opportunity_id": pd.array(["O5"], dtype="string"),
+                         "owner_id": pd.array(["R1"], dtype="string"),
                          "stage": pd.array(["Closed Lost"], dtype="string"), "amount": [5.0],
                          "created_date": pd.to_datetime(["2026-01-01"]), "close_date": pd.to_datetime(["2026-02-01"]),
                          "is_closed": pd.array([True], dtype="boolean"), "is_won": pd.array([False], dtype="boolean")})

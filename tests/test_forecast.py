@@ -166,7 +166,7 @@ def test_forward_look_with_calibrated_probabilities_by_hand(tmp_path: Path) -> N
         "M": (1900.0, w_a1 + w_a2 + w_a3, 400.0, 2400.0),  # own A2 + B2 (150) + both reps
         "E": (1900.0, w_a1 + w_a2 + w_a3, 400.0, np.nan),  # same facts as M, no target
     }
-    for owner, (open_v, weighted, to_date, target) in expected.items():
+    for owner, (open_v, weighted, to_date, _target) in expected.items():
         assert _value(fwd, owner, "pipeline_open_value") == pytest.approx(open_v)
         assert _value(fwd, owner, "weighted_pipeline") == pytest.approx(weighted)
         assert _value(fwd, owner, "bookings_to_date_q") == pytest.approx(to_date)
