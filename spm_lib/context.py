@@ -14,6 +14,8 @@ from spm_lib.contract import Dataset
 KPI_COLUMNS = ["scope", "owner_id", "level", "period", "kpi", "dim", "dim_value", "value", "target",
                "attainment", "status", "kind", "available", "na_reason"]
 
+MATERIALISED = frozenset({"opp", "ancestors", "owners"})  # registered as DuckDB tables, not pandas views
+
 
 @dataclass
 class CubeContext:
@@ -98,41 +100,56 @@ def _enrich_snapshot(snap: pd.DataFrame, data: Dataset) -> pd.DataFrame:
 
 
 def _register_views(ctx: CubeContext) -> None:
-    """Register the snapshot, ancestors, owners and every present contract table on ctx.con."""
-    con = ctx.con
+    """Register the snapshot, ancestors, owners and every present contract table on ctx.con.
+
+    Those in MATERIALISED are copied once into DuckDB temp tables (queried many times: scanning a pandas frame
+    again on every query costs more than the copy); the big fact tables, scanned a few times, stay views of their
+    frames to spare memory. opp_static is a view of opp's static columns."""
     top = ctx.org.top_ids()[0]  # type: ignore[attr-defined]
-    opp = _all_columns("opportunities", ctx.snapshot)
-    con.register("opp", opp)
-    con.register("opp_static", opp[["opportunity_id", "owner_id", "account_id", "created_date", "product",
-                                    "lead_source", "margin", "cost", "list_amount", "segment", "is_expansion"]])
-    con.register("ancestors", ctx.ancestors)
-    con.register("owners", ctx.owners)
+    tables: dict[str, pd.DataFrame] = {"opp": _all_columns("opportunities", ctx.snapshot),
+                                       "ancestors": ctx.ancestors, "owners": ctx.owners}
     for name, df in ctx.data.tables.items():
         if name != "owners":
-            con.register(name, _all_columns(name, df))
+            tables[name] = _all_columns(name, df)
     if ctx.data.has("accounts"):
-        con.register("accounts", _accounts_with_owner(ctx.data.table("accounts"), ctx.snapshot, top))
+        accounts = _accounts_with_owner(ctx.data.table("accounts"), ctx.snapshot, top)
+        tables["accounts"] = accounts
         if ctx.data.has("surveys"):
-            surveys = ctx.data.table("surveys").merge(
-                _accounts_with_owner(ctx.data.table("accounts"), ctx.snapshot, top)[["account_id", "owner_id"]],
-                on="account_id", how="left")
+            surveys = ctx.data.table("surveys").merge(accounts[["account_id", "owner_id"]], on="account_id",
+                                                      how="left")
             surveys["owner_id"] = surveys["owner_id"].fillna(top)
-            con.register("surveys", surveys)
+            tables["surveys"] = surveys
     elif ctx.data.has("surveys"):
-        con.register("surveys", ctx.data.table("surveys").assign(owner_id=top))
+        tables["surveys"] = ctx.data.table("surveys").assign(owner_id=top)
     if ctx.data.has("leads"):
         leads = ctx.data.table("leads").copy()
         if "owner_id" not in leads:
             leads["owner_id"] = top
         else:
             leads["owner_id"] = leads["owner_id"].fillna(top)
-        con.register("leads", leads)
+        tables["leads"] = leads
     if ctx.data.has("costs"):
         costs = ctx.data.table("costs").copy()
         labels = costs["period"].dropna().unique()
         starts = {lab: ctx.calendar.parse(str(lab)).start for lab in labels}  # type: ignore[attr-defined]
         costs["period_start"] = pd.to_datetime(costs["period"].map(starts))
-        con.register("costs", costs)
+        tables["costs"] = costs
+    for name, df in tables.items():
+        if name in MATERIALISED:
+            _load_table(ctx.con, name, df)
+        else:
+            ctx.con.register(name, df)
+    ctx.con.execute("CREATE TEMP VIEW opp_static AS SELECT opportunity_id, owner_id, account_id, created_date, "
+                    "product, lead_source, margin, cost, list_amount, segment, is_expansion FROM opp")
+
+
+def _load_table(con: duckdb.DuckDBPyConnection, name: str, df: pd.DataFrame) -> None:
+    """Copy `df` into DuckDB temp table `name`."""
+    con.register("_load_src", df)
+    try:
+        con.execute(f'CREATE TEMP TABLE "{name}" AS SELECT * FROM _load_src')
+    finally:
+        con.unregister("_load_src")
 
 
 def _all_columns(name: str, df: pd.DataFrame) -> pd.DataFrame:

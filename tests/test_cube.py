@@ -148,3 +148,12 @@ def test_write_and_read_back(cube, tmp_path):
     back = read_cube(tmp_path)
     assert len(back.kpis) == len(cube.kpis)
     assert set(back.facts.loc[back.facts.opportunity_id == "o6", "scope_ids"].iloc[0]) == {"R1", "M", "E"}
+
+
+def test_one_row_per_scope_kpi_and_period_and_no_orphan_breakdowns(cube):
+    k = cube.kpis
+    plain = k[k.dim.isna()]
+    assert not plain.duplicated(["owner_id", "kpi", "period"]).any()
+    assert not (k.dim.isna() & k.dim_value.notna()).any()
+    # a breakdown row names its dim: R1's October bookings by lead source are absent (no lead_source data)
+    assert k[(k.kpi == "bookings") & (k.dim == "lead_source")].empty
