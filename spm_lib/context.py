@@ -83,7 +83,7 @@ def build_context(cfg: Config, data: Dataset, cadence: str, as_of: date) -> Cube
 
 def _enrich_snapshot(snap: pd.DataFrame, data: Dataset) -> pd.DataFrame:
     """Add segment (from accounts) and is_expansion (account had a won deal before this deal was created)."""
-    snap = snap.copy()
+    snap = snap.copy(deep=False)  # new columns only: the caller's frame is not changed
     if data.has("accounts", "segment") and "account_id" in snap.columns:
         seg = data.table("accounts").drop_duplicates("account_id").set_index("account_id")["segment"]
         snap["segment"] = snap["account_id"].map(seg).astype("string")

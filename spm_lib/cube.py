@@ -122,6 +122,7 @@ def _won_lost(ctx: CubeContext) -> None:
           AND (t.valid_to IS NULL OR t.valid_to >= p.asof_end + INTERVAL 1 DAY)
           AND (o.created_date IS NULL OR o.created_date <= p.asof_end)
         WHERE t.is_closed""")
+    con.execute("DROP TABLE IF EXISTS states")  # only needed to build won_lost: free its memory
 
 
 def _sql_str(s: str) -> str:
@@ -144,6 +145,7 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
     frames = []
     p_label = ctx.windows.closed.label  # type: ignore[attr-defined]
     for (view, date_col), ks in groups.items():
+        pre = None
         if view == "won_lost":
             period_join = "JOIN periods p ON p.label = f.period"
             when = "f.close_date"
@@ -153,13 +155,14 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
         else:
             period_join = f"JOIN periods p ON f.{date_col} BETWEEN p.start AND p.asof_end"
             when = f"f.{date_col}"
-        frames.append(_measure_query(ctx, view, ks, period_join, when, None, None))
+            pre = date_col
+        frames.append(_measure_query(ctx, view, ks, period_join, when, None, None, pre_by=pre))
         dims = sorted({d for k in ks for d in k.measure.dims})  # type: ignore[union-attr]
         for dim in dims:
             with_dim = [k for k in ks if dim in k.measure.dims]  # type: ignore[union-attr]
             expr = with_dim[0].measure.dims[dim]  # type: ignore[union-attr]
-            if not ctx.con.execute(f"SELECT count(*) FROM {view} f WHERE f.{expr} IS NOT NULL LIMIT 1"
-                                   ).fetchone()[0]:  # type: ignore[index]
+            if not ctx.con.execute(f"SELECT EXISTS (SELECT 1 FROM {view} f WHERE f.{expr} IS NOT NULL)"
+                                   ).fetchall()[0][0]:  # fetch all: no unfinished result left on con
                 continue
             frames.append(_measure_query(ctx, view, with_dim, period_join, when, dim, f"f.{expr}",
                                          only_period=p_label))
@@ -169,7 +172,11 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
 
 
 def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_join: str, when: str,
-                   dim: str | None, dim_expr: str | None, only_period: str | None = None) -> pd.DataFrame:
+                   dim: str | None, dim_expr: str | None, only_period: str | None = None,
+                   pre_by: str | None = None) -> pd.DataFrame:
+    """Measures of `ks` per scope, period (and dim value). `pre_by`: the date column the facts may first be
+    summed by (per owner and date) before they are joined to periods and scopes (far fewer rows to join; worth it
+    for all periods, not one), done only when every aggregate adds up."""
     cols = []
     for k in ks:
         m = k.measure
@@ -181,9 +188,15 @@ def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_j
     dim_sel = f", CAST({dim_expr} AS VARCHAR) AS dim_value" if dim_expr else ", NULL AS dim_value"
     dim_group = ", dim_value" if dim_expr else ""
     where_period = f"WHERE p.label = {_sql_str(only_period)}" if only_period else ""
+    source = f"{view} f"
+    if pre_by is not None and all(k.measure.agg != "count_distinct" for k in ks):  # type: ignore[union-attr]
+        source = (f"(SELECT f.owner_id, f.{pre_by}{dim_sel if dim_expr else ''}, {', '.join(cols)} "
+                  f"FROM {view} f GROUP BY ALL) f")
+        dim_sel = ", f.dim_value" if dim_expr else dim_sel
+        cols = [_sum_partial(k, part) for k in ks for part in ("n", "d")]
     sql = f"""
         SELECT a.scope_id AS owner_id, p.label AS period{dim_sel}, {', '.join(cols)}
-        FROM {view} f {period_join}
+        FROM {source} {period_join}
         {ctx.scope_join('f', when)}
         {where_period}
         GROUP BY a.scope_id, p.label{dim_group}"""
@@ -196,6 +209,16 @@ def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_j
         out.append(pd.DataFrame({"owner_id": wide["owner_id"], "period": wide["period"], "kpi": k.id,
                                  "dim": dim, "dim_value": wide["dim_value"], "value": value}))
     return pd.concat(out, ignore_index=True)
+
+
+def _sum_partial(k: registry.Kpi, part: str) -> str:
+    """SQL adding up a pre-summed numerator ("n") or denominator ("d") of KPI `k` (counts stay integers)."""
+    col = f'"{k.id}__{part}"'
+    agg = k.measure.agg  # type: ignore[union-attr]
+    if part == "d" and agg != "mean":
+        return f"NULL AS {col}"
+    counted = agg == "count" or part == "d"
+    return f"CAST(sum(f.{col}) AS BIGINT) AS {col}" if counted else f"sum(f.{col}) AS {col}"
 
 
 # ---------------------------------------------------------------- assembling the cube

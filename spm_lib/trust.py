@@ -191,7 +191,7 @@ def _no_activity(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
     """Open deals with no activity in the last `no_activity_days` (deals younger than that are not flagged)."""
     ts = _asof_ts(ctx)
     n = ctx.cfg.trust.no_activity_days
-    act = ctx.data.table("activities")
+    act = ctx.data.table("activities")[["opportunity_id", "date"]]
     act = act[act["opportunity_id"].notna()]
     act = act[isin(act["opportunity_id"].astype(str), deals["opportunity_id"].astype(str)).to_numpy()]  # open deals
     adate = _dates(act["date"])
@@ -210,18 +210,33 @@ def _no_activity(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
 def stage_medians(ctx: CubeContext) -> pd.Series:
     """Median days spent in each stage, over stage spells that ended by as-of (from opportunity_history)."""
     h = ctx.data.table("opportunity_history")
-    keep = (pd.to_datetime(h["changed_at"]) < _asof_ts(ctx) + pd.Timedelta(days=1)) & h["opportunity_id"].notna()
-    h = h.loc[keep, ["opportunity_id", "changed_at", "stage"]]
-    h = h.assign(changed_at=pd.to_datetime(h["changed_at"]), _key=pd.factorize(h["opportunity_id"])[0])
+    changed = pd.to_datetime(h["changed_at"])
+    keep = ((changed < _asof_ts(ctx) + pd.Timedelta(days=1)) & h["opportunity_id"].notna()).to_numpy()
+    # integer codes and numpy arrays (no grouped frames): the history has millions of rows
+    stage, names = pd.factorize(h.loc[keep, "stage"])  # -1: no stage on the row
+    key = pd.factorize(h.loc[keep, "opportunity_id"])[0]
+    when = changed[keep].to_numpy(dtype="datetime64[ns]")
     # by opportunity then changed_at, ties in table order: a stable sort on integer codes, not on the text ids
-    h = h.take(np.lexsort((h["changed_at"].to_numpy(dtype="int64"), h["_key"].to_numpy())))
-    h = h.assign(stage=h.groupby("_key", sort=False)["stage"].ffill()).dropna(subset=["stage"])
-    prev = h.groupby("_key", sort=False)["stage"].shift()
-    starts = h[prev.isna() | (h["stage"] != prev).fillna(True)]
-    left_at = starts.groupby("_key", sort=False)["changed_at"].shift(-1)
-    ended = starts.assign(days=(left_at - starts["changed_at"]).dt.total_seconds() / 86400)
-    ended = ended[left_at.notna()]
-    return ended.groupby("stage")["days"].median()
+    order = np.lexsort((when.view("int64"), key))
+    key, when, stage = key[order], when[order], stage[order]
+    # carry each deal's stage forward over rows that did not set it (rows before the first stage are dropped)
+    set_at = np.where((stage >= 0) | _first_of_run(key), np.arange(len(stage)), 0)
+    stage = stage[np.maximum.accumulate(set_at)] if len(stage) else stage
+    key, when, stage = key[stage >= 0], when[stage >= 0], stage[stage >= 0]
+    starts = _first_of_run(key) | _first_of_run(stage)  # a spell starts where the deal or its stage changes
+    key, when, stage = key[starts], when[starts], stage[starts]
+    ended = ~_first_of_run(key)[1:]  # the next spell of the same deal ends this one
+    days = pd.Series(when[1:][ended] - when[:-1][ended], name="days").dt.total_seconds() / 86400
+    med = days.groupby(stage[:-1][ended]).median()
+    med.index = pd.Index(names.take(med.index.to_numpy(dtype="int64")), name="stage")
+    return med.sort_index()
+
+
+def _first_of_run(codes: np.ndarray) -> np.ndarray:
+    """True where a value differs from the one before it (and on the first element)."""
+    first = np.ones(len(codes), dtype=bool)
+    first[1:] = codes[1:] != codes[:-1]
+    return first
 
 
 def _stalled(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
