@@ -36,6 +36,7 @@ Part = Callable[[Path], dict[str, Any]]
 PARTS: dict[str, str] = {
     "cube": "spm_lib.bench:cube_part",
     "batch": "spm_lib.bench_batch:run",
+    "email": "spm_lib.bench_email:run",
 }
 
 

@@ -58,7 +58,7 @@ _TEMPLATE = go.layout.Template(layout=go.Layout(
     yaxis={"gridcolor": GRID, "linecolor": "#c8c8c8", "zerolinecolor": "#c8c8c8", "automargin": True,
            "title": {"font": {"size": 12, "color": MUTED}}},
     hoverlabel={"font": {"size": 12, "family": FONT_FAMILY}, "bgcolor": "white", "bordercolor": "#c8c8c8"},
-    legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.12, "yanchor": "top", "font": {"size": 12}},
+    legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom", "font": {"size": 12}},
     separators=".,",
 ))
 
