@@ -30,8 +30,8 @@ def kpi_listing(cube: Cube, *, owner: str | None = None, level: str | None = Non
         k = k[k["level"] == level]
     k = k[k["dim"].isna()]
     if closed_only:
-        k = k[k["period"].isin([cube.meta["closed_period"], cube.meta["forward_period"],
-                                f"{str(cube.meta['closed_period'])[:6]}-YTD"]) | k["period"].str.endswith("-YTD")]
+        k = k[k["period"].isin([cube.meta["closed_period"], cube.meta["forward_period"]])
+              | k["period"].str.endswith("-YTD")]
     labels = {i: kd.label for i, kd in registry.REGISTRY.items()}
     out = k.assign(label=k["kpi"].map(labels))
     cols = ["owner_id", "level", "period", "kpi", "label", "value", "target", "attainment", "status", "na_reason"]
