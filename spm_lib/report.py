@@ -228,6 +228,11 @@ class Report:
         self._figures[key] = fig
         return html.figure_html(fig, self._id(key))
 
+    def show(self, fig: object, key: str = "custom") -> Html:
+        """Display an analyst's own plotly figure so that it lands in the HTML report like the built-in charts."""
+        n = sum(1 for k in self._figures if k.startswith(key))
+        return Html(str(self._figure(key if n == 0 else f"{key}-{n + 1}", fig)))
+
     def figures(self) -> dict[str, object]:
         """The figures drawn so far (for the email's inline images)."""
         return dict(self._figures)

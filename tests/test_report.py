@@ -1,0 +1,44 @@
+"""The report API on the small explicit company of test_cube: sections, findings in words, analyst figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+import pytest
+
+from spm_lib import html
+from spm_lib.cube import compute_cube
+from spm_lib.report import Report
+from tests.test_cube import AS_OF, _cfg, company
+
+
+@pytest.fixture(scope="module")
+def cube():
+    c = compute_cube(_cfg(), company(), "monthly", AS_OF)
+    c.meta["currency"] = "EUR"
+    return c
+
+
+def test_findings_in_words_come_from_the_cube(cube) -> None:
+    rpt = Report(cube, "M", Path("."))
+    words = rpt.findings()
+    # M's October bookings 620 against a target of 500 (test_cube computes both by hand): 124 %
+    assert words[0] == "Bookings at 124 % of target for 2026-10."
+
+
+def test_an_analysts_figure_lands_in_the_html_with_a_stable_id(cube) -> None:
+    rpt = Report(cube, "R1", Path("."))
+    fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+    first = str(rpt.show(fig))
+    second = str(rpt.show(fig))
+    assert "Plotly.newPlot" in first and f'id="{html.div_id("R1", "custom")}"' in first
+    assert f'id="{html.div_id("R1", "custom-2")}"' in second  # two custom figures never share a div id
+    assert set(rpt.figures()) == {"custom", "custom-2"}
+
+
+def test_the_sections_render_for_a_manager_with_reports(cube) -> None:
+    rpt = Report(cube, "M", Path("."))
+    ranking = rpt.team_ranking_html()
+    assert "Rita" in ranking and "Rob" in ranking  # the direct reports, by name
+    assert "can be trusted" in str(rpt.trust()) or "Fix the data first" in str(rpt.trust())
