@@ -160,13 +160,18 @@ class SourceConfig(Strict):
     def resolved_url(self) -> str:
         """Return the SQLAlchemy URL with ${VAR} taken from the environment."""
         assert self.url is not None
+        return expand_env(self.url, "config/source.yml: url")
 
-        def env(m: re.Match[str]) -> str:
-            if m.group(1) not in os.environ:
-                raise ConfigError(f"config/source.yml: url uses ${{{m.group(1)}}} but that variable is not set")
-            return os.environ[m.group(1)]
 
-        return re.sub(r"\$\{(\w+)\}", env, self.url)
+def expand_env(text: str, where: str) -> str:
+    """`text` with every ${VAR} taken from the environment (ConfigError naming `where` when one is not set)."""
+
+    def env(m: re.Match[str]) -> str:
+        if m.group(1) not in os.environ:
+            raise ConfigError(f"{where} uses ${{{m.group(1)}}} but that variable is not set")
+        return os.environ[m.group(1)]
+
+    return re.sub(r"\$\{(\w+)\}", env, text)
 
 
 # ---------------------------------------------------------------- stages.yml

@@ -10,7 +10,6 @@ which runs it in one transaction and retries it with backoff while the database 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from spm_lib.config import expand_env
 from spm_lib.errors import ConfigError, SpmError
 
 T = TypeVar("T")
@@ -33,17 +33,6 @@ _READY: dict[tuple[str, int], frozenset[str]] = {}  # tables known to exist, per
 
 class StateError(SpmError):
     """The state database cannot be opened, created or written."""
-
-
-def expand_env(text: str, where: str) -> str:
-    """`text` with every ${VAR} taken from the environment (ConfigError naming `where` when one is not set)."""
-
-    def env(m: re.Match[str]) -> str:
-        if m.group(1) not in os.environ:
-            raise ConfigError(f"{where} uses ${{{m.group(1)}}} but that variable is not set")
-        return os.environ[m.group(1)]
-
-    return re.sub(r"\$\{(\w+)\}", env, text)
 
 
 def state_url(cfg: Any) -> URL:
