@@ -508,3 +508,11 @@ def leads_by_channel(df: pd.DataFrame, *, definition: str = DEFINITIONS["leads_b
                 "tickfont": {"color": ACCENT},
                 "range": [0, _top(rate, floor=10.0) * 1.2]})
     return fig
+
+
+def warm_up() -> None:
+    """Load plotly's validators of every trace type the charts use (a live kernel does this before its request)."""
+    fig = go.Figure([go.Bar(x=[1], y=[1]), go.Scatter(x=[1], y=[1]), go.Waterfall(x=["a"], y=[1]),
+                     go.Funnel(x=[1], y=["a"]), go.Pie(values=[1]), go.Indicator(value=1)])
+    fig.update_layout(_figure("warm-up", 100).layout)
+    fig.to_html(full_html=False, include_plotlyjs=False, div_id="warm-up")

@@ -285,6 +285,21 @@ def link_cmd(ctx: click.Context, owner: str, cadence: str, as_of: object, expire
     click.echo(f"valid until {until:%Y-%m-%d %H:%M} UTC", err=True)
 
 
+@cli.command("serve")
+@click.option("--host", default=None, help="Address to bind (default: live.host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default: live.port, 8866).")
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Serve the runs of this as-of (default: the latest run of each cadence, newer runs picked up).")
+@click.pass_context
+def serve_cmd(ctx: click.Context, host: str | None, port: int | None, as_of: object) -> None:
+    """Serve every owner's report live (Voila), opened from signed links (needs SPM_LINK_SECRET)."""
+    from spm_lib.serve import serve
+
+    cfg = _config(ctx.obj["project"])
+    serve(cfg, host=host, port=port, as_of=as_of.date() if as_of is not None else None,  # type: ignore[attr-defined]
+          echo=lambda m: click.echo(m, err=True))
+
+
 @cli.command("schedule")
 @click.option("--next", "show_next", is_flag=True, help="Print the next firings of every job and their as-of.")
 @click.option("--print-cron", is_flag=True, help="Print crontab lines (one daily line per job).")

@@ -313,7 +313,8 @@ class LiveConfig(Strict):
     base_url: str = "/"
     host: str = "127.0.0.1"
     port: int = Field(8866, ge=1, le=65535)
-    pool_size: int = Field(2, ge=0, le=32)  # preheated kernels per template
+    pool_size: int = Field(1, ge=0, le=32)  # preheated kernels per template (each holds the run in memory)
+    pools: dict[str, int] = Field(default_factory=dict)  # per template (e.g. rep_monthly: 3), overrides pool_size
     cull_idle_s: int = Field(600, ge=0)  # idle kernels of abandoned tabs are culled (0 = never)
     link_days: int = Field(7, ge=1)  # default validity of a signed link
 

@@ -113,8 +113,15 @@ def scope_positions(cube: Cube, owner_id: str) -> object:
 def load(owner_id: str | None = None, cadence: str | None = None, as_of: str | date | None = None,
          run_dir: str | Path | None = None, *, level: str | None = None,
          default_cadence: str = "monthly") -> Report:
-    """Open one owner's report: the given run (or the latest of the cadence) and owner (or the first of `level`)."""
+    """Open one owner's report: the given run (or the latest of the cadence) and owner (or the first of `level`).
+
+    Live (a kernel of `spm serve`) the parameters are ignored: the verified request decides, or the page is a refusal.
+    """
     cadence = cadence or default_cadence
+    from spm_lib import live
+
+    if live.live_mode():
+        return load_live(level, cadence)
     if run_dir is not None:
         folder = Path(run_dir)
     elif as_of is not None:
@@ -136,6 +143,71 @@ def load(owner_id: str | None = None, cadence: str | None = None, as_of: str | d
     if str(owner_id) not in known:
         raise OrgError(f"unknown owner id {owner_id!r} in {folder}{did_you_mean(str(owner_id), known)}")
     return Report(cube=cube, owner_id=str(owner_id), run_dir=folder)
+
+
+class Refusal:
+    """What a live page shows when its request cannot be served: a plain refusal, no numbers, no traceback."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.live = True
+
+    def header(self) -> Html:
+        """The refusal notice (the only thing the page shows)."""
+        from spm_lib.live import REFUSAL_TITLE
+
+        return Html(html.banner("error", REFUSAL_TITLE, f"<p>{_esc(self.reason)}.</p><p>Ask the person who sent you "
+                                "the link for a new one.</p>"))
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: Html("")  # every other section shows nothing
+
+
+def _live_run(cadence: str, as_of: date | None) -> Path:
+    """The run folder a live page reads: the requested or pinned as-of, else the latest run of the cadence."""
+    from spm_lib.live import pinned_as_of
+
+    day = as_of or pinned_as_of()
+    return _project_root() / "runs" / cadence / day.isoformat() if day else latest_run(cadence)
+
+
+def warm_up(cadence: str) -> Cube | None:
+    """Before the request: read the cube live pages will most likely need and build its per-owner indexes."""
+    try:
+        cube = load_cube(_live_run(cadence, None))
+        first = str(cube.owners["owner_id"].iloc[0])
+        owner_kpis(cube, first)
+        scope_positions(cube, first)
+        charts.warm_up()
+        return cube
+    except Exception:  # noqa: BLE001 - a failed warm-up is retried after the request, where errors are shown
+        return None
+
+
+def load_live(level: str | None, cadence: str) -> Report | Refusal:
+    """Live: warm up, wait for the request, verify it again in the kernel and open that owner's report (or refuse)."""
+    from spm_lib import links, live
+    from spm_lib.errors import SpmError
+
+    warm = warm_up(cadence)
+    query = live.receive_query()
+    try:
+        secret = links.secret_from_env()
+        owners = warm.owners if warm is not None else load_cube(_live_run(cadence, None)).owners
+        req = live.parse_request(query, owners, secret=secret, level=level, cadence=cadence)
+        folder = _live_run(cadence, req.as_of)
+        from spm_lib.runfolder import has_cube
+
+        if not has_cube(folder):
+            raise RunError(f"there is no {cadence} report as of {folder.name}")
+        cube = load_cube(folder)  # the newest run: a kernel warmed on an older run reloads here
+        if req.owner_id not in set(cube.owners["owner_id"].astype(str)):
+            raise OrgError(f"owner {req.owner_id} has no report in the run as of {folder.name}")
+        return Report(cube=cube, owner_id=req.owner_id, run_dir=folder, viewer_id=req.viewer_id)
+    except SpmError as e:
+        return Refusal(str(e).rstrip("."))
 
 
 # ---------------------------------------------------------------- the report
@@ -172,10 +244,13 @@ class KpiMeta:
 class Report:
     """One owner's report of one run: each method is one section of the session agenda."""
 
-    def __init__(self, cube: Cube, owner_id: str, run_dir: Path) -> None:
+    def __init__(self, cube: Cube, owner_id: str, run_dir: Path, *, viewer_id: str | None = None) -> None:
         self.cube = cube
         self.owner_id = owner_id
         self.run_dir = run_dir
+        # live (Voila): the verified viewer of the page; None in batch and authoring, where sections stay static
+        self.viewer_id = viewer_id
+        self.live = viewer_id is not None
         o = cube.owners.set_index("owner_id")
         self.owner = o.loc[owner_id]
         self.name = str(self.owner.get("name") or owner_id)
@@ -434,7 +509,12 @@ class Report:
                                                                                  self.currency))
         table = html.table_html(rows, {"label": "Forward look", "value": "Value", "definition": "Definition"},
                                 {"value": Markup})
-        return Html(f"{table}{fig}{stage_fig}{month_fig}")
+        static = Html(f"{table}{fig}{stage_fig}{month_fig}")
+        if not self.live:
+            return static
+        from spm_lib import widgets  # live only: batch never imports ipywidgets
+
+        return widgets.Live(static.body, widgets.what_if_panel(self))
 
     def _forward_row(self, kpi_id: str) -> dict[str, str]:
         k = self.kpi_meta.get(kpi_id)
@@ -520,7 +600,11 @@ class Report:
                 parts.append(html.table_html(
                     b[["dim_value", "value"]], {"dim_value": dim.capitalize(), "value": "Bookings"},
                     {"value": lambda v: html.fmt_value(v, "currency", self.currency)}))
-        return Html("".join(parts))
+        if not self.live or self.reports.empty:
+            return Html("".join(parts))
+        from spm_lib import widgets
+
+        return widgets.Live("".join(parts), widgets.drill_down(self))
 
     def team_rows(self, kpi_id: str = "quota_attainment") -> pd.DataFrame:
         """The direct reports' rows of one KPI for the closed period, best first."""
@@ -564,7 +648,12 @@ class Report:
         except ImportError:
             return Html('<p class="spm-muted">No actions recorded yet. Actions agreed in the session are recorded '
                         "in the live report and appear here in the next report.</p>")
-        return Html(actions_html(self))
+        if not self.live:
+            return Html(actions_html(self))
+        from spm_lib import widgets
+
+        form = widgets.action_form(self)  # shows the register itself, refreshed after each change
+        return widgets.Live(form.register.value, form, show_body=False)
 
     # ---- 7. below the line
     def below_the_line(self) -> Html:
@@ -590,7 +679,12 @@ class Report:
         parts.append(html.details("Every KPI of this run", html.table_html(
             allk[["label", "period", "shown", "status"]],
             {"label": "KPI", "period": "Period", "shown": "Value", "status": "Status"}, {})))
-        return Html("".join(parts))
+        if not self.live:
+            return Html("".join(parts))
+        from spm_lib import widgets
+
+        panels = [widgets.deals_behind_panel(self)] + ([widgets.what_if_panel(self)] if not tree.empty else [])
+        return widgets.Live("".join(parts), widgets.w.VBox(panels))
 
     def _tree_table(self, tree: pd.DataFrame) -> str:
         t = tree.assign(req=[html.fmt_value(v, u, self.currency) for v, u in zip(tree["required"], tree["unit"],
