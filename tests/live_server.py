@@ -1,0 +1,130 @@
+"""Test helpers for live sessions: a real `spm serve` on a free loopback port and a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from spm_lib import links
+
+SECRET = "live-test-secret-0123456789"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-quic", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+OUT = Path(__file__).resolve().parents[1] / "test-output" / "live"
+CHARTS_DRAWN = ("document.querySelectorAll('.plotly-graph-div').length > 0 && "
+                "[...document.querySelectorAll('.plotly-graph-div')].every(d => d._fullLayout)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def live_project(src: Path, dest: Path, pools: dict[str, int]) -> Path:
+    """A copy of `src` whose live server preheats only `pools` (template -> kernels)."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("runs", "state"))
+    local = dest / "config" / "local"
+    local.mkdir(parents=True, exist_ok=True)
+    lines = ["pool_size: 0", "cull_idle_s: 300", "pools:"] + [f"  {k}: {v}" for k, v in pools.items()]
+    (local / "live.yml").write_text("\n".join(lines) + "\n")
+    return dest
+
+
+@dataclass
+class Server:
+    """A running `spm serve` subprocess and its log."""
+
+    project: Path
+    host: str
+    port: int
+    log: Path
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, pools: int, timeout: float = 120.0) -> Server:
+        """Start the server and wait until it answers and `pools` preheated kernels are ready."""
+        env = {**os.environ, "SPM_PROJECT_DIR": str(self.project), "SPM_LINK_SECRET": SECRET}
+        env.pop("SPM_LIVE", None)
+        spm = Path(sys.executable).parent / "spm"
+        self.proc = subprocess.Popen([str(spm), "serve", "--host", self.host, "--port", str(self.port), *self.args],
+                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env,
+                                     cwd=self.project)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"spm serve exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            if self.log.read_text().count("is filled with") >= pools and self.status("/") == 403:
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"spm serve did not get ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def status(self, path: str) -> int:
+        """HTTP status of GET `path` (0 when nothing answers)."""
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=10) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+        except OSError:
+            return 0
+
+    def get(self, path: str) -> tuple[int, str]:
+        """(status, body) of GET `path`."""
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=60) as r:
+                return int(r.status), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return int(e.code), e.read().decode()
+
+    def stop(self) -> None:
+        """Stop the server (SIGINT, as Ctrl-C would) and wait for it."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def token(owner: str, cadence: str = "monthly", *, as_of: date | None = None, days: float = 1.0) -> str:
+    """A link token for `owner` signed with the test secret (negative days: already expired)."""
+    return links.sign(SECRET, owner, cadence, as_of, datetime.now(UTC) + timedelta(days=days))
+
+
+def report_path(level: str, cadence: str, tok: str, owner: str | None = None) -> str:
+    """The live report page of `owner` (default: the link's owner) for a template."""
+    return f"/voila/render/{level}_{cadence}.ipynb?t={tok}" + (f"&owner={owner}" if owner else "")
+
+
+def launch(p: object) -> object:
+    """Headless Debian Chromium through Playwright."""
+    return p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)  # type: ignore[attr-defined]
+
+
+def screenshot(page: object, name: str) -> Path:
+    """The whole live page (its scrolling cell area grown to full height) under test-output/live/."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    h = page.evaluate("(document.getElementById('rendered_cells') || document.body).scrollHeight")  # type: ignore
+    page.set_viewport_size({"width": 1280, "height": max(900, min(int(h) + 40, 14000))})  # type: ignore
+    page.wait_for_timeout(300)  # type: ignore
+    path = OUT / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)  # type: ignore
+    return path

@@ -1,0 +1,259 @@
+"""Live sessions: a real `spm serve` (Voila, preheated kernels) driven by headless Chromium, and its HTTP layer."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from nbclient import NotebookClient
+from playwright.sync_api import sync_playwright
+
+from spm_lib import report
+from spm_lib.runfolder import ensure_cube
+from tests.conftest import make_project
+from tests.live_server import (
+    CHARTS_DRAWN,
+    SECRET,
+    Server,
+    free_port,
+    launch,
+    live_project,
+    report_path,
+    screenshot,
+    token,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+POOLS = {"manager_monthly": 1, "rep_monthly": 1}
+_TD = re.compile(r"<td[^>]*>(.*?)</td>", re.S)
+_TAG = re.compile(r"<[^>]+>")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo company with two directors and several managers (the small project has one manager)."""
+    src = make_project(tmp_path_factory.mktemp("live-src"), scale=0.4)
+    return live_project(src, tmp_path_factory.mktemp("live") / "project", POOLS)
+
+
+@pytest.fixture(scope="module")
+def server(project: Path) -> Server:
+    srv = Server(project, "127.0.0.1", free_port(), project / "serve.log").start(pools=len(POOLS))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def org(server: Server) -> dict[str, str]:
+    """A manager with reps, one of their reps, and a rep of another manager (from the live monthly run)."""
+    run = report.latest_run("monthly", server.project)
+    o = pd.read_parquet(run / "owners.parquet")
+    reps = o[o["level"] == "rep"]
+    counts = reps.groupby("manager_id").size()
+    managers = sorted(counts[counts >= 2].index)
+    mine, other = managers[0], managers[1]
+    return {"manager": mine, "rep": sorted(reps.loc[reps["manager_id"] == mine, "owner_id"])[0],
+            "foreign_rep": sorted(reps.loc[reps["manager_id"] == other, "owner_id"])[0], "run": str(run)}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+def _cells(fragment: str) -> list[str]:
+    """The visible text of every table cell of an HTML fragment."""
+    out = []
+    for raw in _TD.findall(fragment):
+        text = re.sub(r"\s+", " ", _TAG.sub("", raw)).strip()
+        if text:
+            out.append(text.replace("&amp;", "&").replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">"))
+    return out
+
+
+def _open(browser, server: Server, path: str, name: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server.base + path)
+    return page
+
+
+# ---------------------------------------------------------------- start-up
+def test_serve_refuses_to_start_without_the_secret(small_project: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SPM_LINK_SECRET"}
+    env["SPM_PROJECT_DIR"] = str(small_project)
+    spm = Path(sys.executable).parent / "spm"
+    proc = subprocess.run([str(spm), "serve", "--port", str(free_port())], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert "SPM_LINK_SECRET is not set" in proc.stderr and "export SPM_LINK_SECRET=" in proc.stderr
+
+
+# ---------------------------------------------------------------- what a person sees
+def test_owner_sees_their_own_numbers_and_charts(server: Server, org: dict[str, str], browser) -> None:
+    mgr = org["manager"]
+    batch = report.load(mgr, "monthly", run_dir=org["run"])
+    page = _open(browser, server, report_path("manager", "monthly", token(mgr)), "manager")
+    page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
+    text = page.inner_text("body")
+    assert batch.name in text and "Manager · monthly session" in text
+    assert "This report cannot be opened" not in text
+    for cell in _cells(batch.above_the_line().body):  # every value, target, attainment of the cube's KPI table
+        assert cell in text, cell
+    drawn = page.evaluate("[...document.querySelectorAll('.plotly-graph-div')].filter(d => d._fullLayout).length")
+    assert drawn >= 5
+    assert page.evaluate("document.querySelectorAll('script[src^=\"http\"], link[href^=\"http\"]').length") == 0
+    screenshot(page, "manager-monthly")
+    page.close()
+
+
+def test_landing_page_lists_own_reports_and_subtree_only(server: Server, org: dict[str, str], browser) -> None:
+    mgr, rep, foreign = org["manager"], org["rep"], org["foreign_rep"]
+    owners = pd.read_parquet(Path(org["run"]) / "owners.parquet").set_index("owner_id")
+    page = _open(browser, server, f"/?t={token(mgr)}", "landing")
+    text = page.inner_text("body")
+    assert owners.loc[mgr, "name"] in text
+    assert "Monthly report" in text and "Quarterly report" in text and "Annual report" in text
+    assert "Weekly report" not in text  # managers have no weekly template
+    for r in owners.index[owners["manager_id"] == mgr]:
+        assert owners.loc[r, "name"] in text
+    assert owners.loc[foreign, "name"] not in text
+    screenshot(page, "landing")
+    page.click(f"text={owners.loc[rep, 'name']}")  # drill into a rep's report from the landing page
+    page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
+    body = page.inner_text("body")
+    assert owners.loc[rep, "name"] in body and "Sales executive · monthly session" in body
+    page.close()
+
+
+# ---------------------------------------------------------------- who may see what
+def _refused(server: Server, browser, path: str, numbers: list[str]) -> None:
+    status, body = server.get(path)
+    assert status == 403 and "This report cannot be opened" in body
+    assert "Traceback" not in body and "plotly-graph-div" not in body
+    page = _open(browser, server, path, "refused")
+    text = page.inner_text("body")
+    assert "This report cannot be opened" in text and "Ask the person who sent you the link" in text
+    for n in numbers:
+        assert n not in text
+    page.close()
+
+
+def _numbers(run: str, owner: str) -> list[str]:
+    rpt = report.load(owner, "monthly", run_dir=run)
+    return [rpt.name] + [c for c in _cells(rpt.above_the_line().body) if re.search(r"\d", c) and len(c) > 3]
+
+
+def test_tampered_expired_and_foreign_links_are_refused(server: Server, org: dict[str, str], browser) -> None:
+    mgr, foreign = org["manager"], org["foreign_rep"]
+    good = token(mgr)
+    tampered = good[:-3] + ("aaa" if not good.endswith("aaa") else "bbb")
+    forged_owner = token(mgr).replace(token(mgr).split(".")[0], token(foreign).split(".")[0])
+    numbers = _numbers(org["run"], mgr)
+    _refused(server, browser, report_path("manager", "monthly", tampered), numbers)
+    _refused(server, browser, report_path("manager", "monthly", forged_owner), numbers)
+    _refused(server, browser, report_path("manager", "monthly", token(mgr, days=-1)), numbers)
+    _refused(server, browser, report_path("rep", "monthly", good, owner=foreign), _numbers(org["run"], foreign))
+    _refused(server, browser, f"/?t={tampered}", numbers)
+    _refused(server, browser, report_path("manager", "monthly", ""), numbers)
+    status, body = server.get("/")
+    assert status == 403 and "no valid link" in body
+    status, body = server.get(f"/?t={token(mgr, days=-1)}")
+    assert status == 403 and "expired" in body
+
+
+def test_voila_file_browser_and_contents_api_are_gone(server: Server, org: dict[str, str]) -> None:
+    t = token(org["manager"])
+    for path in ("/voila/tree", f"/voila/tree?t={t}", f"/voila/api/contents?t={t}", f"/voila/files/x.ipynb?t={t}"):
+        status, body = server.get(path)
+        assert status in (403, 404), path
+        assert "ipynb" not in body or status == 403
+
+
+def test_tokens_never_reach_the_log(server: Server, org: dict[str, str]) -> None:
+    t = token(org["manager"])
+    assert server.get(f"/?t={t}")[0] == 200
+    log = server.log.read_text()
+    assert "GET /" in log
+    assert t not in log and t.split(".")[-1] not in log
+    assert "?t=" not in log
+
+
+# ---------------------------------------------------------------- the kernel fails closed
+def _run_template_live(project: Path, env_extra: dict[str, str]) -> str:
+    nb = nbformat.read(project / "templates" / "manager_monthly.ipynb", as_version=4)
+    env = {**os.environ, "SPM_PROJECT_DIR": str(project), "SPM_LINK_SECRET": SECRET, "SPM_LIVE": "1", **env_extra}
+    saved = os.environ.copy()
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(project)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return "\n".join(str(o.get("data", {}).get("text/html", "")) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_a_kernel_that_receives_no_request_shows_the_refusal(server: Server, org: dict[str, str]) -> None:
+    # preheated, but the server it would ask (VOILA_APP_IP:VOILA_APP_PORT) is not there: wait_for_request only warns
+    out = _run_template_live(server.project, {"VOILA_PREHEAT": "True", "VOILA_KERNEL_ID": "k-1",
+                                              "VOILA_APP_IP": "127.0.0.1", "VOILA_APP_PORT": str(free_port()),
+                                              "QUERY_STRING": f"t={token(org['manager'])}"})
+    assert "This report cannot be opened" in out and "no verified request reached this report" in out
+    assert "plotly-graph-div" not in out
+    for n in _numbers(org["run"], org["manager"]):
+        assert n not in out
+
+
+def test_a_kernel_refuses_a_foreign_owner_even_when_asked_directly(server: Server, org: dict[str, str]) -> None:
+    # not preheated (Voila's fallback path hands the query string over in the environment)
+    q = f"t={token(org['manager'])}&owner={org['foreign_rep']}"
+    out = _run_template_live(server.project, {"VOILA_PREHEAT": "False", "QUERY_STRING": q})
+    assert "This report cannot be opened" in out and "plotly-graph-div" not in out
+    ok = _run_template_live(server.project, {"VOILA_PREHEAT": "False",
+                                             "QUERY_STRING": f"t={token(org['manager'])}"})
+    assert report.load(org["manager"], "monthly", run_dir=org["run"]).name in ok and "plotly-graph-div" in ok
+
+
+def test_bound_to_another_loopback_address_reports_still_open(project: Path, org: dict[str, str], browser,
+                                                             tmp_path: Path) -> None:
+    # spm serve sets VOILA_APP_IP to the address it binds: preheated kernels reach it at 127.0.0.2 too
+    srv = Server(project, "127.0.0.2", free_port("127.0.0.2"), tmp_path / "serve2.log").start(pools=len(POOLS))
+    try:
+        mgr = org["manager"]
+        page = _open(browser, srv, report_path("manager", "monthly", token(mgr)), "manager-127.0.0.2")
+        page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
+        assert report.load(mgr, "monthly", run_dir=org["run"]).name in page.inner_text("body")
+        page.close()
+        _refused(srv, browser, report_path("manager", "monthly", token(org["foreign_rep"]) + "x"),
+                 _numbers(org["run"], mgr))
+        _refused(srv, browser, report_path("rep", "monthly", token(mgr), owner=org["foreign_rep"]),
+                 _numbers(org["run"], org["foreign_rep"]))
+    finally:
+        srv.stop()
+
+
+# ---------------------------------------------------------------- newer runs
+def test_a_newer_run_is_picked_up_without_restart(server: Server, org: dict[str, str], browser) -> None:
+    from spm_lib.config import load_config
+    from spm_lib.periods import FiscalCalendar
+
+    cfg = load_config(server.project)
+    current = date.fromisoformat(Path(org["run"]).name)
+    cal = FiscalCalendar.from_config(cfg)
+    nxt = cal.shift(cal.period("month", current), 1).end
+    ensure_cube(cfg, "monthly", nxt)
+    mgr = org["manager"]
+    page = _open(browser, server, report_path("manager", "monthly", token(mgr)), "newer")
+    page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
+    assert f"as of {nxt.isoformat()}" in page.inner_text("body")
+    page.close()
