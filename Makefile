@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 export SPM_PROJECT_DIR := $(CURDIR)
 
-.PHONY: setup demo demo-data check test system-deps bench lint lab templates clean
+.PHONY: setup demo demo-data check test system-deps bench lint lab serve templates clean
 
 $(BIN)/.installed: pyproject.toml requirements.lock
 	@echo "== creating $(VENV) and installing pinned dependencies (requirements.lock)"
@@ -43,6 +43,9 @@ test: $(BIN)/.installed system-deps data/demo.duckdb  ## the whole test suite, t
 lab: $(BIN)/.installed data/demo.duckdb  ## JupyterLab on templates/ with the demo data wired in
 	$(BIN)/spm cube --cadence monthly
 	cd templates && ../$(BIN)/jupyter lab
+
+serve: $(BIN)/.installed data/demo.duckdb  ## live reports (Voila) opened from signed links; needs SPM_LINK_SECRET
+	$(BIN)/spm serve
 
 templates: $(BIN)/.installed  ## regenerate templates/*.ipynb from scripts/make_templates.py
 	$(BIN)/python scripts/make_templates.py

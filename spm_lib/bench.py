@@ -37,6 +37,7 @@ PARTS: dict[str, str] = {
     "cube": "spm_lib.bench:cube_part",
     "batch": "spm_lib.bench_batch:run",
     "email": "spm_lib.bench_email:run",
+    "live": "spm_lib.bench_live:run",
 }
 
 
