@@ -69,7 +69,8 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"spm serve exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            if self.log.read_text().count("is filled with") >= pools and self.status("/") == 403:
+            # every preheated kernel warm and waiting for its request (connected to /voila/query/<kernel>)
+            if self.log.read_text().count("101 GET /voila/query/") >= pools and self.status("/") == 403:
                 return self
             time.sleep(0.3)
         self.stop()
