@@ -110,10 +110,9 @@ def parse_duration(text: str) -> timedelta:
 
 def allowed(viewer_owner_id: str, target_owner_id: str, org_owners: pd.DataFrame) -> bool:
     """True when `target_owner_id` is the viewer or anyone below them in the current hierarchy."""
-    from spm_lib.org import Org
+    from spm_lib.org import org_of
 
-    org = Org.from_owners(org_owners)
     try:
-        return str(target_owner_id).strip() in org.subtree(viewer_owner_id)
+        return str(target_owner_id).strip() in org_of(org_owners).subtree(viewer_owner_id)
     except OrgError:  # the viewer is not (or no longer) an owner
         return False

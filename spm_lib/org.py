@@ -293,3 +293,17 @@ class Org:
         if not reports:
             return "own"
         return "team" if all(not self.direct_reports(r) for r in reports) else "unit"
+
+
+_ORGS: dict[int, tuple[pd.DataFrame, Org]] = {}
+
+
+def org_of(owners: pd.DataFrame) -> Org:
+    """Org.from_owners, built once per owners table object (live kernels check subtrees on every request)."""
+    hit = _ORGS.get(id(owners))
+    if hit is None or hit[0] is not owners:
+        if len(_ORGS) > 4:
+            _ORGS.clear()
+        hit = (owners, Org.from_owners(owners))
+        _ORGS[id(owners)] = hit
+    return hit[1]

@@ -181,6 +181,12 @@ def warm_up(cadence: str) -> Cube | None:
         owner_kpis(cube, first)
         scope_positions(cube, first)
         charts.warm_up()
+        from spm_lib import widgets  # noqa: F401 - ipywidgets imported before the request
+        from spm_lib.config import cached_config
+        from spm_lib.org import org_of
+
+        cached_config()
+        org_of(cube.owners).subtree(first)
         return cube
     except Exception:  # noqa: BLE001 - a failed warm-up is retried after the request, where errors are shown
         return None

@@ -65,12 +65,12 @@ _SUBTREES: dict[tuple[int, str], frozenset[str]] = {}
 
 def viewer_subtree(rpt: Report) -> frozenset[str]:
     """The owners the report's viewer may open: themselves and everyone below them (empty without a viewer)."""
-    from spm_lib.org import Org
+    from spm_lib.org import org_of
 
     key = (id(rpt.cube), str(rpt.viewer_id))
     if key not in _SUBTREES:
         try:
-            below = frozenset(Org.from_owners(rpt.cube.owners).subtree(str(rpt.viewer_id))) if rpt.viewer_id \
+            below = frozenset(org_of(rpt.cube.owners).subtree(str(rpt.viewer_id))) if rpt.viewer_id \
                 else frozenset()
         except OrgError:  # the viewer is not (or no longer) an owner
             below = frozenset()

@@ -242,6 +242,92 @@ def test_bound_to_another_loopback_address_reports_still_open(project: Path, org
         srv.stop()
 
 
+# ---------------------------------------------------------------- drill-down and the action register, live
+def _widget(page, kind: str, label: str):
+    """The form control of the ipywidget of class widget-`kind` whose description is `label`."""
+    return page.locator(f".widget-{kind}", has=page.locator("label", has_text=label))
+
+
+def test_drill_down_shows_the_reps_numbers_and_the_deals_behind_a_number(server: Server, org: dict[str, str],
+                                                                       browser) -> None:
+    mgr, rep = org["manager"], org["rep"]
+    batch_rep = report.load(rep, "monthly", run_dir=org["run"])
+    page = _open(browser, server, report_path("manager", "monthly", token(mgr)), "drill")
+    page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
+    picker = _widget(page, "dropdown", "Drill into").locator("select")
+    picker.wait_for(timeout=60_000)
+    picker.select_option(label=f"{batch_rep.name} ({rep})")
+    page.wait_for_function(f"document.body.innerText.includes({batch_rep.name!r} + ': the KPIs')", timeout=30_000)
+    text = page.inner_text("body")
+    for kpi_id in batch_rep.above_the_line_ids():  # the rep's own values, as their batch report shows them
+        row = batch_rep.kpi(kpi_id)
+        if row is not None and pd.notna(row["value"]):
+            assert batch_rep._fmt(kpi_id, row["value"]) in text, kpi_id
+    # the deals behind the manager's bookings of the closed month: every deal won in the month, by id
+    mine = report.load(mgr, "monthly", run_dir=org["run"])
+    f = mine.scope_facts()
+    month = pd.Period(mine.closed)
+    won = f[f["is_won"].fillna(False).astype(bool) & (pd.to_datetime(f["close_date"]).dt.to_period("M") == month)]
+    _widget(page, "dropdown", "Deals behind").locator("select").select_option(label="Bookings (deals won)")
+    page.wait_for_function("document.body.innerText.includes('deals, total')", timeout=30_000)
+    text = page.inner_text("body")
+    for opp in won.sort_values("amount", ascending=False)["opportunity_id"].head(20):
+        assert str(opp) in text
+    screenshot(page, "manager-drill-down")
+    page.close()
+
+
+def test_an_action_recorded_live_survives_a_restart_and_reaches_the_next_report(project: Path, org: dict[str, str],
+                                                                              browser, tmp_path: Path) -> None:
+    mgr = org["manager"]
+    text = f"Call the five largest stalled deals ({tmp_path.name})"
+    srv = Server(project, "127.0.0.1", free_port(), tmp_path / "serve.log").start(pools=len(POOLS))
+    try:
+        page = _open(browser, srv, report_path("manager", "monthly", token(mgr)), "action")
+        page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
+        area = _widget(page, "textarea", "Action").locator("textarea")
+        area.wait_for(timeout=60_000)
+        area.fill(text)
+        _widget(page, "text", "Support asked").locator("input").fill("Join two customer calls")
+        _widget(page, "datepicker", "Due date").locator("input").fill("2026-11-20")
+        _widget(page, "dropdown", "KPI it should move").locator("select").select_option(label="Bookings")
+        page.locator("button", has_text="Record").dblclick()  # a double click records one action
+        page.wait_for_function("document.body.innerText.includes('Recorded action #')", timeout=30_000)
+        screenshot(page, "manager-action-recorded")
+        page.close()
+    finally:
+        srv.stop()
+    srv = Server(project, "127.0.0.1", free_port(), tmp_path / "serve-again.log").start(pools=len(POOLS))
+    try:  # after a restart the register still holds it, once
+        page = _open(browser, srv, report_path("manager", "monthly", token(mgr)), "action-again")
+        page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
+        page.wait_for_function(f"document.body.innerText.includes({text!r})", timeout=60_000)
+        body = page.inner_text("body")
+        assert "Join two customer calls" in body
+        page.close()
+    finally:
+        srv.stop()
+    from spm_lib.actions import list_actions
+    from spm_lib.config import load_config
+
+    cfg = load_config(project)
+    acts = list_actions(cfg, owner_id=mgr)
+    assert (acts["text"] == text).sum() == 1
+    rec = acts[acts["text"] == text].iloc[0]
+    assert rec["recorded_by"] == mgr and rec["kpi"] == "bookings" and rec["status"] == "open"
+    # the next period's batch report (a new run) lists it among the open actions, overdue by then
+    from spm_lib.periods import FiscalCalendar
+
+    cal = FiscalCalendar.from_config(cfg)
+    nxt = cal.shift(cal.period("month", date.fromisoformat(Path(org["run"]).name)), 1).end
+    folder = ensure_cube(cfg, "monthly", nxt)
+    env = {**os.environ, "SPM_PROJECT_DIR": str(project)}
+    out = subprocess.run([sys.executable, "-c", "from spm_lib import report; import sys; "
+                          f"print(report.load({mgr!r}, 'monthly', run_dir={str(folder)!r}).actions().body)"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert text in out.stdout and "overdue" in out.stdout
+
+
 # ---------------------------------------------------------------- newer runs
 def test_a_newer_run_is_picked_up_without_restart(server: Server, org: dict[str, str], browser) -> None:
     from spm_lib.config import load_config
