@@ -355,7 +355,7 @@ def voila_config(cfg: Config, templates: Path, *, host: str, port: int, secret: 
     c.VoilaKernelManager.fill_delay = 2.0  # refill after the page that took a kernel has rendered
     if live.cull_idle_s > 0:
         c.MappingKernelManager.cull_idle_timeout = live.cull_idle_s
-        c.MappingKernelManager.cull_interval = max(10, min(60, live.cull_idle_s // 4))
+        c.MappingKernelManager.cull_interval = max(1, min(60, live.cull_idle_s // 2))
         c.MappingKernelManager.cull_connected = False
     return c
 

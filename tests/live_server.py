@@ -32,12 +32,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def live_project(src: Path, dest: Path, pools: dict[str, int]) -> Path:
+def live_project(src: Path, dest: Path, pools: dict[str, int], cull_idle_s: int = 300) -> Path:
     """A copy of `src` whose live server preheats only `pools` (template -> kernels)."""
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("runs", "state"))
     local = dest / "config" / "local"
     local.mkdir(parents=True, exist_ok=True)
-    lines = ["pool_size: 0", "cull_idle_s: 300", "pools:"] + [f"  {k}: {v}" for k, v in pools.items()]
+    lines = ["pool_size: 0", f"cull_idle_s: {cull_idle_s}", "pools:"] + [f"  {k}: {v}" for k, v in pools.items()]
     (local / "live.yml").write_text("\n".join(lines) + "\n")
     return dest
 

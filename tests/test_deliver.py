@@ -20,6 +20,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from spm_lib import deliver, ledger
+from spm_lib import smtp as smtp_mod
 from spm_lib.config import Config, StateConfig, load_config
 from spm_lib.deliver import DeliveryError, clean_header, make_address, send_all
 from spm_lib.images import check_png
@@ -100,7 +101,7 @@ def env(monkeypatch: pytest.MonkeyPatch, smtp: tuple[Mailbox, int]) -> None:
     monkeypatch.setenv("SPM_SMTP_HOST", "127.0.0.1")
     monkeypatch.setenv("SPM_SMTP_PORT", str(smtp[1]))
     monkeypatch.setenv("SPM_LINK_SECRET", "a-test-secret-of-enough-length")
-    monkeypatch.setattr(deliver, "RETRY_BASE_S", 0.01)
+    monkeypatch.setattr(smtp_mod, "RETRY_BASE_S", 0.01)
 
 
 # ---------------------------------------------------------------- a real run
@@ -150,7 +151,7 @@ def first(project: Path, smtp: tuple[Mailbox, int], tmp_path_factory: pytest.Tem
         mp.setenv("SPM_SMTP_HOST", "127.0.0.1")
         mp.setenv("SPM_SMTP_PORT", str(port))
         mp.setenv("SPM_LINK_SECRET", "a-test-secret-of-enough-length")
-        mp.setattr(deliver, "RETRY_BASE_S", 0.01)
+        mp.setattr(smtp_mod, "RETRY_BASE_S", 0.01)
         cfg = make_cfg(project, tmp_path_factory.mktemp("state"))
         summary = send_all(cfg, run_dir(project), progress=False)
     return FirstSend(cfg, summary, box.parsed(), list(box.messages), dict(box.rcpt_tries))
@@ -343,7 +344,7 @@ def test_a_dry_run_writes_parseable_eml_files_and_sends_nothing(project: Path, s
     out = run_dir(root) / "email"
     assert sorted(p.name for p in out.glob("rep-*.eml")) == [
         "rep-001.eml", "rep-002.eml", "rep-004.eml", "rep-008.eml"]
-    assert "failed to render" in summary.skipped["rep-003"]  # a failed render is never emailed
+    assert "failed to render" in summary.failed["rep-003"]  # a failed render is never emailed
     msg = email.message_from_bytes((out / "rep-002.eml").read_bytes(), policy=policy.default)
     assert msg["To"].addresses[0].addr_spec == ADDRESSES["rep-002"]
     assert msg.get_body(("html",)) is not None and len(list(msg.iter_attachments())) == 1
@@ -353,22 +354,22 @@ def test_a_dry_run_writes_parseable_eml_files_and_sends_nothing(project: Path, s
 
 
 def test_a_blank_chart_fails_that_owner_and_nothing_is_sent(project: Path, smtp: tuple[Mailbox, int],
-                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           tmp_path: Path) -> None:
     box = smtp[0]
     box.reset()
-    real = deliver.email_figures
-
-    def with_a_blank_chart(rpt: Any) -> dict[str, Any]:
-        figs = real(rpt)
-        figs["trend"] = go.Figure(layout={"paper_bgcolor": "white", "plot_bgcolor": "white",
-                                          "xaxis": {"visible": False}, "yaxis": {"visible": False}})
-        return figs
-
-    monkeypatch.setattr(deliver, "email_figures", with_a_blank_chart)
-    cfg = make_cfg(project, tmp_path, operator_email=None)
-    summary = send_all(cfg, run_dir(project), owner="rep-001", progress=False)
-    assert "blank" in summary.failed["rep-001"] and summary.sent == []
+    root = tmp_path / "p"
+    shutil.copytree(project, root)
+    saved = run_dir(root) / "rep/rep-001.email.json"  # the charts `spm run` saved; `spm send` draws these
+    figs = json.loads(saved.read_text())
+    figs["trend"] = go.Figure(layout={"paper_bgcolor": "white", "plot_bgcolor": "white",
+                                      "xaxis": {"visible": False}, "yaxis": {"visible": False}}).to_plotly_json()
+    saved.write_text(json.dumps(figs))
+    cfg = make_cfg(root, tmp_path, operator_email=None)
+    summary = send_all(cfg, run_dir(root), owner="rep-001", progress=False)
+    assert "'trend'" in summary.failed["rep-001"] and "blank" in summary.failed["rep-001"] and summary.sent == []
     assert box.messages == []
+    row = ledger.rows(cfg, RUN_KEY).set_index("owner_id").loc["rep-001"]
+    assert row["status"] == "failed" and not bool(row["permanent"])  # a later send tries it again
 
 
 def test_the_smtp_password_reaches_no_log_eml_or_ledger(project: Path, tmp_path: Path,

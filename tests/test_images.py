@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import plotly.graph_objects as go
 import pytest
 
-from spm_lib.images import Exporter, ImageError, check_png, png_size
+from spm_lib.images import RELOAD_EVERY, Chart, Exporter, ImageError, check_png, png_size
 
 
 # ---------------------------------------------------------------- hand-made PNGs (RGB, 8 bit)
@@ -114,3 +114,27 @@ def test_a_figure_that_draws_nothing_is_refused_as_blank(exporter: Exporter) -> 
 def test_not_a_figure_is_a_clear_error(exporter: Exporter) -> None:
     with pytest.raises(ImageError, match="figure"):
         exporter.png("{not json", 300, 200)
+
+
+def test_many_charts_at_once_each_checked_on_its_own(exporter: Exporter) -> None:
+    bars = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+    nothing = go.Figure(layout={"paper_bgcolor": "white", "plot_bgcolor": "white",
+                                "xaxis": {"visible": False}, "yaxis": {"visible": False}})
+    line = go.Figure(go.Scatter(x=[1, 2, 3], y=[3, 1, 2]))
+    out = exporter.pngs([Chart(bars, 300, 200), Chart(nothing, 300, 200), Chart("{not json", 300, 200),
+                         Chart(line, 200, 100, 2)])
+    assert isinstance(out[0], bytes) and png_size(out[0]) == (300, 200)
+    assert isinstance(out[1], ImageError) and "blank" in str(out[1])
+    assert isinstance(out[2], ImageError) and "JSON" in str(out[2])
+    assert isinstance(out[3], bytes) and png_size(out[3]) == (400, 200)
+
+
+def test_charts_beyond_the_reload_interval_come_out_right_beside_a_broken_one(exporter: Exporter) -> None:
+    n = RELOAD_EVERY * 2 + 1  # each tab draws past its reload point
+    charts = [Chart(go.Figure(go.Bar(x=["a", "b"], y=[1, i + 2])), 200, 100 + i) for i in range(n)]
+    charts[3] = Chart("{not json", 200, 103)
+    out = exporter.pngs(charts)
+    assert isinstance(out[3], ImageError)
+    assert [png_size(o) for i, o in enumerate(out) if i != 3] == [(200, 100 + i) for i in range(n) if i != 3]
+    for o in out[:3] + out[4:]:
+        check_png(o)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -326,6 +327,22 @@ def test_an_action_recorded_live_survives_a_restart_and_reaches_the_next_report(
                           f"print(report.load({mgr!r}, 'monthly', run_dir={str(folder)!r}).actions().body)"],
                          env=env, capture_output=True, text=True, check=True)
     assert text in out.stdout and "overdue" in out.stdout
+
+
+def test_kernels_of_abandoned_tabs_are_culled(project: Path, org: dict[str, str], browser, tmp_path: Path) -> None:
+    quick = live_project(project, tmp_path / "quick", {"rep_monthly": 1}, cull_idle_s=2)
+    srv = Server(quick, "127.0.0.1", free_port(), tmp_path / "serve.log").start(pools=1)
+    try:
+        page = _open(browser, srv, report_path("rep", "monthly", token(org["rep"])), "abandoned")
+        page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
+        page.close(run_before_unload=False)  # the tab goes away without saying goodbye
+        deadline = time.monotonic() + 60
+        while "Culling 'idle' kernel" not in srv.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "Culling 'idle' kernel" in srv.log.read_text()
+        assert srv.status(report_path("rep", "monthly", token(org["rep"]))) == 200  # the pool still serves
+    finally:
+        srv.stop()
 
 
 # ---------------------------------------------------------------- newer runs

@@ -72,6 +72,11 @@ def test_html_carries_the_drawn_figures_and_no_remote_scripts(project: Path, fir
     assert 'src="http' not in exec_html and "require.js" not in exec_html
     assert "fix the data first" in exec_html.lower() or "can be trusted" in exec_html.lower()
     assert "Traceback" not in exec_html
+    for level in ("executive", "manager", "rep"):  # batch sections stay static: no widget ever reaches the HTML
+        owner = next(o for o, r in first_run["owners"].items() if r["level"] == level and r["status"] == "ok")
+        page = Path(first_run["owners"][owner]["html"]).read_text()
+        assert "widget-view+json" not in page and "Loading widget" not in page and "jupyter-widgets" not in page
+        assert 'class="spm-error' not in page
 
 
 def test_crm_text_is_escaped(project: Path, first_run: dict) -> None:
