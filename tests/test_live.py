@@ -187,6 +187,7 @@ def test_tokens_never_reach_the_log(server: Server, org: dict[str, str]) -> None
     assert "GET /" in log
     assert t not in log and t.split(".")[-1] not in log
     assert "?t=" not in log
+    assert "jupyterlab-plotly" not in log  # the 4.8 MB extension is never sent to live pages
 
 
 # ---------------------------------------------------------------- the kernel fails closed
