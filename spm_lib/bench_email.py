@@ -1,12 +1,13 @@
 """Email benchmark: chart images with one warm exporter, and 1,000 owners' emails built and handed to a loopback server.
 
 Works on the bench project of `bench_batch` (its monthly run as of 2026-10-31, made by that part when missing).
-`image_s`: seconds per chart PNG with ONE persistent `images.Exporter` (browser start-up reported apart as
-`image_startup_s`). `email_s_per_1000`: `deliver.build_message` (the code of `spm send`) plus `SmtpSender.send`
-to an aiosmtpd server on 127.0.0.1, in its own process, that counts and discards; cycling over the run's owners
-with images rendered once and reused, each message to its own synthetic recipient; the send pace
-(delivery.rate_per_minute) is left out.
-`email_mb`: the executive's full message (report attached) as bytes.
+`image_s`: seconds per chart PNG with ONE persistent `images.Exporter`, each owner's charts drawn in one call as
+`spm send` draws them (browser start-up reported apart as `image_startup_s`). `email_s_per_1000`: what `spm send`
+does per owner once the report is loaded and the charts drawn: the email's facts, content hash and message built
+(`deliver.build_message`), serialised, and handed by `SmtpSender.send` to an aiosmtpd server on 127.0.0.1, in its
+own process, that counts and discards; the next email is built while the server takes the current one, as in
+`spm send` (`deliver.ahead`). It cycles over the run's owners, each message to its own synthetic recipient; the
+send pace (delivery.rate_per_minute) is left out. `email_mb`: the executive's full message (report attached).
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ class _Counter:
 
 @dataclass
 class _Owner:
-    """What one owner's email needs, prepared once: report, report HTML, figures and (later) their PNGs."""
+    """What one owner's email needs, prepared once: report, report bytes, saved figures and (later) their PNGs."""
 
     rpt: Any
-    report_html: str
+    report: bytes
     figs: dict[str, Any]
     images: dict[str, bytes] = field(default_factory=dict)
     alts: dict[str, str] = field(default_factory=dict)
@@ -90,8 +91,8 @@ def _free_port() -> int:
 
 
 def _prepare(cfg: Any, run_dir: Path) -> dict[str, _Owner]:
-    """Every rendered owner of the run: report loaded, report HTML read, email figures drawn."""
-    from spm_lib.deliver import email_figures
+    """Every rendered owner of the run: report loaded, report file read, email figures read."""
+    from spm_lib.deliver import read_figures
     from spm_lib.report import load
 
     owners = json.loads((run_dir / "manifest.json").read_text())["owners"]
@@ -100,14 +101,14 @@ def _prepare(cfg: Any, run_dir: Path) -> dict[str, _Owner]:
         if entry.get("status") != "ok":
             continue
         rpt = load(oid, "monthly", run_dir=run_dir)
-        out[oid] = _Owner(rpt, Path(entry["html"]).read_text(encoding="utf-8"), email_figures(rpt))
+        out[oid] = _Owner(rpt, Path(entry["html"]).read_bytes(), read_figures(rpt, entry["html"]))
     return out
 
 
 def _render_images(cfg: Any, owners: dict[str, _Owner]) -> tuple[float, float, int]:
-    """Render every owner's charts with one exporter: (start-up s, seconds per image, images)."""
+    """Render every owner's charts with one exporter, an owner's charts in one call: (start-up s, s per image, n)."""
     from spm_lib import deliver
-    from spm_lib.images import Exporter
+    from spm_lib.images import Chart, Exporter
 
     exporter = Exporter()
     t0 = time.perf_counter()
@@ -118,11 +119,13 @@ def _render_images(cfg: Any, owners: dict[str, _Owner]) -> tuple[float, float, i
         t1 = time.perf_counter()
         for o in owners.values():
             token = deliver.message_token(o.rpt, o.rpt.owner_id)
-            for key, fig in o.figs.items():
+            drawn = exporter.pngs([Chart(f, deliver.CHART_WIDTH, deliver._figure_height(f), deliver.CHART_SCALE)
+                                   for f in o.figs.values()])
+            for (key, fig), png in zip(o.figs.items(), drawn, strict=True):
+                if not isinstance(png, bytes):
+                    raise png
                 cid = deliver.chart_cid(cfg, token, key)
-                o.images[cid] = exporter.png(fig, deliver.CHART_WIDTH, deliver._figure_height(fig),
-                                             scale=deliver.CHART_SCALE)
-                o.alts[cid] = deliver._alt(fig, key)
+                o.images[cid], o.alts[cid] = png, deliver._alt(fig, key)
                 n += 1
         per_image = (time.perf_counter() - t1) / max(n, 1)
     finally:
@@ -132,12 +135,15 @@ def _render_images(cfg: Any, owners: dict[str, _Owner]) -> tuple[float, float, i
     return startup, per_image, n
 
 
-def _message(cfg: Any, o: _Owner, to: Any) -> Any:
-    """One owner's email exactly as `spm send` builds it (live link signed with the bench secret)."""
+def _message(cfg: Any, o: _Owner, to: Any) -> bytes:
+    """One owner's email as `spm send` builds it once the charts are drawn (live link signed with the bench secret)."""
     from spm_lib import deliver
 
-    return deliver.build_message(cfg, o.rpt, to=to, link_url=deliver._link(cfg, o.rpt, BENCH_SECRET),
-                                 images=o.images, attachment_html=o.report_html, alts=o.alts)
+    facts = deliver.read_facts(o.rpt)
+    digest = deliver.email_digest(o.rpt, facts, "", o.report, o.figs)
+    msg = deliver.build_message(cfg, o.rpt, to=to, link_url=deliver._link(cfg, o.rpt, BENCH_SECRET),
+                                images=o.images, attachment_html=o.report, alts=o.alts, digest=digest, facts=facts)
+    return deliver.message_bytes(msg)
 
 
 def _serve() -> None:
@@ -155,20 +161,29 @@ def _serve() -> None:
 
 def _send_many(cfg: Any, owners: dict[str, _Owner], n: int) -> tuple[float, dict[str, int]]:
     """Build and send `n` emails, cycling over the owners, to a counting server in its own process on loopback."""
-    from spm_lib.deliver import SmtpSender, make_address
+    from contextlib import closing
+
+    from spm_lib.deliver import SmtpSender, ahead, make_address
 
     server = subprocess.Popen([sys.executable, "-c", "from spm_lib.bench_email import _serve; _serve()"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert server.stdin is not None and server.stdout is not None
     items = list(owners.values())
+
+    def build(i: int) -> tuple[bytes, str]:
+        o = items[i % len(items)]
+        to = make_address(o.rpt.name, f"bench-{i:05d}@bench.invalid")
+        return _message(cfg, o, to), to.addr_spec
+
     try:
         port = int(server.stdout.readline())
         with _env(SPM_SMTP_HOST="127.0.0.1", SPM_SMTP_PORT=str(port)), SmtpSender(cfg) as sender:
             t0 = time.perf_counter()
-            for i in range(n):
-                o = items[i % len(items)]
-                to = make_address(o.rpt.name, f"bench-{i:05d}@bench.invalid")
-                sender.send(_message(cfg, o, to), [to.addr_spec])
+            with closing(ahead(build, range(n))) as built:
+                for _, result in built:
+                    if isinstance(result, Exception):
+                        raise result
+                    sender.send(result[0], [result[1]])
             seconds = time.perf_counter() - t0
         counts, _ = server.communicate(timeout=60)
     finally:
@@ -202,7 +217,7 @@ def run(root: Path, emails: int | None = None) -> dict[str, Any]:
                            f"recipients; {n} were sent")
     figures = {"image_s": round(per_image, 3), "image_startup_s": round(startup, 2), "images": n_images,
                "email_s_per_1000": round(seconds * 1000 / n, 1), "emails_sent": n,
-               "email_owners": len(owners), "email_mb": round(len(exec_msg.as_bytes()) / 1e6, 3),
+               "email_owners": len(owners), "email_mb": round(len(exec_msg) / 1e6, 3),
                "email_mb_mean_sent": round(box["bytes"] / n / 1e6, 3)}
     print(f"email: {n_images} images at {per_image:.3f} s each (browser start-up {startup:.2f} s); "
           f"{n} emails over {len(owners)} owners in {seconds:.1f} s; executive's email "

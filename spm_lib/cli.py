@@ -340,7 +340,7 @@ def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
     import json as _json
 
     from spm_lib import ledger
-    from spm_lib.deliver import send_all
+    from spm_lib.deliver import Unsent, send_all
     from spm_lib.runfolder import run_dir
     from spm_lib.runner import run
 
@@ -352,7 +352,7 @@ def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
     def send_fn(cadence: str, as_of: date) -> None:
         summary = send_all(cfg, run_dir(cfg, cadence, as_of), progress=False)
         if not summary.ok:
-            raise SpmError(summary.text())
+            raise Unsent(summary)
 
     def done(cadence: str, as_of: date) -> bool:
         folder = run_dir(cfg, cadence, as_of)

@@ -2,54 +2,52 @@
 attached, a signed link to the live report.
 
 The body reads right in any mail client: no JavaScript, no remote content, inline styles only, the charts as PNG
-parts referenced by cid. Each owner's email is built, planned in the send ledger, handed to the SMTP server and
-marked sent, one after another under the run folder's lock, so a send that stops half-way resumes where it
-stopped and never mails anyone twice. Names and addresses come from the CRM and are untrusted: control characters
-are stripped from every header value and an invalid address fails that owner with a message saying what to fix.
-Secrets (the SMTP password, the link-signing key) come from the environment and never reach a log, an .eml or
-the ledger.
+parts referenced by cid, drawn by one browser for the whole send from the plotly JSON `spm run` saved beside each
+report. Each owner's email is built, planned in the send ledger, handed to the SMTP server and marked sent, one
+after another under the run folder's lock (the next email is built while the server takes the current one), so a
+send that stops half-way resumes where it stopped and never mails anyone twice. Names and addresses come from the
+CRM and are untrusted: control characters are stripped from every header value and an invalid address fails that
+owner with a message saying what to fix. Secrets (the SMTP password, the link-signing key) come from the
+environment and never reach a log, an .eml or the ledger. SMTP itself is in `spm_lib.smtp`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html as _html
+import json
 import logging
 import os
 import re
-import smtplib
-import ssl
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email import policy
 from email.errors import HeaderParseError
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from markupsafe import escape
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from spm_lib import html, ledger
 from spm_lib.config import Config
-from spm_lib.errors import RunError, SpmError
+from spm_lib.errors import RunError
+from spm_lib.smtp import DeliveryError, Pace, SendFailed, SmtpSender, message_bytes
 
 log = logging.getLogger("spm.send")
+T = TypeVar("T")
+R = TypeVar("R")
 
-PASSWORD_ENV = "SPM_SMTP_PASSWORD"
-HOST_ENV = "SPM_SMTP_HOST"
-PORT_ENV = "SPM_SMTP_PORT"
 EMAIL_CHARTS = ("attainment", "forecast", "trend", "pipeline-stage")  # the key charts, in this order, at most 4
 CHART_WIDTH = 600  # layout pixels: the body is 640 px wide
 CHART_SCALE = 2  # sharp on high-density screens
-RETRY_BASE_S = 2.0  # first back-off after a temporary SMTP failure (doubles each time)
-RETRY_MAX_S = 60.0
+FIGURES_SUFFIX = ".email.json"
 OFFENDERS_SHOWN = 5
 STATUS_COLOURS = {"green": "#1a9850", "amber": "#f5a623", "red": "#d73027", "none": "#9e9e9e"}
 STATUS_WORDS = {"green": "on track", "amber": "at risk", "red": "behind", "none": "no target"}
@@ -59,19 +57,6 @@ _ADDR = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
 _FONT = "font-family:Arial,Helvetica,sans-serif;"
 _TD = "padding:6px 8px;border-bottom:1px solid #e5e5e5;"
-
-
-class DeliveryError(SpmError):
-    """An email cannot be built or sent as configured (bad address, SMTP refusal, missing secret)."""
-
-
-class SendFailed(DeliveryError):
-    """The SMTP server did not take a message after `tries` attempts; `permanent` for a 5xx refusal."""
-
-    def __init__(self, message: str, tries: int, permanent: bool) -> None:
-        super().__init__(message)
-        self.tries = tries
-        self.permanent = permanent
 
 
 # ---------------------------------------------------------------- headers and addresses
@@ -140,6 +125,8 @@ def _offenders(rpt: Any) -> pd.DataFrame:
     off = off[off["check"].isin(set(failing))]
     if off.empty:
         return off
+    shown = off["opportunity_id"].drop_duplicates().head(OFFENDERS_SHOWN)  # rows come largest deal first
+    off = off[off["opportunity_id"].isin(set(shown))]
     first = off.groupby("opportunity_id", sort=False).first().reset_index()
     first["detail"] = off.groupby("opportunity_id", sort=False)["detail"].agg(
         lambda s: "; ".join(dict.fromkeys(map(str, s)))).to_numpy()
@@ -153,12 +140,31 @@ def _failing_checks(rpt: Any) -> list[str]:
     return t.loc[(t["owner_id"] == rpt.owner_id) & (t["status"] == "fail"), "label"].astype(str).tolist()
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What an owner's email says, read once from the report: trust status, failing checks and deals, KPI rows."""
+
+    trust: str
+    failing: list[str]
+    offenders: pd.DataFrame
+    kpis: pd.DataFrame
+    currency: str
+
+
+def read_facts(rpt: Any) -> Facts:
+    """The facts of an owner's email, from their report."""
+    status = rpt.trust_status()
+    failing = status == "fail"
+    return Facts(status, _failing_checks(rpt) if failing else [], _offenders(rpt) if failing else pd.DataFrame(),
+                 rpt.kpi_rows(rpt.above_the_line_ids()), rpt.currency)
+
+
 def _e(text: object) -> str:
     return str(escape("" if text is None else str(text)))
 
 
-def _trust_html(rpt: Any) -> str:
-    status = rpt.trust_status()
+def _trust_html(f: Facts) -> str:
+    status = f.trust
     if status == "pass":
         return (f'<p style="{_FONT}margin:12px 0;padding:10px 12px;background:#e8f5e9;border-left:4px solid '
                 f'{STATUS_COLOURS["green"]};">The numbers can be trusted: every trust check passes.</p>')
@@ -166,11 +172,11 @@ def _trust_html(rpt: Any) -> str:
         return (f'<p style="{_FONT}margin:12px 0;padding:10px 12px;background:#fff8e1;border-left:4px solid '
                 f'{STATUS_COLOURS["amber"]};"><b>Check the data:</b> some trust checks warn; the deals are listed '
                 "in the attached report.</p>")
-    off = _offenders(rpt)
+    off = f.offenders
     rows = "".join(
         f'<tr><td style="{_TD}">{_e(r.name)}<br><span style="color:#6b6b6b;">{_e(r.opportunity_id)} · '
         f'{_e(r.owner)}</span></td><td style="{_TD}text-align:right;white-space:nowrap;">'
-        f'{_e(_fmt(r.amount, "currency", rpt.currency))}</td><td style="{_TD}">{_e(r.detail)}</td></tr>'
+        f'{_e(_fmt(r.amount, "currency", f.currency))}</td><td style="{_TD}">{_e(r.detail)}</td></tr>'
         for r in off.itertuples())
     table = (f'<table role="presentation" cellpadding="0" cellspacing="0" style="{_FONT}font-size:13px;'
              f'border-collapse:collapse;width:100%;margin-top:8px;background:#ffffff;"><tr>'
@@ -178,21 +184,20 @@ def _trust_html(rpt: Any) -> str:
              f'<th align="left" style="{_TD}">What is wrong</th></tr>{rows}</table>') if rows else ""
     return (f'<div style="{_FONT}margin:12px 0;padding:10px 12px;background:#fdecea;border-left:4px solid '
             f'{STATUS_COLOURS["red"]};"><p style="margin:0 0 4px 0;font-size:16px;"><b>Fix the data first</b></p>'
-            f'<p style="margin:0;">These checks fail: {_e(", ".join(_failing_checks(rpt)))}. Correct these deals '
+            f'<p style="margin:0;">These checks fail: {_e(", ".join(f.failing))}. Correct these deals '
             f"in the CRM before deciding anything else"
             f"{f' (the {len(off)} largest shown)' if len(off) else ''}.</p>{table}</div>")
 
 
-def _kpi_html(rpt: Any) -> str:
-    rows = rpt.kpi_rows(rpt.above_the_line_ids())
+def _kpi_html(f: Facts) -> str:
     body = []
-    for r in rows.itertuples():
+    for r in f.kpis.itertuples():
         colour = STATUS_COLOURS.get(str(r.status), STATUS_COLOURS["none"])
-        value = _fmt(r.value, r.unit, rpt.currency) if not html.is_missing(r.value) else (r.na_reason or "—")
+        value = _fmt(r.value, r.unit, f.currency) if not html.is_missing(r.value) else (r.na_reason or "—")
         body.append(
             f'<tr><td style="{_TD}">{_e(r.label)}</td>'
             f'<td style="{_TD}text-align:right;white-space:nowrap;"><b>{_e(value)}</b></td>'
-            f'<td style="{_TD}text-align:right;white-space:nowrap;">{_e(_fmt(r.target, r.unit, rpt.currency))}</td>'
+            f'<td style="{_TD}text-align:right;white-space:nowrap;">{_e(_fmt(r.target, r.unit, f.currency))}</td>'
             f'<td style="{_TD}text-align:right;white-space:nowrap;">{_e(_attainment(r.attainment))}</td>'
             f'<td style="{_TD}"><span style="display:inline-block;padding:2px 8px;border-radius:10px;'
             f'background:{colour};color:#ffffff;font-size:12px;white-space:nowrap;">'
@@ -204,24 +209,23 @@ def _kpi_html(rpt: Any) -> str:
             f'border-collapse:collapse;width:100%;"><tr>{head}</tr>{"".join(body)}</table>')
 
 
-def _kpi_text(rpt: Any) -> str:
-    rows = rpt.kpi_rows(rpt.above_the_line_ids())
+def _kpi_text(f: Facts) -> str:
     return "\n".join(
-        f"- {r.label}: {_fmt(r.value, r.unit, rpt.currency) if not html.is_missing(r.value) else r.na_reason or '—'}"
-        f" (target {_fmt(r.target, r.unit, rpt.currency)}, attainment {_attainment(r.attainment)}, "
-        f"{STATUS_WORDS.get(str(r.status), str(r.status))})" for r in rows.itertuples())
+        f"- {r.label}: {_fmt(r.value, r.unit, f.currency) if not html.is_missing(r.value) else r.na_reason or '—'}"
+        f" (target {_fmt(r.target, r.unit, f.currency)}, attainment {_attainment(r.attainment)}, "
+        f"{STATUS_WORDS.get(str(r.status), str(r.status))})" for r in f.kpis.itertuples())
 
 
-def _trust_text(rpt: Any) -> str:
-    status = rpt.trust_status()
+def _trust_text(f: Facts) -> str:
+    status = f.trust
     if status == "pass":
         return "The numbers can be trusted: every trust check passes."
     if status == "warn":
         return "Check the data: some trust checks warn; the deals are listed in the attached report."
-    lines = [f"FIX THE DATA FIRST. These checks fail: {', '.join(_failing_checks(rpt))}.",
+    lines = [f"FIX THE DATA FIRST. These checks fail: {', '.join(f.failing)}.",
              "Correct these deals in the CRM before deciding anything else:"]
-    lines += [f"- {r.name} ({r.opportunity_id}, {r.owner}), {_fmt(r.amount, 'currency', rpt.currency)}: {r.detail}"
-              for r in _offenders(rpt).itertuples()]
+    lines += [f"- {r.name} ({r.opportunity_id}, {r.owner}), {_fmt(r.amount, 'currency', f.currency)}: {r.detail}"
+              for r in f.offenders.itertuples()]
     return "\n".join(lines)
 
 
@@ -234,11 +238,13 @@ def _html_to_text(fragment: str) -> str:
     return "\n".join(ln.strip() for ln in text.splitlines() if ln.strip())
 
 
-def plain_text(rpt: Any, *, link_url: str | None, actions_html: str = "", attached: bool = True) -> str:
+def plain_text(rpt: Any, *, link_url: str | None, actions_html: str = "", attached: bool = True,
+               facts: Facts | None = None) -> str:
     """The plain-text alternative of the email."""
+    f = facts or read_facts(rpt)
     parts = [f"{clean_header(rpt.name)} · {rpt.cadence} report",
              f"Closed period {rpt.closed} · forward look {rpt.forward} · as of {rpt.as_of}", "",
-             _trust_text(rpt), "", "Above the line", _kpi_text(rpt), ""]
+             _trust_text(f), "", "Above the line", _kpi_text(f), ""]
     if actions_html:
         parts += ["Open actions", _html_to_text(actions_html), ""]
     if link_url:
@@ -249,10 +255,11 @@ def plain_text(rpt: Any, *, link_url: str | None, actions_html: str = "", attach
 
 
 def html_body(rpt: Any, *, link_url: str | None, images: Mapping[str, bytes], actions_html: str = "",
-              alts: Mapping[str, str] | None = None, attached: bool = True) -> str:
+              alts: Mapping[str, str] | None = None, attached: bool = True, facts: Facts | None = None) -> str:
     """The HTML body: inline styles only, charts as cid: images, no script and no remote content."""
     from spm_lib.images import png_size
 
+    f = facts or read_facts(rpt)
     charts = []
     for cid, png in images.items():
         w, h = png_size(png)
@@ -278,21 +285,32 @@ def html_body(rpt: Any, *, link_url: str | None, images: Mapping[str, bytes], ac
         f'<p style="{_FONT}font-size:13px;color:#6b6b6b;margin:0;">{_e(LEVEL_TITLES.get(rpt.level, rpt.level))} · '
         f"{_e(rpt.cadence)} report · closed period <b>{_e(rpt.closed)}</b> · forward look "
         f"<b>{_e(rpt.forward)}</b> · as of {_e(rpt.as_of)}</p>"
-        f"{_trust_html(rpt)}"
-        f'<h2 style="{_FONT}font-size:16px;margin:20px 0 6px 0;">Above the line</h2>{_kpi_html(rpt)}'
+        f"{_trust_html(f)}"
+        f'<h2 style="{_FONT}font-size:16px;margin:20px 0 6px 0;">Above the line</h2>{_kpi_html(f)}'
         f'<table role="presentation" width="100%" cellpadding="0" cellspacing="0">{"".join(charts)}</table>'
         f"{actions}{link}"
         f'<p style="{_FONT}font-size:12px;color:#6b6b6b;margin:16px 0;">{foot}</p>'
         "</td></tr></table></td></tr></table></body></html>")
 
 
-def content_hash(text: str, attachment_html: str | None, parts: Sequence[bytes]) -> str:
+def content_hash(text: str, attachment: str | bytes | None, parts: Sequence[bytes]) -> str:
     """A digest of what an email says (its text without the link, the attached report, the charts)."""
     h = hashlib.sha256()
-    for chunk in (text.encode("utf-8"), (attachment_html or "").encode("utf-8"), *parts):
+    for chunk in (text.encode("utf-8"), _as_bytes(attachment), *parts):
         h.update(len(chunk).to_bytes(8, "big"))
         h.update(chunk)
     return h.hexdigest()
+
+
+def _as_bytes(data: str | bytes | None) -> bytes:
+    return b"" if data is None else data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+def email_digest(rpt: Any, facts: Facts, actions_html: str, report: bytes | None,
+                 figs: Mapping[str, dict[str, Any]]) -> str:
+    """The content hash of an owner's email: what it says, the report it attaches, the charts it shows."""
+    text = plain_text(rpt, link_url=None, actions_html=actions_html, attached=report is not None, facts=facts)
+    return content_hash(text, report, [_canonical(f) for f in figs.values()])
 
 
 def message_token(rpt: Any, digest: str) -> str:
@@ -305,20 +323,36 @@ def chart_cid(cfg: Config, token: str, key: str) -> str:
     return f"{re.sub(r'[^a-z0-9-]', '-', key.lower())}.{token[:16]}@{_domain(cfg)}"
 
 
+def _encoded_part(data: bytes, content_type: str, *, disposition: str, filename: str,
+                  cid: str | None = None) -> MIMEPart:
+    """A MIME part holding `data` base64-encoded in one C call (the email package encodes 57 bytes at a time)."""
+    part = MIMEPart(policy=policy.SMTP)
+    part["Content-Type"] = content_type
+    part.add_header("Content-Disposition", disposition, filename=filename)
+    if cid:
+        part["Content-ID"] = f"<{cid}>"
+    part["Content-Transfer-Encoding"] = "base64"
+    part.set_payload(base64.encodebytes(data).decode("ascii").replace("\n", policy.SMTP.linesep))
+    return part
+
+
 def build_message(cfg: Config, rpt: Any, *, to: Address | str | Sequence[Address | str],
                   cc: Sequence[Address | str] = (), link_url: str | None, images: Mapping[str, bytes],
-                  attachment_html: str | None, actions_html: str = "", alts: Mapping[str, str] | None = None,
-                  digest: str | None = None) -> EmailMessage:
+                  attachment_html: str | bytes | None, actions_html: str = "",
+                  alts: Mapping[str, str] | None = None, digest: str | None = None,
+                  facts: Facts | None = None) -> EmailMessage:
     """One owner's email: subject, HTML body with inline charts (cid → PNG), plain-text alternative, report attached."""
     to_list = _as_addresses(to, f"owner {rpt.owner_id!r}")
     if not to_list:
         raise DeliveryError(f"owner {rpt.owner_id!r}: no recipient")
     cc_list = _as_addresses(list(cc), f"owner {rpt.owner_id!r} (cc)")
     attach = attachment_html if cfg.delivery.attach_report else None
-    text = plain_text(rpt, link_url=link_url, actions_html=actions_html, attached=attach is not None)
+    f = facts or read_facts(rpt)
+    text = plain_text(rpt, link_url=link_url, actions_html=actions_html, attached=attach is not None, facts=f)
     if digest is None:
-        digest = content_hash(plain_text(rpt, link_url=None, actions_html=actions_html, attached=attach is not None),
-                              attach, list(images.values()))
+        digest = content_hash(plain_text(rpt, link_url=None, actions_html=actions_html, attached=attach is not None,
+                                         facts=f), attach, list(images.values()))
+    token = message_token(rpt, digest)
     msg = EmailMessage(policy=policy.SMTP)
     msg["Subject"] = subject(rpt)
     msg["From"] = clean_header(cfg.delivery.from_address)
@@ -326,22 +360,27 @@ def build_message(cfg: Config, rpt: Any, *, to: Address | str | Sequence[Address
     if cc_list:
         msg["Cc"] = cc_list
     msg["Date"] = formatdate(localtime=False)
-    msg["Message-ID"] = f"<{message_token(rpt, digest)}@{_domain(cfg)}>"
+    msg["Message-ID"] = f"<{token}@{_domain(cfg)}>"
     msg["X-SPM-Run"] = clean_header(f"{rpt.cadence}/{rpt.as_of}")
     msg["X-SPM-Content-Hash"] = digest
     msg.set_content(text)
     msg.add_alternative(html_body(rpt, link_url=link_url, images=images, actions_html=actions_html, alts=alts,
-                                  attached=attach is not None), subtype="html")
+                                  attached=attach is not None, facts=f), subtype="html")
     body = msg.get_payload()[1]  # type: ignore[index]
     assert isinstance(body, EmailMessage)
-    for cid, png in images.items():
-        body.add_related(png, "image", "png", cid=f"<{cid}>", disposition="inline",
-                         filename=f"{cid.split('.', 1)[0]}.png")
+    if images:
+        body.make_related()
+        for cid, png in images.items():
+            body.attach(_encoded_part(png, "image/png", disposition="inline", cid=cid,
+                                      filename=f"{cid.split('.', 1)[0]}.png"))
     if attach is not None:
         from spm_lib.runner import safe_name
 
-        msg.add_attachment(attach.encode("utf-8"), "text", "html",
-                           filename=f"{safe_name(rpt.owner_id)}-{rpt.cadence}-{rpt.as_of}.html")
+        msg.make_mixed()
+        msg.attach(_encoded_part(_as_bytes(attach), 'text/html; charset="utf-8"', disposition="attachment",
+                                 filename=f"{safe_name(rpt.owner_id)}-{rpt.cadence}-{rpt.as_of}.html"))
+    for i, part in enumerate(p for p in msg.walk() if p.is_multipart()):
+        part.set_boundary(f"=_spm_{token}_{i}")  # unique already: the generator need not search the text for it
     return msg
 
 
@@ -354,144 +393,50 @@ def email_figures(rpt: Any) -> dict[str, Any]:
     return {k: figs[k] for k in EMAIL_CHARTS if k in figs}
 
 
-def _alt(fig: Any, key: str) -> str:
-    title = getattr(getattr(getattr(fig, "layout", None), "title", None), "text", None)
+def figures_path(report_html: str | Path) -> Path:
+    """Where `spm run` keeps an owner's email charts: beside their report, <level>/<owner>.email.json."""
+    return Path(report_html).with_suffix(FIGURES_SUFFIX)
+
+
+def figures_json(rpt: Any) -> str:
+    """The owner's email charts as plotly JSON text ({key: figure}), in email order."""
+    from plotly.io.json import to_json_plotly
+
+    return str(to_json_plotly({k: f.to_plotly_json() for k, f in email_figures(rpt).items()}))
+
+
+def write_figures(rpt: Any, report_html: str | Path) -> Path:
+    """Save the owner's email charts beside their report (done by `spm run`; `spm send` draws them)."""
+    from spm_lib.export import write_atomic
+
+    return write_atomic(figures_path(report_html), figures_json(rpt))
+
+
+def read_figures(rpt: Any, report_html: str | Path) -> dict[str, dict[str, Any]]:
+    """The owner's email charts saved by `spm run` (drawn from the report when the run predates that file)."""
+    path = figures_path(report_html)
+    text = path.read_text(encoding="utf-8") if path.is_file() else figures_json(rpt)
+    try:
+        figs = json.loads(text)
+    except ValueError as e:
+        raise DeliveryError(f"{path}: the email charts cannot be read ({e}); render the report again with "
+                            f"`spm run --cadence {rpt.cadence} --as-of {rpt.as_of} --owner {rpt.owner_id}`") from None
+    return {k: figs[k] for k in EMAIL_CHARTS if k in figs}
+
+
+def _canonical(fig: dict[str, Any]) -> bytes:
+    return json.dumps(fig, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _alt(fig: dict[str, Any], key: str) -> str:
+    title = fig.get("layout", {}).get("title")
+    title = title.get("text") if isinstance(title, dict) else title
     return clean_header(_html.unescape(re.sub(r"<[^>]+>", " ", str(title)))) if title else key.replace("-", " ")
 
 
-def _figure_json(fig: Any) -> bytes:
-    return (fig.to_json() if hasattr(fig, "to_json") else str(fig)).encode("utf-8")
-
-
-def _figure_height(fig: Any) -> int:
-    h = getattr(getattr(fig, "layout", None), "height", None)
+def _figure_height(fig: dict[str, Any]) -> int:
+    h = fig.get("layout", {}).get("height")
     return int(h) if h else 300
-
-
-# ---------------------------------------------------------------- SMTP
-def _temporary(e: BaseException) -> bool:
-    """True for failures worth retrying: 4xx replies, dropped or refused connections, time-outs."""
-    if isinstance(e, smtplib.SMTPServerDisconnected):
-        return True
-    if isinstance(e, smtplib.SMTPRecipientsRefused):
-        return bool(e.recipients) and all(400 <= int(c) < 500 for c, _ in e.recipients.values())
-    if isinstance(e, smtplib.SMTPResponseException):
-        return 400 <= int(e.smtp_code) < 500
-    if isinstance(e, smtplib.SMTPException | ssl.SSLCertVerificationError):
-        return False
-    return isinstance(e, OSError)  # refused or reset connections, time-outs
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, smtplib.SMTPRecipientsRefused):
-        return "recipients refused: " + "; ".join(
-            f"{a} ({c} {m.decode('utf-8', 'replace') if isinstance(m, bytes) else m})"
-            for a, (c, m) in e.recipients.items())
-    if isinstance(e, smtplib.SMTPResponseException):
-        err = e.smtp_error.decode("utf-8", "replace") if isinstance(e.smtp_error, bytes) else str(e.smtp_error)
-        return f"SMTP {e.smtp_code} {err}"
-    return f"{type(e).__name__}: {e}"
-
-
-class SmtpSender:
-    """One SMTP connection for a batch, reopened after a drop; 4xx and dropped connections retried with back-off."""
-
-    def __init__(self, cfg: Config) -> None:
-        smtp = cfg.delivery.smtp
-        self.host = os.environ.get(HOST_ENV) or smtp.host
-        try:
-            self.port = int(os.environ.get(PORT_ENV) or smtp.port)
-        except ValueError:
-            raise DeliveryError(f"{PORT_ENV}={os.environ.get(PORT_ENV)!r} is not a port number") from None
-        self.security = smtp.security
-        self.user = smtp.user
-        self.timeout = smtp.timeout_s
-        self.max_attempts = cfg.delivery.max_attempts
-        self._password = os.environ.get(PASSWORD_ENV)
-        if self.user and not self._password:
-            raise DeliveryError(f"config/delivery.yml sets smtp.user {self.user!r} but {PASSWORD_ENV} is not set: "
-                                f"export {PASSWORD_ENV} in the environment of `spm send` (never in a config file)")
-        self._conn: smtplib.SMTP | None = None
-
-    def __enter__(self) -> SmtpSender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _connect(self) -> smtplib.SMTP:
-        if self._conn is not None:
-            return self._conn
-        if self.security == "ssl":
-            conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
-                                                  context=ssl.create_default_context())
-        else:
-            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-            if self.security == "starttls":
-                conn.starttls(context=ssl.create_default_context())
-        if self.user:
-            try:
-                conn.login(self.user, self._password or "")
-            except smtplib.SMTPAuthenticationError as e:
-                conn.close()
-                raise DeliveryError(f"the SMTP server {self.host}:{self.port} refused the login of {self.user!r} "
-                                    f"({e.smtp_code}); check smtp.user and {PASSWORD_ENV}") from None
-        self._conn = conn
-        return conn
-
-    def close(self) -> None:
-        """Say goodbye to the server (or just drop a broken connection)."""
-        if self._conn is not None:
-            try:
-                self._conn.quit()
-            except (smtplib.SMTPException, OSError):
-                self._conn.close()
-            self._conn = None
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
-
-    def send(self, msg: EmailMessage, recipients: Sequence[str]) -> tuple[int, dict[str, Any]]:
-        """Hand `msg` to the server for `recipients`: (tries, refused recipients); DeliveryError when it failed."""
-        tries = 0
-
-        def attempt() -> dict[str, Any]:
-            nonlocal tries
-            tries += 1
-            try:
-                return dict(self._connect().send_message(msg, to_addrs=list(recipients)))
-            except BaseException:
-                self._drop()  # the next attempt starts on a fresh connection
-                raise
-
-        try:
-            refused = Retrying(retry=retry_if_exception(_temporary), stop=stop_after_attempt(self.max_attempts),
-                               wait=wait_exponential(multiplier=RETRY_BASE_S, max=RETRY_MAX_S),
-                               reraise=True)(attempt)
-        except (smtplib.SMTPException, OSError) as e:
-            temporary = _temporary(e)
-            kind = "temporary, gave up" if temporary else "permanent"
-            raise SendFailed(f"{_describe(e)} ({kind} after {tries} attempt{'s' * (tries != 1)})", tries,
-                             not temporary) from None
-        return tries, refused
-
-
-class _Pace:
-    """At most `per_minute` messages a minute."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.gap = 60.0 / per_minute
-        self.last = float("-inf")
-
-    def wait(self) -> None:
-        pause = self.last + self.gap - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
-        self.last = time.monotonic()
 
 
 # ---------------------------------------------------------------- sending a run
@@ -641,22 +586,112 @@ def _ledger_decision(history: pd.DataFrame, generation: int, recipients: str, re
     return "send"
 
 
-def _write_eml(path: Path, msg: EmailMessage) -> str:
+class Unsent(DeliveryError):
+    """Some owners' emails of a send failed or are of unknown state; the operator has the summary."""
+
+    def __init__(self, summary: Summary) -> None:
+        super().__init__(summary.text())
+        self.summary = summary
+
+
+@dataclass
+class _Todo:
+    """An owner to email: their report job, what the ledger says ('send' or 'sent-before') and the recipients."""
+
+    job: Any
+    decision: str
+    recipients: str
+
+
+@dataclass
+class _Built:
+    """An owner's email, ready to hand over."""
+
+    raw: bytes
+    message_id: str
+    digest: str
+    addresses: list[str]
+
+
+@dataclass
+class _Run:
+    """What preparing each owner's email needs from its run."""
+
+    cfg: Config
+    run_dir: Path
+    cadence: str
+    owners: pd.DataFrame
+    secret: str | None
+    exporter: Any
+    before: dict[str, tuple[int, str]]  # owner -> (generation, content hash) of the last email sent
+
+
+def _prepare(run: _Run, todo: _Todo) -> _Built | str:
+    """Build one owner's email (charts drawn from the figures `spm run` saved); a str says why it is not needed."""
+    from spm_lib.images import Chart, ImageError
+    from spm_lib.report import load
+
+    cfg, oid = run.cfg, todo.job.owner_id
+    rpt = load(oid, run.cadence, run_dir=run.run_dir)
+    facts = read_facts(rpt)
+    figs = read_figures(rpt, todo.job.html)
+    actions = _actions_html(cfg, rpt)
+    report = Path(todo.job.html).read_bytes() if cfg.delivery.attach_report else None
+    digest = email_digest(rpt, facts, actions, report, figs)
+    if todo.decision == "sent-before" and run.before.get(oid, (0, ""))[1] == digest:
+        return "already sent, and its report has not changed"
+    to, cc = _recipients(cfg, run.owners, oid)
+    token = message_token(rpt, digest)
+    run.exporter.open()
+    drawn = run.exporter.pngs([Chart(f, CHART_WIDTH, _figure_height(f), CHART_SCALE) for f in figs.values()])
+    images, alts = {}, {}
+    for (key, fig), png in zip(figs.items(), drawn, strict=True):
+        if isinstance(png, ImageError):
+            raise ImageError(f"chart {key!r}: {png}")
+        cid = chart_cid(cfg, token, key)
+        images[cid], alts[cid] = png, _alt(fig, key)
+    msg = build_message(cfg, rpt, to=to, cc=cc, link_url=_link(cfg, rpt, run.secret), images=images,
+                        attachment_html=report, actions_html=actions, alts=alts, digest=digest, facts=facts)
+    return _Built(message_bytes(msg), str(msg["Message-ID"]), digest, [a.addr_spec for a in [*to, *cc]])
+
+
+def ahead(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[T, R | Exception]]:
+    """(item, fn(item) or the exception it raised) for each item; fn runs one item ahead in a background thread.
+
+    The caller hands one email to the server while the next is prepared. Close the iterator (`closing`) when
+    stopping early: that waits for the item being prepared.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-send-prepare")
+    try:
+        pending: Future[R] | None = pool.submit(fn, items[0]) if items else None
+        for i, item in enumerate(items):
+            assert pending is not None
+            current, pending = pending, (pool.submit(fn, items[i + 1]) if i + 1 < len(items) else None)
+            try:
+                result: R | Exception = current.result()
+            except Exception as e:  # noqa: BLE001 handed to the caller with its item
+                result = e
+            yield item, result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_eml(path: Path, raw: bytes) -> str:
     from spm_lib.export import write_atomic
 
-    return str(write_atomic(path, msg.as_bytes().decode("utf-8", "surrogateescape")))
+    return str(write_atomic(path, raw.decode("utf-8", "surrogateescape")))
 
 
 def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str | None = None,
              dry_run: bool = False, resend_unknown: bool = False, resend_changed: bool = False,
-             progress: bool = True, on_sent: Callable[[str], None] | None = None) -> Summary:
+             progress: bool = True, on_sent: Callable[[str], None] | None = None,
+             pace: Pace | None = None) -> Summary:
     """Email every owner of a run their report (or one owner / one level); never twice; a dry run writes .eml files."""
-    import json
-
     from tqdm import tqdm
 
     from spm_lib.images import Exporter, ImageError
-    from spm_lib.report import load
     from spm_lib.runfolder import has_cube, locked
     from spm_lib.runner import plan, safe_name
 
@@ -683,93 +718,42 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
         secret = os.environ.get("SPM_LINK_SECRET") or None
         if secret is None:
             summary.notes.append("SPM_LINK_SECRET is not set: the emails carry no link to the live report")
+        todo = _plan_sends(cfg, jobs, owners, manifest, history, generation, summary,
+                           resend_unknown=resend_unknown, resend_changed=resend_changed)
         out_dir = run_dir / "email"
         sender = None if dry_run else SmtpSender(cfg)
-        pace = _Pace(cfg.delivery.rate_per_minute)
+        pace = pace or Pace(cfg.delivery.rate_per_minute)
         exporter = Exporter()
-        bar = tqdm(total=len(jobs), desc=f"{cadence} emails", unit="email", disable=not progress)
+        run = _Run(cfg, run_dir, cadence, owners, secret, exporter, ledger.last_sent(cfg, run_key))
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{cadence} emails", unit="email",
+                   disable=not progress)
         try:
-            for job in jobs:
-                oid = job.owner_id
-                bar.update(1)
-                why = _skip_reason(cfg, owners, manifest.get("owners", {}).get(oid), oid, Path(job.html))
-                if why:
-                    summary.skipped[oid] = why
-                    continue
-                recipients = _recipient_key(cfg, owners, oid)
-                mine = history[history["owner_id"] == oid]
-                decision = _ledger_decision(mine, generation, recipients, resend_unknown)
-                if decision == "unknown":
-                    summary.unknown.append(oid)
-                    continue
-                if decision == "refused":
-                    summary.skipped[oid] = (f"refused earlier ({mine.sort_values('updated_at')['error'].iloc[-1]}); "
-                                            "fix the address in the CRM or delivery config")
-                    continue
-                if decision == "sent" or (decision == "sent-before" and not resend_changed):
-                    summary.skipped[oid] = "already sent" + (" (use --resend-changed to send a changed report)"
-                                                             if decision == "sent-before" else "")
-                    continue
-                digest = ""
-                try:
-                    rpt = load(oid, cadence, run_dir=run_dir)
-                    figs = email_figures(rpt)
-                    actions = _actions_html(cfg, rpt)
-                    report_html = Path(job.html).read_text(encoding="utf-8") \
-                        if cfg.delivery.attach_report else None
-                    digest = content_hash(plain_text(rpt, link_url=None, actions_html=actions,
-                                                     attached=report_html is not None),
-                                          report_html, [_figure_json(f) for f in figs.values()])
-                    if decision == "sent-before" and oid not in ledger.changed_owners(cfg, run_key, generation,
-                                                                                      {oid: digest}):
-                        summary.skipped[oid] = "already sent, and its report has not changed"
+            with closing(ahead(lambda t: _prepare(run, t), todo)) as prepared:
+                for item, built in prepared:
+                    oid = item.job.owner_id
+                    bar.update(1)
+                    if isinstance(built, str):
+                        summary.skipped[oid] = built
                         continue
-                    to, cc = _recipients(cfg, owners, oid)
-                    token = message_token(rpt, digest)
-                    exporter.open()
-                    images, alts = {}, {}
-                    for key, fig in figs.items():
-                        cid = chart_cid(cfg, token, key)
-                        images[cid] = exporter.png(fig, CHART_WIDTH, _figure_height(fig), scale=CHART_SCALE)
-                        alts[cid] = _alt(fig, key)
-                    msg = build_message(cfg, rpt, to=to, cc=cc, link_url=_link(cfg, rpt, secret), images=images,
-                                        attachment_html=report_html, actions_html=actions, alts=alts,
-                                        digest=digest)
-                except (DeliveryError, ImageError) as e:
-                    summary.failed[oid] = str(e)
-                    log.error("%s not sent: %s", oid, e)
-                    if not dry_run:  # an invalid address stays refused until it changes; a bad image is retried
-                        ledger.plan(cfg, run_key, generation, oid, run_id=run_id, message_id="", content_hash=digest,
-                                    recipients=recipients)
-                        ledger.mark_failed(cfg, run_key, generation, oid, str(e),
-                                           permanent=isinstance(e, DeliveryError))
-                    continue
-                if dry_run:
-                    summary.written.append(_write_eml(out_dir / f"{safe_name(oid)}.eml", msg))
-                    summary.sent.append(oid)
-                    continue
-                assert sender is not None
-                ledger.plan(cfg, run_key, generation, oid, run_id=run_id, message_id=str(msg["Message-ID"]),
-                            content_hash=digest, recipients=recipients)
-                ledger.mark_sending(cfg, run_key, generation, oid)
-                pace.wait()
-                addresses = [a.addr_spec for a in [*to, *cc]]
-                try:
-                    tries, refused = sender.send(msg, addresses)
-                except DeliveryError as e:
-                    ledger.mark_failed(cfg, run_key, generation, oid, str(e), tries=getattr(e, "tries", 1),
-                                       permanent=getattr(e, "permanent", False))
-                    summary.failed[oid] = str(e)
-                    log.error("%s failed: %s", oid, e)
-                    if not isinstance(e, SendFailed):  # the server cannot be used at all (e.g. login refused)
-                        raise
-                    continue
-                note = ("refused: " + ", ".join(refused)) if refused else None
-                ledger.mark_sent(cfg, run_key, generation, oid, note, tries=tries)
-                summary.sent.append(oid)
-                log.info("%s sent to %s (%s, %d attempt(s))", oid, ", ".join(addresses), msg["Message-ID"], tries)
-                if on_sent is not None:
-                    on_sent(oid)
+                    if isinstance(built, DeliveryError | ImageError):
+                        summary.failed[oid] = str(built)
+                        log.error("%s not sent: %s", oid, built)
+                        if not dry_run:  # an invalid address stays refused until it changes; a bad image is retried
+                            ledger.plan(cfg, run_key, generation, oid, run_id=run_id, message_id="", content_hash="",
+                                        recipients=item.recipients)
+                            ledger.mark_failed(cfg, run_key, generation, oid, str(built),
+                                               permanent=not isinstance(built, ImageError))
+                        continue
+                    if isinstance(built, Exception):
+                        raise built
+                    if dry_run:
+                        summary.written.append(_write_eml(out_dir / f"{safe_name(oid)}.eml", built.raw))
+                        summary.sent.append(oid)
+                        continue
+                    assert sender is not None
+                    if _send_one(cfg, sender, pace, summary, item, built, run_key, generation, run_id) \
+                            and on_sent is not None:
+                        on_sent(oid)
             _operator_summary(cfg, summary, sender, out_dir)
         finally:
             bar.close()
@@ -780,28 +764,95 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
         return summary
 
 
-def _operator_summary(cfg: Config, summary: Summary, sender: SmtpSender | None, out_dir: Path) -> None:
-    """Mail the run's summary to delivery.operator_email when anything was sent, failed or is unknown."""
+def _plan_sends(cfg: Config, jobs: Sequence[Any], owners: pd.DataFrame, manifest: Mapping[str, Any],
+                history: pd.DataFrame, generation: int, summary: Summary, *, resend_unknown: bool,
+                resend_changed: bool) -> list[_Todo]:
+    """The owners to email now; the others are recorded in `summary` with the reason."""
+    todo = []
+    for job in jobs:
+        oid = job.owner_id
+        why = _skip_reason(cfg, owners, manifest.get("owners", {}).get(oid), oid, Path(job.html))
+        if why:
+            (summary.failed if why.startswith("its report") else summary.skipped)[oid] = why
+            continue
+        recipients = _recipient_key(cfg, owners, oid)
+        mine = history[history["owner_id"] == oid]
+        decision = _ledger_decision(mine, generation, recipients, resend_unknown)
+        if decision == "unknown":
+            summary.unknown.append(oid)
+        elif decision == "refused":
+            summary.skipped[oid] = (f"refused earlier ({mine.sort_values('updated_at')['error'].iloc[-1]}); "
+                                    "fix the address in the CRM or delivery config")
+        elif decision == "sent" or (decision == "sent-before" and not resend_changed):
+            summary.skipped[oid] = "already sent" + (" (use --resend-changed to send a changed report)"
+                                                     if decision == "sent-before" else "")
+        else:
+            todo.append(_Todo(job, decision, recipients))
+    return todo
+
+
+def _send_one(cfg: Config, sender: SmtpSender, pace: Pace, summary: Summary, item: _Todo, built: _Built,
+              run_key: str, generation: int, run_id: str) -> bool:
+    """Hand one owner's email to the server, its ledger row going pending -> sending -> sent | failed: True if sent."""
+    oid = item.job.owner_id
+    ledger.plan(cfg, run_key, generation, oid, run_id=run_id, message_id=built.message_id,
+                content_hash=built.digest, recipients=item.recipients)
+    ledger.mark_sending(cfg, run_key, generation, oid)
+    pace.wait()
+    try:
+        tries, refused = sender.send(built.raw, built.addresses)
+    except DeliveryError as e:
+        ledger.mark_failed(cfg, run_key, generation, oid, str(e), tries=getattr(e, "tries", 1),
+                           permanent=getattr(e, "permanent", False))
+        summary.failed[oid] = str(e)
+        log.error("%s failed: %s", oid, e)
+        if not isinstance(e, SendFailed):  # the server cannot be used at all (e.g. login refused)
+            raise
+        return False
+    ledger.mark_sent(cfg, run_key, generation, oid, ("refused: " + ", ".join(refused)) if refused else None,
+                     tries=tries)
+    summary.sent.append(oid)
+    log.info("%s sent to %s (%s, %d attempt(s))", oid, ", ".join(built.addresses), built.message_id, tries)
+    return True
+
+
+def notify_operator(cfg: Config, subject_line: str, text: str, *, sender: SmtpSender | None = None,
+                    out_dir: Path | None = None) -> str | None:
+    """Mail `text` to delivery.operator_email (an .eml in `out_dir` instead, for a dry run); a note when it failed."""
     to = cfg.delivery.operator_email
-    if not to or not (summary.sent or summary.failed or summary.unknown):
-        return
+    if not to:
+        return None
     try:
         addr = make_address("SPM operator", to, who="delivery.operator_email")
     except DeliveryError as e:
-        summary.notes.append(str(e))
-        return
+        return str(e)
     msg = EmailMessage(policy=policy.SMTP)
-    bad = f", {len(summary.failed)} FAILED" if summary.failed else ""
-    msg["Subject"] = clean_header(f"SPM send {summary.run_key}: {len(summary.sent)} sent{bad}"
-                                  f"{f', {len(summary.unknown)} unknown' if summary.unknown else ''}")
+    msg["Subject"] = clean_header(subject_line)
     msg["From"] = clean_header(cfg.delivery.from_address)
     msg["To"] = addr
     msg["Date"] = formatdate(localtime=False)
-    msg.set_content(summary.text() + "\n")
-    if sender is None:
-        _write_eml(out_dir / "_operator-summary.eml", msg)
-        return
+    msg.set_content(text.rstrip("\n") + "\n")
+    if out_dir is not None:
+        _write_eml(out_dir / "_operator-summary.eml", message_bytes(msg))
+        return None
     try:
-        sender.send(msg, [addr.addr_spec])
+        if sender is not None:
+            sender.send(msg, [addr.addr_spec])
+        else:
+            with SmtpSender(cfg) as own:
+                own.send(msg, [addr.addr_spec])
     except DeliveryError as e:
-        summary.notes.append(f"the summary could not be mailed to {to}: {e}")
+        return f"the message to the operator could not be mailed to {to}: {e}"
+    return None
+
+
+def _operator_summary(cfg: Config, summary: Summary, sender: SmtpSender | None, out_dir: Path) -> None:
+    """Mail the run's summary to delivery.operator_email when anything was sent, failed or is unknown."""
+    if not (summary.sent or summary.failed or summary.unknown):
+        return
+    bad = f", {len(summary.failed)} FAILED" if summary.failed else ""
+    note = notify_operator(cfg, f"SPM send {summary.run_key}: {len(summary.sent)} sent{bad}"
+                           f"{f', {len(summary.unknown)} unknown' if summary.unknown else ''}", summary.text(),
+                           sender=sender, out_dir=out_dir if sender is None else None)
+    if note:
+        summary.notes.append(note)

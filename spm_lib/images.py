@@ -1,9 +1,14 @@
 """Static PNG images of plotly figures for email, through plotly's export engine (kaleido 1.x) on the system Chromium.
 
-One browser serves a whole batch: `with Exporter() as ex: ex.png(fig, 640, 320)`. Kaleido is asyncio code; the
-exporter runs it on a private event loop in one background thread, so callers stay synchronous (and work inside
-Jupyter, whose own loop is already running). Every image is checked (`check_png`): an empty, broken or blank
-(single-colour) PNG raises ImageError instead of reaching anyone's inbox.
+One browser serves a whole batch: `with Exporter() as ex: ex.png(fig, 640, 320)`, or many figures at once with
+`ex.pngs([...])`, drawn concurrently in `tabs` browser tabs. Kaleido reloads a tab's page after every image, which
+costs as much as drawing it; plotly's `toImage` draws each figure in a fresh element it removes afterwards, so the
+exporter reloads a tab only every RELOAD_EVERY images, and after every image once any chart failed (kaleido's own
+behaviour, which is also what a kaleido release without the overridden hook gives).
+
+Kaleido is asyncio code; the exporter runs it on a private event loop in one background thread, so callers stay
+synchronous (and work inside Jupyter, whose own loop is already running). Every image is checked (`check_png`): an
+empty, broken or blank (single-colour) PNG is an ImageError instead of reaching anyone's inbox.
 
 Browser: kaleido (through choreographer) would take a Chrome downloaded by `kaleido_get_chrome` first, then
 $BROWSER_PATH, then `chromium`/`google-chrome` on PATH. Reports use Debian's chromium: the exporter passes its
@@ -19,16 +24,18 @@ import shutil
 import struct
 import threading
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from spm_lib.errors import SpmError
-from spm_lib.export import PLOTLY_JS
 
 SYSTEM_CHROMIUM = "/usr/bin/chromium"
+TABS = 2  # browser tabs drawing at once (2 cores: one draws while the other reloads)
+RELOAD_EVERY = 25  # a tab's page is reloaded after this many images (kaleido: after each, as long as a drawing)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
 
@@ -69,12 +76,40 @@ def _figure_dict(fig: Any) -> dict[str, Any]:
         raise ImageError(f"not a plotly figure: {str(e)[:300]}") from None
 
 
+def _kaleido_class() -> type:
+    """kaleido.Kaleido, reloading a tab after every RELOAD_EVERY images rather than after each one."""
+    import kaleido
+
+    class Kaleido(kaleido.Kaleido):  # type: ignore[misc]
+        spm_failed = False
+
+        async def _return_kaleido_tab(self, tab: Any) -> None:
+            drawn = getattr(tab, "spm_drawn", 0) + 1
+            tab.spm_drawn = drawn
+            if self.spm_failed or drawn % RELOAD_EVERY == 0:
+                await super()._return_kaleido_tab(tab)  # reload, then back in the queue
+            else:
+                await self.tabs_ready.put(tab)
+
+    return Kaleido
+
+
+class Chart(NamedTuple):
+    """One image to draw: a figure (plotly Figure, dict or JSON text) at width × height layout pixels, × scale."""
+
+    fig: Any
+    width: int
+    height: int
+    scale: float = 1.0
+
+
 class Exporter:
     """One headless Chromium (kaleido) that turns plotly figures into PNG bytes; use it as a context manager."""
 
-    def __init__(self, *, timeout_s: float = 60.0, browser: str | None = None) -> None:
+    def __init__(self, *, timeout_s: float = 60.0, browser: str | None = None, tabs: int = TABS) -> None:
         self.timeout_s = timeout_s
         self.browser = browser
+        self.tabs = max(1, tabs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._kaleido: Any = None
@@ -100,10 +135,10 @@ class Exporter:
         self._thread = threading.Thread(target=self._loop.run_forever, name="spm-kaleido", daemon=True)
         self._thread.start()
 
-        async def start() -> Any:
-            import kaleido
+        from spm_lib.export import PLOTLY_JS  # here: importing export (nbconvert) takes seconds
 
-            k = kaleido.Kaleido(n=1, timeout=self.timeout_s, mathjax=False, plotlyjs=str(PLOTLY_JS), path=path)
+        async def start() -> Any:
+            k = _kaleido_class()(n=self.tabs, timeout=self.timeout_s, mathjax=False, plotlyjs=str(PLOTLY_JS), path=path)
             await k.open()
             return k
 
@@ -116,16 +151,41 @@ class Exporter:
 
     def png(self, fig: Any, width: int, height: int, scale: float = 1.0) -> bytes:
         """The figure (plotly Figure, dict or JSON text) as checked PNG bytes of width × height layout pixels."""
+        (result,) = self.pngs([Chart(fig, width, height, scale)])
+        if isinstance(result, ImageError):
+            raise result
+        return result
+
+    def pngs(self, charts: Sequence[Chart]) -> list[bytes | ImageError]:
+        """Every chart as checked PNG bytes, drawn concurrently; a chart that fails gives its ImageError instead."""
         if self._kaleido is None:
-            raise ImageError("Exporter.png() called outside `with Exporter() as ex:`")
-        spec = _figure_dict(fig)
-        opts = {"format": "png", "width": width, "height": height, "scale": scale}
+            raise ImageError("the exporter is not open: use it as `with Exporter() as ex:`")
+        specs: list[dict[str, Any] | ImageError] = []
+        for c in charts:
+            try:
+                specs.append(_figure_dict(c.fig))
+            except ImageError as e:
+                specs.append(e)
+        k = self._kaleido
+
+        async def draw(spec: dict[str, Any] | ImageError, c: Chart) -> bytes | ImageError:
+            if isinstance(spec, ImageError):
+                return spec
+            opts = {"format": "png", "width": c.width, "height": c.height, "scale": c.scale}
+            try:
+                return bytes(await k.calc_fig(spec, opts=opts))
+            except Exception as e:  # noqa: BLE001 one chart's failure is that chart's error
+                k.spm_failed = True  # from now on every tab is reloaded after each image, as kaleido does
+                return ImageError(f"the chart could not be exported: {type(e).__name__}: {str(e)[:300]}")
+
+        async def draw_all() -> list[bytes | ImageError]:
+            return list(await asyncio.gather(*(draw(s, c) for s, c in zip(specs, charts, strict=True))))
+
         try:
-            data = self._run(self._kaleido.calc_fig(spec, opts=opts), self.timeout_s + 10)
+            drawn = self._run(draw_all(), (self.timeout_s + 10) * (len(charts) // self.tabs + 1))
         except Exception as e:
-            raise ImageError(f"the chart could not be exported: {type(e).__name__}: {str(e)[:300]}") from e
-        check_png(data)
-        return bytes(data)
+            raise ImageError(f"the charts could not be exported: {type(e).__name__}: {str(e)[:300]}") from e
+        return [_checked(d) for d in drawn]
 
     def close(self) -> None:
         """Close the browser and its event loop."""
@@ -147,6 +207,17 @@ class Exporter:
 
 
 # ---------------------------------------------------------------- checking a PNG
+def _checked(data: bytes | ImageError) -> bytes | ImageError:
+    """`data` when it is a usable PNG, else the ImageError saying why not."""
+    if isinstance(data, ImageError):
+        return data
+    try:
+        check_png(data)
+    except ImageError as e:
+        return e
+    return data
+
+
 def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     """The (type, payload) chunks of a PNG, each CRC-checked."""
     out, pos = [], len(PNG_SIGNATURE)

@@ -9,7 +9,6 @@ reported and never resent unless asked. The ledger holds ids, hashes and address
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -129,10 +128,3 @@ def last_sent(cfg: Any, run_key: str) -> dict[str, tuple[int, str]]:
     last = sent.groupby("owner_id").tail(1)
     return {str(o): (int(g), str(h)) for o, g, h in zip(last["owner_id"], last["generation"].astype("int64"),
                                                          last["content_hash"], strict=True)}
-
-
-def changed_owners(cfg: Any, run_key: str, generation: int, hashes: Mapping[str, str]) -> list[str]:
-    """Owners sent in an earlier generation whose content hash now (`hashes`) differs from the one sent."""
-    before = last_sent(cfg, run_key)
-    return sorted(o for o, h in hashes.items()
-                  if o in before and before[o][0] < int(generation) and before[o][1] != h)

@@ -129,6 +129,7 @@ def render_one(job: Job, cadence: str, as_of: str, run_dir: str) -> Outcome:
         write_atomic(Path(job.ipynb), nbformat.writes(nb))
         write_atomic(Path(job.html), export_html(nb, f"{job.name} · {cadence} report · {as_of}"))
         _write_offenders_csv(job, cadence, as_of, run_dir)
+        _write_email_figures(job, cadence, as_of, run_dir)
         return Outcome(job.owner_id, job.level, "ok", time.perf_counter() - t0, job.ipynb, job.html, trust)
     except Exception as e:  # one owner's failure must not stop the others
         failed = holder.get("nb")
@@ -167,11 +168,20 @@ def _write_offenders_csv(job: Job, cadence: str, as_of: str, run_dir: str) -> No
         write_atomic(Path(job.html).with_suffix(".trust.csv"), off.to_csv(index=False))
 
 
+def _write_email_figures(job: Job, cadence: str, as_of: str, run_dir: str) -> None:
+    """The owner's email charts as plotly JSON beside the report (`spm send` draws them)."""
+    from spm_lib.deliver import write_figures
+    from spm_lib.report import load
+
+    write_figures(load(job.owner_id, cadence, as_of, run_dir), job.html)
+
+
 # ---------------------------------------------------------------- the run
 def run(cfg: Config, cadence: str, as_of: date, *, level: str | None = None, owner: str | None = None,
         workers: int | None = None, resume: bool = False, force_cube: bool = False,
         progress: bool = True) -> dict[str, Any]:
     """Compute the cube (if needed) and render the reports; return the manifest (also written to disk)."""
+    from spm_lib.prune import prune_runs
     from spm_lib.runfolder import compute_cube_into, has_cube, locked, run_dir
 
     folder = run_dir(cfg, cadence, as_of)
@@ -193,6 +203,7 @@ def run(cfg: Config, cadence: str, as_of: date, *, level: str | None = None, own
                 pool.shutdown(wait=True, cancel_futures=True)
             _write_manifest(folder, manifest)
             log.info("done: %d rendered, %d failed", manifest["rendered"], len(manifest["failed"]))
+            prune_runs(cfg, cadence, spare=folder)
             return manifest
         finally:
             log.removeHandler(handler)

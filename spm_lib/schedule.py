@@ -241,11 +241,30 @@ def fire(cfg: Config, job_name: str, now: datetime, run_fn: Action, send_fn: Act
         as_of = due(cfg, job_name, now, done)
         if as_of is None:
             return Fired(job_name, "not due", job.cadence)
-        run_fn(job.cadence, as_of)
-        if not job.send:
-            return Fired(job_name, "ran", job.cadence, as_of)
-        send_fn(job.cadence, as_of)
+        try:
+            run_fn(job.cadence, as_of)
+            if not job.send:
+                return Fired(job_name, "ran", job.cadence, as_of)
+            send_fn(job.cadence, as_of)
+        except Exception as e:
+            _alert_operator(cfg, job_name, job.cadence, as_of, e)
+            raise
         return Fired(job_name, "ran and sent", job.cadence, as_of)
+
+
+def _alert_operator(cfg: Config, job_name: str, cadence: str, as_of: date, error: Exception) -> None:
+    """Mail a failed firing to delivery.operator_email (nobody watches a scheduled job), unless the send already did."""
+    from spm_lib.deliver import Unsent, notify_operator
+
+    if isinstance(error, Unsent):  # the send's own summary, failures listed, went to the operator
+        return
+    note = notify_operator(cfg, f"SPM schedule {job_name}: {cadence} as of {as_of} FAILED",
+                           f"The scheduled job {job_name!r} ({cadence} as of {as_of}) failed:\n\n"
+                           f"{type(error).__name__}: {error}\n\nFix the cause; the next firing within "
+                           f"misfire_grace_s catches up, or run `spm run --cadence {cadence} --as-of {as_of} "
+                           f"--resume` and `spm send --cadence {cadence} --as-of {as_of}` by hand.")
+    if note:
+        log.error("schedule job %r: %s", job_name, note)
 
 
 # ---------------------------------------------------------------- cron and the in-process scheduler

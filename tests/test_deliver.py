@@ -424,3 +424,179 @@ def test_make_address_refuses_what_is_not_an_address() -> None:
     for bad in ["", None, "ann", "ann@", "@example.com", "ann@example.com\r\nBcc: x@y.example", "a b@example.com"]:
         with pytest.raises(DeliveryError, match="owner 'rep-9'"):
             make_address("Ann", bad, who="owner 'rep-9'")
+
+
+# ---------------------------------------------------------------- the email as bytes
+def test_the_wire_bytes_are_what_the_email_package_writes(project: Path, tmp_path: Path) -> None:
+    from spm_lib.images import Exporter, png_size
+    from spm_lib.report import load
+
+    folder = run_dir(project)
+    cfg = make_cfg(project, tmp_path)
+    with deliver._project_env(project):
+        rpt = load("rep-001", "monthly", run_dir=folder)
+    report = (folder / "rep/rep-001.html").read_bytes()
+    saved = json.loads((folder / "rep/rep-001.email.json").read_text())  # written by `spm run`
+    assert list(saved) == [k for k in deliver.EMAIL_CHARTS if k in saved] and len(saved) >= 2
+    with Exporter() as ex:
+        image = ex.png(saved["attainment"], 600, 300, scale=2)
+    assert png_size(image) == (1200, 600)
+    msg = deliver.build_message(cfg, rpt, to="alice.jansen@acme-demo.example", link_url=None,
+                                images={"attainment.x@acme-demo.example": image}, attachment_html=report)
+    raw = deliver.message_bytes(msg)
+    assert raw == msg.as_bytes()  # the fast writer changes nothing
+    back = email.message_from_bytes(raw, policy=policy.default)
+    (attached,) = list(back.iter_attachments())
+    assert attached.get_payload(decode=True) == report
+    (part,) = [p for p in back.walk() if p.get_content_type() == "image/png"]
+    assert part.get_payload(decode=True) == image and part["Content-ID"] == "<attainment.x@acme-demo.example>"
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998  # SMTP's line limit
+
+
+# ---------------------------------------------------------------- STARTTLS, SSL and login
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (and localhost) made with the openssl CLI: (cert.pem, key.pem)."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+@dataclass
+class TlsBox(Mailbox):
+    """A mailbox that also notes, per message, whether it came over TLS."""
+
+    over_tls: list[bool] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.over_tls.append(server.transport.get_extra_info("ssl_object") is not None)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def tls_server(certificate: tuple[Path, Path], mode: str, logins: list[tuple[bytes, bytes]]) -> tuple[Any, TlsBox]:
+    """An aiosmtpd server on loopback speaking STARTTLS ('starttls') or TLS from the start ('ssl'), login required."""
+    import ssl
+
+    from aiosmtpd.smtp import AuthResult
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> Any:
+        logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"tls-Pa55word")
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    box = TlsBox()
+    box.reset()
+    tls = {"tls_context": context, "require_starttls": True} if mode == "starttls" else \
+        {"ssl_context": context, "auth_require_tls": False}  # aiosmtpd only counts STARTTLS as TLS for AUTH
+    controller = Controller(box, hostname="127.0.0.1", port=_free_port(), authenticator=authenticator,
+                            auth_required=True, **tls)
+    controller.start()
+    return controller, box
+
+
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
+def test_a_tls_server_with_login_gets_the_email_and_the_password_stays_secret(
+        project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, certificate: tuple[Path, Path],
+        mode: str) -> None:
+    logins: list[tuple[bytes, bytes]] = []
+    controller, box = tls_server(certificate, mode, logins)
+    try:
+        monkeypatch.setenv("SPM_SMTP_PORT", str(controller.port))
+        monkeypatch.setenv("SPM_SMTP_PASSWORD", "tls-Pa55word")
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # trust the relay's own CA (OpenSSL's variable)
+        root = tmp_path / "p"
+        shutil.copytree(project, root)
+        cfg = make_cfg(root, tmp_path, operator_email=None)
+        cfg = cfg.model_copy(update={"delivery": cfg.delivery.model_copy(update={
+            "smtp": cfg.delivery.smtp.model_copy(update={"user": "spm", "security": mode})})})
+        summary = send_all(cfg, run_dir(root), owner="rep-001", progress=False)
+    finally:
+        controller.stop()
+    assert summary.sent == ["rep-001"], summary.text()
+    assert logins == [(b"spm", b"tls-Pa55word")]
+    assert [r for r, _ in box.messages] == [[ADDRESSES["rep-001"]]] and box.over_tls == [True]
+    for f in [run_dir(root) / "send.log", tmp_path / "state.sqlite", run_dir(root) / "manifest.json"]:
+        assert b"tls-Pa55word" not in f.read_bytes(), f
+
+
+def test_an_untrusted_certificate_is_refused_not_retried(project: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        certificate: tuple[Path, Path]) -> None:
+    logins: list[tuple[bytes, bytes]] = []
+    controller, box = tls_server(certificate, "starttls", logins)
+    try:
+        monkeypatch.setenv("SPM_SMTP_PORT", str(controller.port))
+        monkeypatch.setenv("SPM_SMTP_PASSWORD", "tls-Pa55word")
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # the system's CAs do not know the self-signed one
+        cfg = make_cfg(project, tmp_path, operator_email=None)
+        cfg = cfg.model_copy(update={"delivery": cfg.delivery.model_copy(update={
+            "smtp": cfg.delivery.smtp.model_copy(update={"user": "spm", "security": "starttls"})})})
+        summary = send_all(cfg, run_dir(project), owner="rep-001", progress=False)
+    finally:
+        controller.stop()
+    assert "certificate verify failed" in summary.failed["rep-001"]
+    assert "permanent after 1 attempt" in summary.failed["rep-001"]
+    assert logins == [] and box.messages == []  # the password never went to a server it could not verify
+
+
+# ---------------------------------------------------------------- pace, operator
+def test_the_pace_spaces_messages_by_the_configured_rate(project: Path, smtp: tuple[Mailbox, int],
+                                                         tmp_path: Path) -> None:
+    box = smtp[0]
+    box.reset()
+    cfg = make_cfg(project, tmp_path, operator_email=None, rate_per_minute=30)  # one message every 2 s
+    now = [100.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    def half_a_second_per_email(owner_id: str) -> None:
+        now[0] += 0.5
+
+    pace = deliver.Pace(cfg.delivery.rate_per_minute, clock=lambda: now[0], sleep=sleep)
+    summary = send_all(cfg, run_dir(project), level="rep", progress=False, pace=pace,
+                       on_sent=half_a_second_per_email)
+    # reps 001-004 sent, 008 handed over and refused (550): five messages 2 s apart, each sent one taking 0.5 s
+    assert len(summary.sent) == 4 and len(box.messages) == 4 and box.rcpt_tries[REFUSED] == 1
+    assert sleeps == [1.5, 1.5, 1.5, 1.5]
+    assert now[0] == 100.0 + 4 * 2.0
+
+
+def test_a_failed_scheduled_firing_is_mailed_to_the_operator(project: Path, smtp: tuple[Mailbox, int],
+                                                             tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from spm_lib import schedule
+    from spm_lib.errors import SpmError
+
+    box = smtp[0]
+    box.reset()
+    root = tmp_path / "p"
+    shutil.copytree(project, root, ignore=shutil.ignore_patterns("runs"))
+    cfg = make_cfg(root, tmp_path)
+    first = schedule.firings(cfg, "monthly", datetime(2026, 11, 1), datetime(2026, 11, 30))[0]
+
+    def broken_run(cadence: str, as_of: date) -> None:
+        raise SpmError("the CRM database is locked")
+
+    with pytest.raises(SpmError, match="locked"):
+        schedule.fire(cfg, "monthly", first, broken_run, lambda c, a: None, lambda c, a: False)
+    (msg,) = box.to(OPERATOR)
+    assert msg["Subject"] == "SPM schedule monthly: monthly as of 2026-10-31 FAILED"
+    assert "SpmError: the CRM database is locked" in msg.get_content()
+    box.reset()
+
+    def send_with_failures(cadence: str, as_of: date) -> None:
+        raise deliver.Unsent(deliver.Summary(RUN_KEY, 1, False, failed={"rep-008": "SMTP 550"}))
+
+    with pytest.raises(deliver.Unsent):
+        schedule.fire(cfg, "monthly", first, lambda c, a: None, send_with_failures, lambda c, a: False)
+    assert box.messages == []  # the send mailed its own summary: no second message
