@@ -345,9 +345,9 @@ def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
     from spm_lib.runner import run
 
     def run_fn(cadence: str, as_of: date) -> None:
-        manifest = run(cfg, cadence, as_of, resume=True, progress=False)
-        if manifest["failed"]:
-            raise SpmError(f"{len(manifest['failed'])} owners failed for {cadence} {as_of}; see the manifest")
+        # owners whose render failed are not sent and count as failures of the send that follows (the operator
+        # gets its summary); everyone else still gets their report, and the next firing re-renders the failed ones
+        run(cfg, cadence, as_of, resume=True, progress=False)
 
     def send_fn(cadence: str, as_of: date) -> None:
         summary = send_all(cfg, run_dir(cfg, cadence, as_of), progress=False)
