@@ -2,13 +2,19 @@
 
 The page uses the `spm_report` nbconvert template (spm_lib/templates/spm_report, based on `basic`):
 no code, our CSS and the vendored plotly.js finance bundle inline once, no remote scripts, no random
-ids, so the same notebook always gives the same HTML.
+ids, so the same notebook always gives the same HTML. The bundle goes in gzip-compressed and base64-encoded
+(0.57 MB instead of 1.3 MB): the page's head unpacks it with the browser's `DecompressionStream('gzip')`
+and then draws the figures, which `html.figure_html` queues through `window.spmPlot` until plotly.js is there.
+The vendored .js stays the one source: it is compressed once per process with a fixed gzip mtime.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import gzip
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,9 +30,10 @@ TEMPLATES_DIR = PACKAGE_DIR / "templates"
 TEMPLATE_NAME = "spm_report"
 PLOTLY_JS = STATIC_DIR / "plotly-finance.min.js"
 REPORT_CSS = STATIC_DIR / "report.css"
-# The template writes this marker where the bundle goes; the bundle replaces it after nbconvert's
-# HTML clean-up (which would otherwise re-parse 1.3 MB of JavaScript for every report).
-PLOTLY_MARKER = "/* spm_lib: plotly.js finance bundle */"
+# The template writes this marker where the packed bundle goes; the bundle replaces it after nbconvert's
+# HTML clean-up (which would otherwise re-parse 0.6 MB of text for every report).
+PLOTLY_MARKER = "spm_lib:plotly.js-finance-bundle"
+_BANNER = re.compile(r"/\*\*?(.*?)\*/", re.DOTALL)  # the bundle's leading comment: its name, version, licence
 
 
 def _umask() -> int:
@@ -39,15 +46,31 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp's own files are private (0600)
 
 
+def pack_js(js: bytes) -> str:
+    """`js` gzip-compressed (level 9, mtime 0: the same bytes give the same text) and base64-encoded."""
+    return base64.b64encode(gzip.compress(js, compresslevel=9, mtime=0)).decode("ascii")
+
+
+def _banner(js: str) -> str:
+    """The bundle's leading comment (name, version, copyright, licence) as plain lines, for an HTML comment."""
+    found = _BANNER.match(js.lstrip())
+    lines = (line.strip(" *") for line in (found.group(1) if found else "").splitlines())
+    return " ".join(line for line in lines if line).replace("--", "- -")
+
+
 @functools.cache
 def _assets() -> dict[str, str]:
-    """The inline CSS and plotly.js bundle, read once per process."""
-    return {"css": REPORT_CSS.read_text(encoding="utf-8"), "plotly_js": PLOTLY_JS.read_text(encoding="utf-8")}
+    """The inline CSS, the packed plotly.js bundle and the bundle's banner, made once per process."""
+    js = PLOTLY_JS.read_bytes()
+    return {"css": REPORT_CSS.read_text(encoding="utf-8"), "plotly_gz": pack_js(js),
+            "plotly_banner": _banner(js.decode("utf-8"))}
 
 
 def _resources(title: str) -> dict[str, object]:
-    """nbconvert resources: the page title and the inline assets (the bundle as its marker)."""
-    return {"metadata": {"name": title}, "spm": {"css": _assets()["css"], "plotly_js": PLOTLY_MARKER}}
+    """nbconvert resources: the page title and the inline assets (the packed bundle as its marker)."""
+    assets = _assets()
+    return {"metadata": {"name": title}, "spm": {"css": assets["css"], "plotly_banner": assets["plotly_banner"],
+                                                 "plotly_gz": PLOTLY_MARKER}}
 
 
 class ReportExporter(HTMLExporter):
@@ -80,7 +103,7 @@ def _exporter() -> ReportExporter:
 def export_html(nb: NotebookNode, title: str) -> str:
     """The executed notebook `nb` as a self-contained HTML page titled `title` (no code cells' inputs shown)."""
     body, _ = _exporter().from_notebook_node(nb, resources=_resources(title))
-    return body.replace(PLOTLY_MARKER, _assets()["plotly_js"], 1)
+    return body.replace(PLOTLY_MARKER, _assets()["plotly_gz"], 1)
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> Path:

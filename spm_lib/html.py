@@ -32,6 +32,7 @@ SHORT_CELL = 12  # a column whose cells are all this short (as HTML) is kept on 
 _CURRENCY_AFFIXES = {"EUR": ("", " €"), "USD": ("$", ""), "GBP": ("£", ""), "JPY": ("¥", ""),
                      "INR": ("₹", ""), "CHF": ("", " CHF")}
 _SLUG = re.compile(r"[^a-z0-9]+")
+_SCRIPT = re.compile(r"(<script\b[^>]*>)(.*?)(</script>)", re.DOTALL)  # the drawing script of fig.to_html
 
 
 class Html(str):
@@ -124,8 +125,19 @@ def div_id(*parts: object) -> str:
 
 
 def figure_html(fig: Any, div_id: str) -> str:
-    """A plotly figure as an HTML fragment drawn by the page's plotly.js (not included), in the div `div_id`."""
-    return Html(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOTLY_CONFIG))
+    """A plotly figure as an HTML fragment drawn by the page's plotly.js (not included), in the div `div_id`.
+
+    The drawing script runs through `window.spmPlot(draw)` when the page defines it (the exported report,
+    whose plotly.js is unpacked asynchronously: spmPlot queues until it is there) and directly otherwise
+    (the live Voila page, which loads plotly.js synchronously in its head).
+    """
+    page = fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOTLY_CONFIG)
+    wrapped, n = _SCRIPT.subn(lambda m: f"{m[1]}(window.spmPlot || function (draw) {{ draw(); }})"
+                                        f"(function () {{{m[2]}}});{m[3]}", page)
+    if n != 1:
+        raise RenderError(f"figure_html: plotly's to_html gave {n} <script> blocks for {div_id!r}, not 1; "
+                          "check spm_lib.html.figure_html against the installed plotly version.")
+    return Html(wrapped)
 
 
 # ---------------------------------------------------------------- text blocks

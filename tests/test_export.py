@@ -3,7 +3,14 @@ self-contained, deterministic export (checked in a real headless Chromium, offli
 
 from __future__ import annotations
 
+import base64
+import email
+import gzip
 import re
+import shutil
+from collections.abc import Iterator
+from datetime import date
+from email import policy
 from pathlib import Path
 
 import nbformat
@@ -12,15 +19,26 @@ import pandas as pd
 import plotly.offline
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+from playwright.sync_api import Browser, Page, sync_playwright
 
-from spm_lib import charts
-from spm_lib.export import PLOTLY_JS, export_html, write_atomic
+from spm_lib import charts, export
+from spm_lib.config import StateConfig, load_config
+from spm_lib.deliver import send_all
+from spm_lib.export import PLOTLY_JS, export_html, pack_js, write_atomic
 from spm_lib.html import Html, RenderError, badge, banner, details, div_id, figure_html, fmt_value, table_html
+from spm_lib.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "spm_lib" / "static"
 CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-quic", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
 XSS = "<script>alert(1)</script>"
+AS_OF = date(2026, 10, 31)
+OWNER = "exec-01"  # the demo's executive: the report with the most figures
+PACKED = re.compile(r'<script type="application/gzip" data-encoding="base64" id="spm-plotly-gz">([A-Za-z0-9+/=]+)'
+                    r'</script>')
+ALL_DRAWN = "[...document.querySelectorAll('.plotly-graph-div')].map(d => [d.id, Boolean(d._fullLayout)])"
 
 
 # ---------------------------------------------------------------- the vendored bundle
@@ -37,6 +55,16 @@ def test_vendored_bundle_ships_with_its_licence_and_provenance() -> None:
     assert "MIT License" in (STATIC / "LICENSE-plotly.js.txt").read_text(encoding="utf-8")
     readme = (STATIC / "README.md").read_text(encoding="utf-8")
     assert plotly.offline.get_plotlyjs_version() in readme and "npm pack" in readme
+
+
+def test_the_packed_bundle_decodes_to_the_vendored_file_and_never_changes() -> None:
+    js = PLOTLY_JS.read_bytes()
+    packed = pack_js(js)
+    raw = base64.b64decode(packed, validate=True)
+    assert gzip.decompress(raw) == js  # byte for byte: the vendored .js stays the one source
+    assert raw[:4] == b"\x1f\x8b\x08\x00" and raw[4:8] == b"\x00\x00\x00\x00"  # gzip, deflate, mtime 0
+    assert pack_js(js) == packed and pack_js(b"abc") == pack_js(b"abc") != pack_js(b"abd")
+    assert len(packed) < 0.5 * len(js)  # ~0.57 MB instead of 1.3 MB
 
 
 def test_report_css_stays_small() -> None:
@@ -130,6 +158,10 @@ def test_figure_html_is_a_fragment_without_plotly_js_in_the_given_div() -> None:
     out = figure_html(charts.pipeline_by_close_month(pd.DataFrame({"month": ["Mar"], "value": [1.0]}), "EUR"),
                       "fig-a-b")
     assert 'id="fig-a-b"' in out and out.count("Plotly.newPlot") == 1
+    # the drawing waits for the report's plotly.js through spmPlot, or runs at once where that is undefined
+    script = re.findall(r"<script>(.*?)</script>", out, flags=re.DOTALL)
+    assert len(script) == 1 and script[0].startswith("(window.spmPlot || function (draw) { draw(); })(function () {")
+    assert script[0].endswith("});") and "Plotly.newPlot(" in script[0]
     assert '"displaylogo": false' in out and '"responsive": true' in out
     assert '"showSendToCloud": false' in out  # never offer to upload sales data to Plotly Cloud
     assert "<html" not in out and len(out) < 20_000
@@ -200,14 +232,21 @@ def exported() -> str:
     return export_html(report_notebook(), "Ann Lee <March 2026>")
 
 
-def test_export_is_small_and_carries_every_figure_once(exported: str) -> None:
-    assert len(exported.encode("utf-8")) < 1_500_000
-    assert exported.count("Plotly.newPlot(") == 6
+def test_export_is_small_and_carries_every_figure_and_the_packed_bundle_once(exported: str) -> None:
+    bundle = PLOTLY_JS.read_bytes()
+    size = len(exported.encode("utf-8"))
+    assert size < 0.6 * len(bundle)  # the bundle alone was 1.3 MB of the page; packed, it is 0.57 MB
+    assert exported.count("Plotly.newPlot(") == exported.count("window.spmPlot ||") == 6
     assert exported.count('class="plotly-graph-div"') == 6
     for section in SECTIONS:
         assert exported.count(f'<div id="fig-ann-{section}" class="plotly-graph-div"') == 1
-    assert exported.count(PLOTLY_JS.read_text(encoding="utf-8")) == 1  # the bundle, inline, once
-    assert exported.index("plotly.js (finance - minified)") < exported.index("</head>")
+    packed = PACKED.findall(exported)
+    assert len(packed) == 1 and gzip.decompress(base64.b64decode(packed[0])) == bundle  # inline, once
+    assert size - len(packed[0]) < 100_000  # everything else: CSS, loader, six figures
+    assert "var Plotly=" not in exported  # no plain copy besides
+    head = exported.split("</head>", 1)[0]
+    assert "<!-- plotly.js (finance - minified) v4.1.1 Copyright 2012-2026, Plotly, Inc." in head  # credit kept
+    assert head.index('id="spm-plotly-gz"') < head.index("window.spmPlot = function")
 
 
 def test_export_has_no_remote_scripts_styles_require_js_or_mathjax(exported: str) -> None:
@@ -232,6 +271,8 @@ def test_the_same_notebook_gives_the_same_html_whatever_the_cell_ids(exported: s
         cell.id = f"other-{i}"
     assert export_html(renamed, "Ann Lee <March 2026>") == exported
     assert "cell-id=" not in exported
+    export._assets.cache_clear()  # the bundle packed again (as in a new process) gives the same page
+    assert export_html(report_notebook(), "Ann Lee <March 2026>") == exported
 
 
 def test_widget_and_javascript_outputs_leave_no_random_ids() -> None:
@@ -273,32 +314,106 @@ def test_write_atomic_gives_the_permissions_a_plain_write_would(tmp_path: Path) 
     assert atomic.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
 
 
-def test_charts_really_draw_offline_in_headless_chromium(tmp_path: Path, exported: str) -> None:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`"
-    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
+
+def open_offline(browser: Browser, page_file: Path, init_script: str = "") -> tuple[Page, list[str], list[str]]:
+    """`page_file` opened in a new page with every non-file request recorded and aborted; the page, those
+    requests' URLs and the page's errors (both lists fill while the page lives)."""
+    remote: list[str] = []
+    errors: list[str] = []
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    if init_script:
+        page.add_init_script(init_script)
+    page.route(re.compile(r"^(?!file:).*"), lambda route: (remote.append(route.request.url), route.abort()))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(page_file.as_uri())
+    return page, remote, errors
+
+
+def wait_all_drawn(page: Page, n: int) -> list[list[object]]:
+    """Wait until the page's `n` figure divs are all drawn by plotly.js; their [id, drawn] pairs."""
+    page.wait_for_function(f"{ALL_DRAWN}.length === {n} && {ALL_DRAWN}.every(([, drawn]) => drawn)")
+    return page.evaluate(ALL_DRAWN)
+
+
+def test_charts_really_draw_offline_in_headless_chromium(tmp_path: Path, exported: str, browser: Browser) -> None:
     page_file = write_atomic(tmp_path / "report.html", exported)
     shots = ROOT / "test-output"
     shots.mkdir(exist_ok=True)
-    remote: list[str] = []
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-background-networking", "--disable-quic", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 900})
-            page.route(re.compile(r"^(?!file:).*"), lambda route: (remote.append(route.request.url), route.abort()))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(page_file.as_uri())
-            page.wait_for_function("document.querySelectorAll('.plotly-graph-div .main-svg').length >= 6")
-            drawn = page.evaluate("""Array.from(document.querySelectorAll('.plotly-graph-div'))
-                                      .map(d => [d.id, d.querySelector('.main-svg') !== null])""")
-            buttons = set(page.evaluate("""Array.from(document.querySelectorAll('.modebar-btn'))
-                                           .map(b => b.getAttribute('data-title'))"""))
-            page.screenshot(path=str(shots / "export_sample_report.png"), full_page=True)
-        finally:
-            browser.close()
+    page, remote, errors = open_offline(browser, page_file)
+    drawn = wait_all_drawn(page, 6)
+    version = page.evaluate("Plotly.version")
+    note_hidden = page.locator("#spm-charts-note").is_hidden()
+    buttons = set(page.evaluate("""Array.from(document.querySelectorAll('.modebar-btn'))
+                                   .map(b => b.getAttribute('data-title'))"""))
+    page.screenshot(path=str(shots / "export_sample_report.png"), full_page=True)
+    page.close()
     assert drawn == [[f"fig-ann-{s}", True] for s in SECTIONS]
+    assert version == plotly.offline.get_plotlyjs_version() and note_hidden
     assert remote == [] and errors == []
     assert "Download plot as a PNG" in buttons and "Share chart..." not in buttons and "Lasso Select" not in buttons
+
+
+def test_a_browser_without_decompressionstream_shows_a_note_instead_of_charts(
+        tmp_path: Path, exported: str, browser: Browser) -> None:
+    page_file = write_atomic(tmp_path / "report.html", exported)
+    page, remote, errors = open_offline(browser, page_file, init_script="delete window.DecompressionStream;")
+    note = page.locator("#spm-charts-note")
+    note.wait_for(state="visible")
+    text = note.inner_text()
+    drawn = page.evaluate(ALL_DRAWN)
+    has_plotly = page.evaluate("typeof window.Plotly")
+    page.close()
+    assert text.startswith("Charts not shown") and "lacks DecompressionStream" in text
+    assert drawn == [[f"fig-ann-{s}", False] for s in SECTIONS] and has_plotly == "undefined"
+    assert remote == [] and errors == []
+
+
+def test_figures_draw_at_once_on_a_page_that_loads_plotly_js_itself(tmp_path: Path, browser: Browser) -> None:
+    """As on the live Voila page: plotly.js by a plain <script src>, no spmPlot: each figure draws as it comes."""
+    figures = "".join(figure_html(fig, div_id("live", name)) for name, fig in six_figures().items())
+    page_file = write_atomic(tmp_path / "live.html", f'<!DOCTYPE html><html><head><script src="{PLOTLY_JS.as_uri()}">'
+                                                     f"</script></head><body>{figures}</body></html>")
+    page, remote, errors = open_offline(browser, page_file)  # returns once the page has loaded
+    drawn = page.evaluate(ALL_DRAWN)  # newPlot sets _fullLayout as each figure's script runs: no waiting
+    page.close()
+    assert drawn == [[div_id("live", name), True] for name in SECTIONS]
+    assert remote == [] and errors == []
+
+
+def test_a_real_report_attached_to_its_email_draws_every_figure_offline(
+        small_project: Path, tmp_path: Path, browser: Browser, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executive's report of a real monthly run, taken out of the .eml `spm send --dry-run` writes."""
+    root = tmp_path / "p"
+    shutil.copytree(small_project, root)
+    manifest = run(load_config(root), "monthly", AS_OF, owner=OWNER, workers=1, progress=False)
+    cfg = load_config(root)
+    cfg = cfg.model_copy(update={"state": StateConfig(url=f"sqlite:///{root / 'state.sqlite'}")})
+    run_dir = root / "runs/monthly/2026-10-31"
+    monkeypatch.setenv("SPM_LINK_SECRET", "a-test-secret-of-enough-length")
+    assert send_all(cfg, run_dir, owner=OWNER, dry_run=True, progress=False).sent == [OWNER]
+    msg = email.message_from_bytes((run_dir / "email" / f"{OWNER}.eml").read_bytes(), policy=policy.default)
+    attached = [p for p in msg.iter_attachments() if p.get_content_type() == "text/html"]
+    assert len(attached) == 1
+    report = bytes(attached[0].get_payload(decode=True))
+    assert report == Path(manifest["owners"][OWNER]["html"]).read_bytes()
+    assert len(report) < 0.6 * PLOTLY_JS.stat().st_size and len(PACKED.findall(report.decode())) == 1
+    n_figures = report.decode().count("window.spmPlot ||")
+    assert n_figures >= 6 and n_figures == report.decode().count('class="plotly-graph-div"')
+    page_file = tmp_path / "attached.html"
+    page_file.write_bytes(report)
+    page, remote, errors = open_offline(browser, page_file)
+    drawn = wait_all_drawn(page, n_figures)
+    note_hidden = page.locator("#spm-charts-note").is_hidden()
+    page.close()
+    assert len(drawn) == n_figures and note_hidden
+    assert remote == [] and errors == []
