@@ -10,17 +10,80 @@ is open again, and an amount edited after as_of (even on a closed deal) does not
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
 import pandas as pd
 
 from spm_lib.config import StagesConfig
-from spm_lib.frames import isin
 
-FIELDS = ["stage", "amount", "close_date"]
 EXTRA_COLUMNS = ["pushes", "amount_decreased", "stage_entered_at", "max_stage_index", "days_in_stage",
                  "asof_from_history"]
+
+
+@dataclass(frozen=True)
+class SortedHistory:
+    """The history rows up to the end of `as_of` as integer-coded arrays, sorted by opportunity then changed_at
+    (ties in table order): built once per run and shared by the snapshot and the trust checks.
+
+    `code` numbers the opportunity of each row (`ids[code]` is its id; `first` marks each deal's first row),
+    `stage_ff` numbers the stage carried forward per deal (`stages[stage_ff]`, -1 before the first row that sets
+    one); `amount_ff` and `close_ff` are carried forward the same way.
+    """
+
+    as_of: date
+    ids: pd.Index
+    stages: pd.Index
+    code: np.ndarray
+    first: np.ndarray
+    changed_at: np.ndarray
+    stage_ff: np.ndarray
+    amount_ff: np.ndarray
+    close_ff: np.ndarray
+
+    def previous(self, values: np.ndarray, missing: object) -> np.ndarray:
+        """The value of the deal's row before (`missing` on a deal's first row)."""
+        out = np.empty_like(values)
+        if len(values):
+            out[1:] = values[:-1]
+            out[self.first] = missing
+        return out
+
+    def last_rows(self) -> np.ndarray:
+        """Per opportunity code, the position of its last row up to as_of (-1: none)."""
+        ends = np.flatnonzero(np.r_[self.code[1:] != self.code[:-1], True]) if len(self.code) else self.code
+        last = np.full(len(self.ids), -1, dtype=np.int64)
+        last[self.code[ends]] = ends
+        return last
+
+    def codes_of(self, ids: pd.Series) -> np.ndarray:
+        """The code of each of `ids` (-1: the opportunity has no history row at all)."""
+        return self.ids.get_indexer(ids.astype("string"))
+
+    def rows_of(self, codes: np.ndarray) -> np.ndarray:
+        """The last row up to as_of of each opportunity code in `codes` (-1: none)."""
+        return np.where(codes >= 0, self.last_rows()[np.maximum(codes, 0)] if len(self.ids) else -1, -1)
+
+    def per_deal_max(self, values: np.ndarray, rows: np.ndarray, missing: object) -> np.ndarray:
+        """Per opportunity code, the largest of `values` over the rows `rows` (`missing` for a deal with none)."""
+        out = np.full(len(self.ids), missing, dtype=values.dtype)
+        np.maximum.at(out, self.code[rows], values[rows])
+        return out
+
+
+def first_of_run(codes: np.ndarray) -> np.ndarray:
+    """True where a value differs from the one before it (and on the first element)."""
+    first = np.ones(len(codes), dtype=bool)
+    first[1:] = codes[1:] != codes[:-1]
+    return first
+
+
+def carry_index(valid: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """For each position, the last position at or before it where `valid` holds, not going back past a start
+    (a start that is not valid points at itself)."""
+    at = np.where(valid | starts, np.arange(len(valid)), 0)
+    return np.maximum.accumulate(at) if len(at) else at
 
 
 def _end_of(as_of: date) -> pd.Timestamp:
@@ -32,7 +95,7 @@ def _has_history(history: pd.DataFrame | None) -> bool:
     return history is not None and not history.empty
 
 
-def _created_by(opportunities: pd.DataFrame, as_of: date) -> pd.DataFrame:
+def created_by(opportunities: pd.DataFrame, as_of: date) -> pd.DataFrame:
     """The opportunities created on or before as_of (all of them when the creation date is unknown)."""
     if "created_date" not in opportunities.columns:
         return opportunities
@@ -65,72 +128,88 @@ def _closed_flags(opps: pd.DataFrame, stages: StagesConfig) -> tuple[pd.Series, 
     return flag("is_closed", won | lost), flag("is_won", won)
 
 
-def _history_rows(history: pd.DataFrame, ids: pd.Series, as_of: date) -> pd.DataFrame:
-    """History rows of the given opportunities up to the end of as_of, sorted, with values carried forward.
-
-    Columns: opportunity_id, changed_at, stage, amount, close_date (carried forward), prev_stage, prev_amount,
-    prev_close_date (the carried-forward values of the row before, NA on an opportunity's first row).
-    """
-    h = pd.DataFrame({"opportunity_id": history["opportunity_id"].astype("string"),
-                      "changed_at": pd.to_datetime(history["changed_at"])})
-    h["stage"] = (history["stage"].astype("string") if "stage" in history
-                  else pd.Series(pd.NA, index=history.index, dtype="string"))
-    h["amount"] = (pd.to_numeric(history["amount"]).astype("float64") if "amount" in history
-                   else pd.Series(np.nan, index=history.index, dtype="float64"))
-    h["close_date"] = (pd.to_datetime(history["close_date"]).astype("datetime64[ns]") if "close_date" in history
-                       else pd.Series(pd.NaT, index=history.index, dtype="datetime64[ns]"))
-    h = h[isin(h["opportunity_id"], ids).to_numpy() & (h["changed_at"] < _end_of(as_of)).to_numpy()
-          & h["opportunity_id"].notna().to_numpy()]
-    # by opportunity, then changed_at, ties in table order (a stable sort on integer codes, not on the text ids)
-    codes = pd.factorize(h["opportunity_id"])[0]
-    order = np.lexsort((h["changed_at"].to_numpy(dtype="int64"), codes))
-    h = h.take(order).reset_index(drop=True)
-    key = codes[order]
-    h[FIELDS] = h[FIELDS].groupby(key, sort=False).ffill()
-    prev = h[FIELDS].groupby(key, sort=False).shift(1)
-    for f in FIELDS:
-        h[f"prev_{f}"] = prev[f]
-    h["_g"] = np.cumsum(np.r_[True, key[1:] != key[:-1]]) - 1 if len(key) else np.zeros(0, dtype=np.int64)
-    return h
+def _sort_order(code: np.ndarray, when: np.ndarray) -> np.ndarray:
+    """The stable order by (code, when): ties keep their order; no sort when the rows are in that order already
+    (a history exported deal by deal, in time order)."""
+    step = np.diff(code)
+    if (step >= 0).all() and ((step != 0) | (np.diff(when) >= 0)).all():
+        return np.arange(len(code))
+    return np.lexsort((when, code))
 
 
-def _lookup(values: pd.Series, pos: np.ndarray, index: pd.Index) -> pd.Series:
-    """values[p] for each group number p of `pos` (NA where -1: no history row), with index `index`."""
-    return values.reindex(pos).set_axis(index)
+def sort_history(history: pd.DataFrame, as_of: date) -> SortedHistory:
+    """The history rows with an opportunity id and changed_at before the end of `as_of`, sorted and coded."""
+    changed = pd.to_datetime(history["changed_at"]).to_numpy(dtype="datetime64[ns]")
+    codes, ids = pd.factorize(history["opportunity_id"])  # the whole column: cheaper than filtering text first
+    keep = np.flatnonzero((changed < _end_of(as_of).to_datetime64()) & (codes >= 0))
+    order = keep[_sort_order(codes[keep], changed[keep].view("int64"))]
+    code = codes[order]
+    if "stage" in history:
+        stage, stages = pd.factorize(history["stage"])
+        stage = stage[order]
+    else:
+        stage, stages = np.full(len(code), -1, dtype=np.int64), pd.Index([], dtype="string")
+    amount = (pd.to_numeric(history["amount"]).to_numpy(dtype="float64", na_value=np.nan)[order]
+              if "amount" in history else np.full(len(code), np.nan))
+    close = (pd.to_datetime(history["close_date"]).to_numpy(dtype="datetime64[ns]")[order]
+             if "close_date" in history else np.full(len(code), np.datetime64("NaT", "ns"), dtype="datetime64[ns]"))
+    starts = first_of_run(code)
+
+    def ff(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        return values[carry_index(valid, starts)] if len(values) else values
+
+    return SortedHistory(as_of=as_of, ids=pd.Index(ids, dtype="string"), stages=pd.Index(stages, dtype="string"),
+                         code=code, first=starts, changed_at=changed[order], stage_ff=ff(stage, stage >= 0),
+                         amount_ff=ff(amount, ~np.isnan(amount)), close_ff=ff(close, ~np.isnat(close)))
 
 
-def _from_history(opps: pd.DataFrame, h: pd.DataFrame, stages: StagesConfig, as_of: date) -> pd.DataFrame:
-    """`opps` with as-of stage/amount/close_date and the history columns (pushes, …) from the rows `h`."""
+def _from_history(opps: pd.DataFrame, h: SortedHistory, stages: StagesConfig, as_of: date) -> pd.DataFrame:
+    """`opps` with as-of stage/amount/close_date and the history columns (pushes, …) from the sorted history `h`."""
     out = opps.copy()
-    key = out["opportunity_id"].astype("string")
-    g = h["_g"].to_numpy()  # the opportunity's group number: rows are sorted by it, then by changed_at
-    last_row = np.r_[g[1:] != g[:-1], True] if len(g) else np.zeros(0, dtype=bool)
-    pos = pd.Index(h["opportunity_id"][last_row]).get_indexer(key)  # each deal's group, -1 without history
-    last = h.loc[last_row, FIELDS].reset_index(drop=True)  # the carried-forward values of the last row
-    for f in FIELDS:
-        asof_value = _lookup(last[f], pos, out.index)
+    n = len(h.ids)
+    row = h.rows_of(h.codes_of(out["opportunity_id"]))  # each deal's last row up to as_of, -1 without
+    code = np.where(row >= 0, h.code[row] if len(h.code) else -1, -1)
+    stage_code = np.where(row >= 0, h.stage_ff[row], -1)
+    last_values = {
+        "stage": pd.Series(h.stages.array.take(stage_code, allow_fill=True), index=out.index),
+        "amount": pd.Series(np.where(row >= 0, h.amount_ff[row], np.nan), index=out.index),
+        "close_date": pd.Series(np.where(row >= 0, h.close_ff[row], np.datetime64("NaT", "ns")), index=out.index,
+                                dtype="datetime64[ns]"),
+    }
+    for f, asof_value in last_values.items():
         current = out[f] if f in out.columns else pd.Series(pd.NA, index=out.index)
         out[f] = asof_value.where(asof_value.notna(), current).astype(current.dtype if f in opps.columns
-                                                                       else last[f].dtype)
+                                                                       else asof_value.dtype)
 
-    pushed = (h["close_date"] > h["prev_close_date"]).fillna(False)
-    was_open = ~h["prev_stage"].isin([*stages.won, *stages.lost]).fillna(False)
-    decreased = ((h["amount"] < h["prev_amount"]).fillna(False) & was_open).astype(bool)
-    entered = (h["stage"].notna() & (h["prev_stage"].isna() | (h["stage"] != h["prev_stage"]))).fillna(False)
-    per_opp = pd.DataFrame({
-        "pushes": pushed.astype(int).groupby(g).sum(),
-        "amount_decreased": decreased.groupby(g).any(),
-        "stage_entered_at": h["changed_at"].where(entered.astype(bool)).groupby(g).max(),
-        "max_stage_index": _stage_index(h["stage"], stages).groupby(g).max(),
-    })
-    out["pushes"] = _lookup(per_opp["pushes"], pos, out.index).fillna(0).astype("Int64")
-    out["amount_decreased"] = _lookup(per_opp["amount_decreased"], pos, out.index).fillna(False).astype("boolean")
+    prev_stage = h.previous(h.stage_ff, -1)
+    pushed = h.close_ff > h.previous(h.close_ff, np.datetime64("NaT", "ns"))  # NaT compares False
+    closed_codes = np.flatnonzero(h.stages.isin([*stages.won, *stages.lost]))
+    decreased = (h.amount_ff < h.previous(h.amount_ff, np.nan)) & ~np.isin(prev_stage, closed_codes)
+    entered = (h.stage_ff >= 0) & ((prev_stage < 0) | (h.stage_ff != prev_stage))
+    index_of = _stage_index(pd.Series(h.stages, dtype="string"), stages).fillna(-1).to_numpy(dtype="int64")
+    row_index = np.where(h.stage_ff >= 0, index_of[h.stage_ff] if len(index_of) else -1, -1)
+    per_code = {
+        "pushes": np.bincount(h.code[pushed], minlength=n),
+        "amount_decreased": np.bincount(h.code[decreased], minlength=n) > 0,
+        "stage_entered_at": h.per_deal_max(h.changed_at.view("int64"), entered, np.iinfo(np.int64).min
+                                           ).view("datetime64[ns]"),
+        "max_stage_index": h.per_deal_max(row_index, row_index >= 0, -1),
+    }
+
+    def lookup(name: str, missing: object) -> np.ndarray:
+        values = per_code[name]
+        return np.where(code >= 0, values[np.maximum(code, 0)] if n else missing, missing)
+
+    out["pushes"] = pd.Series(lookup("pushes", 0), index=out.index).astype("Int64")
+    out["amount_decreased"] = pd.Series(lookup("amount_decreased", False), index=out.index).astype("boolean")
     # no row set the stage up to as_of: the deal has been in it since it was created
-    entered_at = _lookup(per_opp["stage_entered_at"], pos, out.index).astype("datetime64[ns]")
+    entered_at = pd.Series(lookup("stage_entered_at", np.datetime64("NaT", "ns")), index=out.index,
+                           dtype="datetime64[ns]")
     if "created_date" in out.columns:
         entered_at = entered_at.fillna(pd.to_datetime(out["created_date"]).astype("datetime64[ns]"))
     out["stage_entered_at"] = entered_at
-    reached = _lookup(per_opp["max_stage_index"], pos, out.index).astype("Int64")
+    reached = pd.Series(lookup("max_stage_index", -1), index=out.index).astype("Int64")
+    reached = reached.mask(reached < 0)
     out["max_stage_index"] = pd.concat([reached, _stage_index(out["stage"], stages)], axis=1).max(axis=1).astype(
         "Int64")
     days = (pd.Timestamp(as_of) - out["stage_entered_at"].dt.normalize()).dt.days
@@ -139,7 +218,7 @@ def _from_history(opps: pd.DataFrame, h: pd.DataFrame, stages: StagesConfig, as_
 
 
 def snapshot(opportunities: pd.DataFrame, history: pd.DataFrame | None, as_of: date,
-             stages: StagesConfig) -> pd.DataFrame:
+             stages: StagesConfig, sorted_history: SortedHistory | None = None) -> pd.DataFrame:
     """The opportunities as they stood at the end of day `as_of`, with their history columns.
 
     Only deals created on or before as_of. stage, amount and close_date are the as-of values (current values
@@ -149,12 +228,13 @@ def snapshot(opportunities: pd.DataFrame, history: pd.DataFrame | None, as_of: d
     set it), max_stage_index (furthest open stage reached, in stages.open_names order; a won deal reached them all),
     days_in_stage (as_of minus the day the stage was entered), and asof_from_history (True when history was used).
     Without history the history columns are NA, never 0; `df.attrs["asof_from_history"]` tells the same.
+    `sorted_history`: `sort_history(history, as_of)` when the caller has it already.
     """
-    opps = _created_by(opportunities, as_of).reset_index(drop=True)
+    opps = created_by(opportunities, as_of).reset_index(drop=True)
     use_history = _has_history(history)
     if use_history:
         assert history is not None
-        h = _history_rows(history, opps["opportunity_id"].astype("string"), as_of)
+        h = sorted_history if sorted_history is not None else sort_history(history, as_of)
         out = _from_history(opps, h, stages, as_of)
     else:
         out = opps.copy()

@@ -21,6 +21,7 @@ from spm_lib import kpis as registry
 from spm_lib.config import Config
 from spm_lib.context import KPI_COLUMNS, CubeContext, build_context
 from spm_lib.contract import Dataset
+from spm_lib.frames import map_values, sort_order
 
 NOT_AVAILABLE = "not available — needs "
 
@@ -67,62 +68,81 @@ def _add_years(d: date, n: int) -> date:
 # ---------------------------------------------------------------- facts: deals as they stood at each period's end
 def _won_lost(ctx: CubeContext) -> None:
     """Create table `won_lost`: each closed deal as it stood at a period's end, with close date in that period."""
-    won = ", ".join(_sql_str(s) for s in ctx.cfg.stages.won) or "NULL"
-    closed = ", ".join(_sql_str(s) for s in ctx.cfg.stages.won + ctx.cfg.stages.lost) or "NULL"
-    con = ctx.con
-    has_history = ctx.data.has("opportunity_history")
-    if has_history:
-        con.execute("""
-            CREATE OR REPLACE TEMP TABLE states AS
-            WITH h AS (
-              SELECT opportunity_id, changed_at,
-                row_number() OVER (PARTITION BY opportunity_id ORDER BY changed_at) AS seq,
-                stage, amount, close_date
-              FROM opportunity_history),
-            f AS (
-              SELECT opportunity_id, changed_at AS valid_from,
-                lead(changed_at) OVER (PARTITION BY opportunity_id ORDER BY seq) AS valid_to,
-                last_value(stage IGNORE NULLS) OVER w AS stage,
-                last_value(amount IGNORE NULLS) OVER w AS amount,
-                last_value(close_date IGNORE NULLS) OVER w AS close_date
-              FROM h WINDOW w AS (PARTITION BY opportunity_id ORDER BY seq
-                                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))
-            SELECT * FROM f""")
-        state_src = """
-            SELECT s.opportunity_id, s.valid_from, s.valid_to,
-                   coalesce(s.stage, o.stage) AS stage, coalesce(s.amount, o.amount) AS amount,
-                   coalesce(s.close_date, o.close_date) AS close_date, NULL::BOOLEAN AS won_flag,
-                   NULL::BOOLEAN AS closed_flag
-            FROM states s JOIN opportunities o USING (opportunity_id)
-            UNION ALL
-            SELECT o.opportunity_id, NULL, NULL, o.stage, o.amount, o.close_date, o.is_won, o.is_closed
-            FROM opportunities o ANTI JOIN states s USING (opportunity_id)"""
-    else:
-        state_src = """
-            SELECT opportunity_id, NULL::TIMESTAMP AS valid_from, NULL::TIMESTAMP AS valid_to, stage, amount,
-                   close_date, is_won AS won_flag, is_closed AS closed_flag
-            FROM opportunities"""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE won_lost AS
-        WITH s AS ({state_src}),
-        t AS (
-          SELECT s.*,
-            CASE WHEN s.stage IS NOT NULL AND s.stage IN ({closed}) THEN s.stage IN ({won})
-                 WHEN s.stage IS NOT NULL AND s.won_flag IS NULL THEN FALSE
-                 ELSE coalesce(s.won_flag, FALSE) END AS is_won,
-            CASE WHEN s.stage IS NOT NULL AND s.closed_flag IS NULL THEN s.stage IN ({closed})
-                 ELSE coalesce(s.closed_flag, s.stage IN ({closed}), FALSE) END AS is_closed
-          FROM s)
-        SELECT p.label AS period, o.opportunity_id, o.owner_id, o.account_id, o.created_date, o.product,
-               o.lead_source, o.margin, o.cost, o.list_amount, o.segment, o.is_expansion,
-               t.stage, t.amount, t.close_date, t.is_won, t.is_closed
-        FROM t JOIN opp_static o USING (opportunity_id)
-        JOIN periods p ON t.close_date BETWEEN p.start AND p.asof_end
-          AND (t.valid_from IS NULL OR t.valid_from < p.asof_end + INTERVAL 1 DAY)
-          AND (t.valid_to IS NULL OR t.valid_to >= p.asof_end + INTERVAL 1 DAY)
-          AND (o.created_date IS NULL OR o.created_date <= p.asof_end)
-        WHERE t.is_closed""")
-    con.execute("DROP TABLE IF EXISTS states")  # only needed to build won_lost: free its memory
+    ctx.con.register("_closed_states", _closed_states(ctx))
+    try:
+        ctx.con.execute("""
+            CREATE OR REPLACE TEMP TABLE won_lost AS
+            SELECT p.label AS period, o.opportunity_id, o.owner_id, o.account_id, o.created_date, o.product,
+                   o.lead_source, o.margin, o.cost, o.list_amount, o.segment, o.is_expansion,
+                   CAST(t.stage AS VARCHAR) AS stage, t.amount, t.close_date, t.is_won, t.is_closed
+            FROM _closed_states t JOIN opp o ON o.rowid = t.snapshot_row  -- opp holds the snapshot rows in order
+            JOIN periods p ON t.close_date BETWEEN p.start AND p.asof_end
+              AND (t.valid_from IS NULL OR t.valid_from < p.asof_end + INTERVAL 1 DAY)
+              AND (t.valid_to IS NULL OR t.valid_to >= p.asof_end + INTERVAL 1 DAY)
+              AND (o.created_date IS NULL OR o.created_date <= p.asof_end)""")
+    finally:
+        ctx.con.unregister("_closed_states")
+
+
+def _closed_states(ctx: CubeContext) -> pd.DataFrame:
+    """The closed states of the snapshot deals up to as_of: one row per history row (valid from its changed_at to
+    the deal's next change), or per deal without history (its current state, always valid).
+
+    Columns: snapshot_row (the deal's row in ctx.snapshot and in table opp), valid_from, valid_to, stage (as a
+    category), amount, close_date, is_won, is_closed. Values a history row does not carry yet are the deal's
+    current ones; is_won / is_closed follow the stage (stages.won / stages.lost), else the table's own flags
+    (a history row has none). Closedness is decided on integer codes first: only closed rows gather values.
+    """
+    from spm_lib.asof import created_by
+
+    cur = created_by(ctx.data.table("opportunities"), ctx.as_of).reset_index(drop=True)  # rows as in the snapshot
+    nat = np.datetime64("NaT", "ns")
+    amount = cur["amount"].to_numpy(dtype="float64", na_value=np.nan) if "amount" in cur else np.full(len(cur),
+                                                                                                     np.nan)
+    close = (cur["close_date"].to_numpy(dtype="datetime64[ns]", na_value=nat) if "close_date" in cur
+             else np.full(len(cur), nat))
+    stage_text = cur["stage"] if "stage" in cur else pd.Series(pd.NA, index=cur.index, dtype="string")
+    h = ctx.sorted_history()
+    cats = pd.Index(stage_text.dropna().unique()).append(pd.Index([] if h is None else h.stages)).unique()
+    cur_stage = cats.get_indexer(stage_text)  # -1: no stage
+    closed_cat = np.r_[np.asarray(cats.isin(ctx.cfg.stages.won + ctx.cfg.stages.lost), dtype=bool), False]
+    won_cat = np.r_[np.asarray(cats.isin(ctx.cfg.stages.won), dtype=bool), False]  # index -1: False
+
+    def flag(col: str, rows: np.ndarray) -> np.ndarray:  # the table's flag: 1 true, 0 false, -1 none
+        values = cur[col].astype("boolean") if col in cur else pd.Series(pd.NA, index=cur.index, dtype="boolean")
+        return np.where(values.isna(), -1, values.fillna(False).astype(bool)).astype(np.int8)[rows]
+
+    def states(rows: np.ndarray, valid_from: np.ndarray, valid_to: np.ndarray, stage: np.ndarray,
+               amt: np.ndarray, close_date: np.ndarray, is_won: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame({"snapshot_row": rows, "valid_from": valid_from, "valid_to": valid_to,
+                             "stage": pd.Categorical.from_codes(stage, categories=cats), "amount": amt,
+                             "close_date": close_date, "is_won": is_won, "is_closed": True})
+
+    code = ctx.history_codes() if h is not None else np.full(len(cur), -1)  # cur has the snapshot's rows
+    parts = []
+    if h is not None:  # history rows of the snapshot deals: their stage decides (no stage yet: the current one)
+        row_of_code = np.full(len(h.ids), -1, dtype=np.int64)
+        row_of_code[code[code >= 0]] = np.flatnonzero(code >= 0)
+        at = np.flatnonzero(row_of_code[h.code] >= 0)
+        rows = row_of_code[h.code[at]]
+        hist_stage = cats.get_indexer(h.stages) if len(h.stages) else np.zeros(1, dtype=np.int64)
+        stage = np.where(h.stage_ff[at] >= 0, hist_stage[h.stage_ff[at]], cur_stage[rows])
+        closed = closed_cat[stage]
+        at, rows, stage = at[closed], rows[closed], stage[closed]
+        nxt = np.minimum(at + 1, max(len(h.code) - 1, 0))
+        same_deal = (at + 1 < len(h.code)) & (h.code[nxt] == h.code[at])
+        amt, close_date = h.amount_ff[at], h.close_ff[at]
+        parts.append(states(rows, h.changed_at[at], np.where(same_deal, h.changed_at[nxt], nat), stage,
+                            np.where(np.isnan(amt), amount[rows], amt),
+                            np.where(np.isnat(close_date), close[rows], close_date), won_cat[stage]))
+    none = np.flatnonzero(code < 0)  # deals without any history row: their current state, always valid
+    stage, closed_flag, won_flag = cur_stage[none], flag("is_closed", none), flag("is_won", none)
+    closed = np.where(closed_flag >= 0, closed_flag == 1, closed_cat[stage])
+    is_won = np.where(closed_cat[stage], won_cat[stage], won_flag == 1)
+    rows = none[closed]
+    parts.append(states(rows, np.full(len(rows), nat), np.full(len(rows), nat), stage[closed], amount[rows],
+                        close[rows], is_won[closed]))
+    return pd.concat(parts, ignore_index=True)
 
 
 def _sql_str(s: str) -> str:
@@ -149,13 +169,14 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
         if view == "won_lost":
             period_join = "JOIN periods p ON p.label = f.period"
             when = "f.close_date"
+            pre = _PreSum("close_date", _day_buckets(ctx, view, "close_date", periods), keys=("period",))
         elif date_col is None:
             period_join = "CROSS JOIN periods p"
             when = f"DATE '{ctx.as_of.isoformat()}'"
         else:
             period_join = f"JOIN periods p ON f.{date_col} BETWEEN p.start AND p.asof_end"
             when = f"f.{date_col}"
-            pre = date_col
+            pre = _PreSum(date_col, _day_buckets(ctx, view, date_col, periods))
         frames.append(_measure_query(ctx, view, ks, period_join, when, None, None, pre_by=pre))
         dims = sorted({d for k in ks for d in k.measure.dims})  # type: ignore[union-attr]
         for dim in dims:
@@ -165,7 +186,7 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
                                    ).fetchall()[0][0]:  # fetch all: no unfinished result left on con
                 continue
             frames.append(_measure_query(ctx, view, with_dim, period_join, when, dim, f"f.{expr}",
-                                         only_period=p_label))
+                                         only_period=p_label, pre_by=pre))
     if not frames:
         return pd.DataFrame(columns=["owner_id", "period", "kpi", "dim", "dim_value", "value"])
     return pd.concat(frames, ignore_index=True)
@@ -173,10 +194,10 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
 
 def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_join: str, when: str,
                    dim: str | None, dim_expr: str | None, only_period: str | None = None,
-                   pre_by: str | None = None) -> pd.DataFrame:
+                   pre_by: _PreSum | None = None) -> pd.DataFrame:
     """Measures of `ks` per scope, period (and dim value). `pre_by`: the date column the facts may first be
-    summed by (per owner and date) before they are joined to periods and scopes (far fewer rows to join; worth it
-    for all periods, not one), done only when every aggregate adds up."""
+    summed by (per owner and day, or per owner and bucket of days) before they are joined to periods and scopes
+    (far fewer rows to join), done only when every aggregate adds up."""
     cols = []
     for k in ks:
         m = k.measure
@@ -190,8 +211,8 @@ def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_j
     where_period = f"WHERE p.label = {_sql_str(only_period)}" if only_period else ""
     source = f"{view} f"
     if pre_by is not None and all(k.measure.agg != "count_distinct" for k in ks):  # type: ignore[union-attr]
-        source = (f"(SELECT f.owner_id, f.{pre_by}{dim_sel if dim_expr else ''}, {', '.join(cols)} "
-                  f"FROM {view} f GROUP BY ALL) f")
+        source = (f"(SELECT f.owner_id, {pre_by.select()}{dim_sel if dim_expr else ''}, {', '.join(cols)} "
+                  f"FROM {view} f {pre_by.where()} GROUP BY ALL) f")
         dim_sel = ", f.dim_value" if dim_expr else dim_sel
         cols = [_sum_partial(k, part) for k in ks for part in ("n", "d")]
     sql = f"""
@@ -209,6 +230,65 @@ def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_j
         out.append(pd.DataFrame({"owner_id": wide["owner_id"], "period": wide["period"], "kpi": k.id,
                                  "dim": dim, "dim_value": wide["dim_value"], "value": value}))
     return pd.concat(out, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class _PreSum:
+    """How facts are pre-summed before the period and scope joins: by owner and `column` (a day), or, with
+    `edges`, by owner and the bucket of days between two edges that holds `column` (dropping facts outside)."""
+
+    column: str
+    edges: list[pd.Timestamp] | None
+    keys: tuple[str, ...] = ()  # other columns of the view the facts are summed by
+
+    def select(self) -> str:
+        """The SELECT items standing for the fact's date (the date itself or its bucket's first day) and keys."""
+        keys = "".join(f"f.{k}, " for k in self.keys)
+        if not self.edges:
+            return f"{keys}f.{self.column}"
+        return f"{keys}{_bucket_sql(f'f.{self.column}', self.edges, 0, len(self.edges) - 1)} AS {self.column}"
+
+    def where(self) -> str:
+        """The WHERE clause keeping the facts inside the buckets."""
+        if not self.edges:
+            return ""
+        return (f"WHERE f.{self.column} >= {_ts_sql(self.edges[0])} AND f.{self.column} < "
+                f"{_ts_sql(self.edges[-1])}")
+
+
+MAX_EDGES = 512
+
+
+def _day_buckets(ctx: CubeContext, view: str, column: str, periods: pd.DataFrame) -> list[pd.Timestamp] | None:
+    """The days where a period starts or ends (the day after) or a hierarchy link starts or ends (the day after):
+    two facts dated between two such edges are in the same periods and scopes, so they may be summed together.
+    None (sum per day) when the column or an edge has a time of day, or there are too many edges."""
+    days = [periods["start"], periods["asof_end"] + pd.Timedelta(days=1)]
+    for col, shift in (("valid_from", 0), ("valid_to", 1)):
+        if col in ctx.ancestors:
+            days.append(pd.to_datetime(ctx.ancestors[col]).dropna() + pd.Timedelta(days=shift))
+    edges = pd.to_datetime(pd.concat(days, ignore_index=True)).astype("datetime64[ns]")
+    edges = edges[(edges >= periods["start"].min()) & (edges <= periods["asof_end"].max() + pd.Timedelta(days=1))]
+    edges = sorted(edges.drop_duplicates())
+    if len(edges) < 2 or len(edges) > MAX_EDGES or any(e != e.normalize() for e in edges):
+        return None
+    midnight = ctx.con.execute(f"SELECT coalesce(bool_and(f.{column} = date_trunc('day', f.{column})), TRUE) "
+                               f"FROM {view} f").fetchall()[0][0]
+    return edges if midnight else None
+
+
+def _bucket_sql(expr: str, edges: list[pd.Timestamp], lo: int, hi: int) -> str:
+    """SQL for the first day of the bucket [edges[i], edges[i + 1]) holding `expr`, known to be within
+    [edges[lo], edges[hi]) (a binary search: nested CASEs of depth log2 of the number of edges)."""
+    if hi - lo == 1:
+        return _ts_sql(edges[lo])
+    mid = (lo + hi) // 2
+    return (f"CASE WHEN {expr} < {_ts_sql(edges[mid])} THEN {_bucket_sql(expr, edges, lo, mid)} "
+            f"ELSE {_bucket_sql(expr, edges, mid, hi)} END")
+
+
+def _ts_sql(day: pd.Timestamp) -> str:
+    return f"TIMESTAMP '{day.strftime('%Y-%m-%d')}'"
 
 
 def _sum_partial(k: registry.Kpi, part: str) -> str:
@@ -322,10 +402,18 @@ def _complete_grid(long: pd.DataFrame, scopes: list[str], labels: list[str], ids
     measure_ids = [i for i in ids if registry.REGISTRY[i].measure is not None]
     grid = pd.MultiIndex.from_product([scopes, labels, measure_ids], names=["owner_id", "period", "kpi"]).to_frame(
         index=False)
-    nodim = long[long["dim"].isna()].drop(columns=["dim", "dim_value"])
-    full = grid.merge(nodim, on=["owner_id", "period", "kpi"], how="left")
-    agg = full["kpi"].map({i: registry.REGISTRY[i].measure.agg for i in measure_ids})  # type: ignore[union-attr]
-    missing = full["kpi"].map({i: _reason(ctx.data.missing(list(registry.REGISTRY[i].needs))) for i in measure_ids})
+    nodim = long[long["dim"].isna()]
+    # each measured row's place in the grid (scope-major, then period, then KPI), instead of a merge on text keys
+    at = [pd.Index(keys).get_indexer(nodim[col]) for keys, col in
+          ((scopes, "owner_id"), (labels, "period"), (measure_ids, "kpi"))]
+    found = (at[0] >= 0) & (at[1] >= 0) & (at[2] >= 0)
+    value = np.full(len(grid), np.nan)
+    value[((at[0] * len(labels) + at[1]) * len(measure_ids) + at[2])[found]] = nodim["value"].to_numpy(
+        dtype="float64")[found]
+    full = grid.assign(value=value)
+    agg = map_values(full["kpi"], {i: registry.REGISTRY[i].measure.agg for i in measure_ids})  # type: ignore[union-attr]
+    missing = map_values(full["kpi"], {i: _reason(ctx.data.missing(list(registry.REGISTRY[i].needs)))
+                                       for i in measure_ids})
     full["available"] = missing.isna()
     full["na_reason"] = missing
     zero_ok = agg.isin(["sum", "count", "count_distinct"]) & full["available"]
@@ -404,29 +492,32 @@ def _finish(df: pd.DataFrame, ctx: CubeContext) -> pd.DataFrame:
     from spm_lib.targets import attainment, status
 
     reg = registry.REGISTRY
-    df = df[~df["kpi"].map({i: k.hidden for i, k in reg.items()}).fillna(False).astype(bool)].copy()
-    owners = ctx.owners.set_index("owner_id")
-    df["level"] = df["owner_id"].map(owners["level"])
-    scope_of = {o: ctx.org.scope_kind(o) for o in owners.index}  # type: ignore[attr-defined]
-    df["scope"] = df["owner_id"].map(scope_of)
-    df["kind"] = df["kpi"].map({i: k.kind for i, k in reg.items()}).fillna("leading")
-    direction = df["kpi"].map({i: k.direction for i, k in reg.items()}).fillna("higher")
     for c in ("target", "available", "na_reason", "dim", "dim_value"):
         if c not in df.columns:
-            df[c] = np.nan if c == "target" else None
+            df = df.assign(**{c: np.nan if c == "target" else None})
+    hidden = map_values(df["kpi"], {i: k.hidden for i, k in reg.items()}).fillna(False).astype(bool)
+    shown = np.flatnonzero(~hidden.to_numpy())
+    order = sort_order(df, ["owner_id", "kpi", "period", "dim", "dim_value"], rows=shown)
+    df = df.take(shown[order]).reset_index(drop=True)  # one copy: filtered and sorted at once
+    owners = ctx.owners.set_index("owner_id")
+    df["level"] = map_values(df["owner_id"], owners["level"])
+    scope_of = {o: ctx.org.scope_kind(o) for o in owners.index}  # type: ignore[attr-defined]
+    df["scope"] = map_values(df["owner_id"], scope_of)
+    df["kind"] = map_values(df["kpi"], {i: k.kind for i, k in reg.items()}).fillna("leading")
+    direction = map_values(df["kpi"], {i: k.direction for i, k in reg.items()}).fillna("higher")
     df["available"] = df["available"].fillna(True).astype(bool)
     df["attainment"] = attainment(df["value"], df["target"], direction)
     df["status"] = status(df["attainment"], ctx.cfg.kpis.status)
-    return df[KPI_COLUMNS].sort_values(["owner_id", "kpi", "period", "dim", "dim_value"],
-                                       na_position="first").reset_index(drop=True)
+    return df[KPI_COLUMNS]
 
 
 def _facts(ctx: CubeContext) -> pd.DataFrame:
     """The as-of snapshot with each deal's ancestor owner ids (for drill-down), sorted by owner."""
     anc = ctx.ancestors.assign(scope_id=ctx.ancestors["scope_id"].astype(object))
     anc = anc.groupby("owner_id")["scope_id"].agg(list).rename("scope_ids")
-    facts = ctx.snapshot.merge(anc, left_on="owner_id", right_index=True, how="left")
-    return facts.sort_values(["owner_id", "opportunity_id"]).reset_index(drop=True)
+    facts = ctx.snapshot.take(sort_order(ctx.snapshot, ["owner_id", "opportunity_id"])).reset_index(drop=True)
+    facts["scope_ids"] = map_values(facts["owner_id"], anc)
+    return facts
 
 
 # ---------------------------------------------------------------- the run folder
@@ -435,11 +526,15 @@ CUBE_FILES = ("kpis", "trust", "trust_rows", "decomposition", "probabilities", "
 
 def write_cube(cube: Cube, run_dir: Path) -> None:
     """Write the cube's Parquet files and cube.json into `run_dir`, each atomically (temp file, then rename)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "facts").mkdir(exist_ok=True)
-    for name in CUBE_FILES:
-        _atomic_parquet(getattr(cube, name), run_dir / f"{name}.parquet")
-    _atomic_parquet(cube.facts, run_dir / "facts" / "opportunities.parquet")
+    files = [(cube.facts, run_dir / "facts" / "opportunities.parquet")]
+    files += [(getattr(cube, name), run_dir / f"{name}.parquet") for name in CUBE_FILES]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # Parquet encoding releases the GIL: two files at a time
+        for done in [pool.submit(_atomic_parquet, df, path) for df, path in files]:
+            done.result()  # re-raises a failed write
     _atomic_text(json.dumps(cube.meta, indent=2, default=str), run_dir / "cube.json")
 
 

@@ -121,7 +121,8 @@ def win_probabilities(ctx: CubeContext, min_deals: int = MIN_DEALS) -> pd.DataFr
     stages = _open_stage_table(ctx)
     snap = ctx.snapshot
     start = pd.Timestamp(_one_year_before(ctx.as_of) + timedelta(days=1))
-    closed = snap[_flag(snap["is_closed"]) & _between(snap["close_date"], (start, pd.Timestamp(ctx.as_of)))]
+    in_year = _flag(snap["is_closed"]) & _between(snap["close_date"], (start, pd.Timestamp(ctx.as_of)))
+    closed = snap[["is_won"]][in_year]  # the one column needed: no copy of the snapshot's text columns
     furthest = _furthest(ctx)[closed.index].to_numpy()
     won = _flag(closed["is_won"]).to_numpy()
     out = stages.copy()
@@ -254,8 +255,7 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
     snap = ctx.snapshot
     deals = snap[["opportunity_id", "owner_id", "stage", "is_closed", "is_won", "close_date"]].copy()
     deals["event_date"] = pd.to_datetime(deals["close_date"]).where(_flag(deals["is_closed"]))
-    last = _last_activity(ctx)
-    open_event = deals["opportunity_id"].map(last)
+    open_event = pd.Series(_last_activity(ctx), index=deals.index)
     deals["event_date"] = deals["event_date"].where(_flag(deals["is_closed"]), open_event)
     window = (ctx.windows.trend[0].start, ctx.as_of)  # type: ignore[attr-defined]
     deals = deals[_between(deals["event_date"], window)]
@@ -286,18 +286,16 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
     return out[ROW_COLUMNS]
 
 
-def _last_activity(ctx: CubeContext) -> pd.Series:
-    """Last history change or logged activity of each opportunity up to the end of as_of (index opportunity_id)."""
-    end = (pd.Timestamp(ctx.as_of) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-    parts = [f"SELECT opportunity_id, CAST(changed_at AS TIMESTAMP) AS w FROM opportunity_history "
-             f"WHERE changed_at < TIMESTAMP '{end}'"]
-    if ctx.data.has("activities", "opportunity_id"):
-        parts.append(f"SELECT opportunity_id, CAST(date AS TIMESTAMP) FROM activities WHERE date < TIMESTAMP '{end}'")
-    last = ctx.con.execute(f"""
-        SELECT opportunity_id, max(w) AS w FROM ({' UNION ALL '.join(parts)})
-        WHERE opportunity_id IS NOT NULL AND w IS NOT NULL GROUP BY opportunity_id""").df()
-    when = pd.to_datetime(last["w"]).astype("datetime64[ns]").dt.normalize()
-    return pd.Series(when.to_numpy(), index=pd.Index(last["opportunity_id"], name="opportunity_id"), name="when")
+def _last_activity(ctx: CubeContext) -> np.ndarray:
+    """Per snapshot deal, the day of its last history change or logged activity up to the end of as_of (NaT: none)."""
+    last = ctx.last_activity()
+    h = ctx.sorted_history()
+    if h is None or not len(h.code):
+        return last
+    row = h.rows_of(ctx.history_codes())  # each deal's last history row up to as_of: its latest change
+    changed = np.where(row >= 0, h.changed_at[np.maximum(row, 0)], np.datetime64("NaT", "ns"))
+    changed = changed.astype("datetime64[D]").astype("datetime64[ns]")  # the day (NaT stays NaT)
+    return np.where(np.isnat(last) | (changed > last), changed, last)
 
 
 def weak_stage(conv: pd.DataFrame, owner_id: str, benchmark_owner_id: str) -> dict[str, Any] | None:

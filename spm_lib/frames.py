@@ -35,8 +35,26 @@ def isin(s: pd.Series, values: Iterable[Any]) -> pd.Series:
     return pd.Series(np.asarray(hit, dtype=bool), index=s.index, name=s.name)
 
 
+def positions(s: pd.Series, values: pd.Series) -> np.ndarray:
+    """The position in `values` of each value of `s` (-1: not there, or missing), like
+    `pd.Index(values).get_indexer(s)`; hashed in pyarrow when both are text (no per-value Python objects)."""
+    arr, value_set = _arrow_text(s), _arrow_text(values)
+    if arr is None or value_set is None:
+        return pd.Index(values).get_indexer(s)
+    if isinstance(value_set, pa.ChunkedArray):
+        value_set = value_set.combine_chunks()
+    found = pc.index_in(arr, value_set=value_set.cast(arr.type))
+    return np.asarray(found.fill_null(-1), dtype=np.int64)
+
+
 # first bytes of the UTF-8 encodings of every Unicode white space character above ASCII (and U+FEFF)
 _SPACE_LEADS = np.array([0xC2, 0xE1, 0xE2, 0xE3, 0xEF], dtype=np.uint8)
+# per byte value: may it be the last byte of white space (ASCII controls, space, DEL)? the first byte also when
+# it leads a wider white space character (one table look-up per value instead of several comparisons)
+_BAD_LAST = np.zeros(256, dtype=bool)
+_BAD_LAST[:0x21] = _BAD_LAST[0x7F] = True
+_BAD_FIRST = _BAD_LAST.copy()
+_BAD_FIRST[_SPACE_LEADS] = True
 
 
 def _chunk_edges_clean(chunk: pa.Array) -> bool:
@@ -48,7 +66,8 @@ def _chunk_edges_clean(chunk: pa.Array) -> bool:
         return True
     _, off_buf, data_buf = chunk.buffers()
     offsets = np.frombuffer(off_buf, dtype=np.int64 if pa.types.is_large_string(chunk.type) else np.int32)
-    bounds: np.ndarray[Any, np.dtype[np.int64]] = offsets[chunk.offset: chunk.offset + n + 1].astype(np.int64)
+    window = offsets[chunk.offset: chunk.offset + n + 1]
+    bounds: np.ndarray[Any, np.dtype[np.int64]] = window.astype(np.int64, copy=False)
     start, end = bounds[:-1], bounds[1:]
     if chunk.null_count:
         valid = np.asarray(chunk.is_valid(), dtype=bool)
@@ -58,9 +77,7 @@ def _chunk_edges_clean(chunk: pa.Array) -> bool:
         return False
     data = np.frombuffer(data_buf, dtype=np.uint8)
     first, last = data[start], data[end - 1]
-    if ((first <= 0x20) | (first == 0x7F) | np.isin(first, _SPACE_LEADS)).any():
-        return False
-    if ((last <= 0x20) | (last == 0x7F)).any():
+    if _BAD_FIRST[first].any() or _BAD_LAST[last].any():
         return False
     wide = last >= 0x80  # the last character is multi-byte: look at its lead byte (2 or 3 bytes back)
     if wide.any():
@@ -82,3 +99,46 @@ def trimmed_already(s: pd.Series) -> bool:
         return False
     chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
     return all(_chunk_edges_clean(c) for c in chunks)
+
+
+def map_values(s: pd.Series, mapping: dict[Any, Any] | pd.Series) -> pd.Series:
+    """`s.map(mapping)` for a column with few distinct values: looked up once per distinct value, not per row
+    (a missing value maps to NaN)."""
+    codes, uniques = pd.factorize(s)
+    mapped = pd.Series(uniques, dtype=object).map(mapping)  # object: the values keep the mapping's own type
+    return mapped.reindex(codes).set_axis(s.index).rename(s.name)  # code -1 (missing) is no label: NaN
+
+
+def sort_order(df: pd.DataFrame, columns: list[str], rows: np.ndarray | None = None) -> np.ndarray:
+    """The row order of `df.sort_values(columns, na_position="first")` (stable), from integer ranks of each
+    column's distinct values rather than comparisons of every row's text. With `rows` (positions): the order of
+    `df.iloc[rows]`, without taking those rows first."""
+    keys = [_ranks(df[c]) for c in reversed(columns)]
+    if rows is not None:
+        keys = [k[rows] for k in keys]
+    return np.lexsort(keys) if keys else np.arange(len(df) if rows is None else len(rows))
+
+
+def _ranks(s: pd.Series) -> np.ndarray:
+    """Each value's rank among the column's distinct values in sort order (-1: missing, so first)."""
+    codes, uniques = pd.factorize(s)
+    try:  # the distinct values sorted by Arrow (UTF-8 byte order is code point order, like Python's)
+        order = np.asarray(pc.array_sort_indices(pa.array(uniques.array if isinstance(uniques, pd.Index)
+                                                           else uniques)))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return pd.factorize(s, sort=True)[0]
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return np.where(codes >= 0, rank[np.maximum(codes, 0)] if len(rank) else -1, -1)
+
+
+_DAY_NS = 86_400_000_000_000
+
+
+def day_of(s: pd.Series) -> pd.Series:
+    """`s.dt.normalize()` of a datetime64[ns] column: the day of each value; no pass over the values when all are
+    at midnight already (a column of dates)."""
+    ns = s.to_numpy(dtype="datetime64[ns]").view("int64")
+    if ((ns % _DAY_NS == 0) | np.isnat(ns.view("datetime64[ns]"))).all():
+        return s
+    return s.dt.normalize()

@@ -17,7 +17,7 @@ import pandas as pd
 from spm_lib.config import Config, NumberFormat, OwnersFromHierarchy, TableMapping
 from spm_lib.contract import CONTRACT, PANDAS_DTYPES
 from spm_lib.errors import MappingError, did_you_mean, format_ids
-from spm_lib.frames import trimmed_already
+from spm_lib.frames import day_of, trimmed_already
 from spm_lib.quality import Findings
 
 ReadOther = Callable[[str, str], pd.DataFrame]  # (source table name, config key naming it) -> raw frame
@@ -83,7 +83,7 @@ def parse_dates(s: pd.Series, fmt: str | None = None, tz: str = "UTC",
             out = out.mask(retry, _to_datetime(txt.where(retry), "ISO8601", tz))
         bad = txt.notna() & out.isna()
     out = _naive(out, tz).astype("datetime64[ns]")
-    return (out.dt.normalize() if date_only else out), bad
+    return (day_of(out) if date_only else out), bad
 
 
 def _to_datetime(txt: pd.Series, fmt: str, tz: str) -> pd.Series:

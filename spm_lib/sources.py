@@ -7,7 +7,9 @@ spm_lib.mapping's job.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -152,6 +154,8 @@ class DuckDbSource:
             self.con = duckdb.connect(str(path), read_only=True)
         except duckdb.Error as e:
             raise SourceError(f"{path}: cannot be opened as a DuckDB database: {e}") from None
+        # text as Arrow large_string: the layout of pandas' text columns, so they are taken over without a copy
+        self.con.execute("SET arrow_large_buffer_size = true")
         rows = self.con.execute("select table_schema, table_name from information_schema.tables").fetchall()
         self.tables = {name: (schema, name) for schema, name in rows}
         self.tables.update({f"{schema}.{name}": (schema, name) for schema, name in rows})
@@ -245,14 +249,32 @@ class _Reader:
     def __init__(self, source: Source, cfg: Config, findings: Findings) -> None:
         self.source, self.cfg, self.findings = source, cfg, findings
         self.cache: dict[tuple[str, str | None], pd.DataFrame | None] = {}
+        self.pending: dict[tuple[str, str | None], Future[pd.DataFrame | None]] = {}
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-read")
+        self.lock = threading.Lock()  # one read at a time: a source's connection is not shared between threads
+
+    def prefetch(self, name: str, options: TableMapping) -> None:
+        """Start reading table `name` in the background, while the table before it is mapped."""
+        cache_key = (options.source or name, options.query)
+        if cache_key not in self.cache and cache_key not in self.pending:
+            self.pending[cache_key] = self.pool.submit(self._read, name, options)
+
+    def _read(self, name: str, options: TableMapping) -> pd.DataFrame | None:
+        with self.lock:
+            return self.source.read(name, options)
 
     def raw(self, name: str, options: TableMapping, label: str) -> pd.DataFrame | None:
         """Raw table `name` read with `options`; findings about dropped rows go under `label`."""
         cache_key = (options.source or name, options.query)
         if cache_key not in self.cache:
-            df = self.source.read(name, options)
+            started = self.pending.pop(cache_key, None)
+            df = started.result() if started is not None else self._read(name, options)
             self.cache[cache_key] = None if df is None else self._drop_rows(df, options, label)
         return self.cache[cache_key]
+
+    def close(self) -> None:
+        """Stop background reads (one already running finishes)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def other(self, name: str, key: str) -> pd.DataFrame:
         """A source table named in config beside `tables` (a lookup table, the hierarchy export)."""
@@ -307,10 +329,13 @@ def read_contract_tables(cfg: Config, findings: Findings) -> dict[str, pd.DataFr
         raise ConfigError(f"config/source.yml: unknown kind {spec.kind!r}{did_you_mean(spec.kind, SOURCES)}")
     source = factory(cfg)
     out: dict[str, pd.DataFrame] = {}
+    reader = _Reader(source, cfg, findings)
     try:
-        reader = _Reader(source, cfg, findings)
-        for name, mapping in spec.tables.items():
+        tables = list(spec.tables.items())
+        for i, (name, mapping) in enumerate(tables):
             raw = reader.raw(name, mapping, name)
+            if i + 1 < len(tables):
+                reader.prefetch(*tables[i + 1])  # read the next table while this one is mapped
             if raw is None:
                 _absent(name, mapping, source.location, findings)
                 continue
@@ -321,6 +346,7 @@ def read_contract_tables(cfg: Config, findings: Findings) -> dict[str, pd.DataFr
             raw = reader.other(hier.source, "config/source.yml owners_from_hierarchy.source")
             out["owners"] = owners_from_hierarchy(raw, hier, cfg, findings)
     finally:
+        reader.close()
         source.close()
     return {name: out[name] for name in CONTRACT if name in out}
 

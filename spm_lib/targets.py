@@ -82,7 +82,7 @@ def resolve_targets(ctx: CubeContext, metric: str, periods: list[Any]) -> pd.Dat
     derived = (_derive_additive(explicit, months, phasing_weights(ctx)) if is_additive(metric)
                else _derive_inherited(explicit, months))
     own = pd.concat([direct, derived], ignore_index=True).drop_duplicates(["owner_id", "period"], keep="first")
-    resolved = _roll_up(ctx, own, set(explicit["owner_id"])) if is_additive(metric) else own
+    resolved = _roll_up(ctx, own, set(explicit["owner_id"].unique())) if is_additive(metric) else own
     scopes = set(ctx.owners["owner_id"].astype(str))
     out = resolved[resolved["owner_id"].isin(scopes) & resolved["value"].notna()]
     out = out.rename(columns={"value": "target"}).assign(metric=metric)

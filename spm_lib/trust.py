@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from spm_lib.asof import first_of_run
 from spm_lib.config import Threshold
 from spm_lib.errors import SpmError, did_you_mean
 from spm_lib.frames import isin
@@ -103,13 +104,15 @@ def _int_text(s: pd.Series) -> pd.Series:
 
 
 def open_deals(ctx: CubeContext) -> pd.DataFrame:
-    """The open opportunities of the as-of snapshot (a reopened deal is open), with `value` = amount or 0."""
+    """The open opportunities of the as-of snapshot (a reopened deal is open), with `value` = amount or 0 and
+    `snapshot_row` = the deal's row in ctx.snapshot."""
     snap = ctx.snapshot
     closed_stage = snap["stage"].isin(ctx.cfg.stages.won + ctx.cfg.stages.lost) if "stage" in snap else False
     is_closed = snap["is_closed"].astype("boolean") if "is_closed" in snap else pd.Series(pd.NA, index=snap.index,
                                                                                            dtype="boolean")
     closed = is_closed.fillna(pd.Series(closed_stage, index=snap.index).astype("boolean")).astype(bool)
     out = snap[~closed].copy()
+    out["snapshot_row"] = np.flatnonzero(~closed.to_numpy())
     out["value"] = pd.to_numeric(out["amount"], errors="coerce").astype("float64").fillna(0.0)
     return out.reset_index(drop=True)
 
@@ -191,13 +194,7 @@ def _no_activity(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
     """Open deals with no activity in the last `no_activity_days` (deals younger than that are not flagged)."""
     ts = _asof_ts(ctx)
     n = ctx.cfg.trust.no_activity_days
-    act = ctx.data.table("activities")[["opportunity_id", "date"]]
-    act = act[act["opportunity_id"].notna()]
-    act = act[isin(act["opportunity_id"].astype(str), deals["opportunity_id"].astype(str)).to_numpy()]  # open deals
-    adate = _dates(act["date"])
-    last = adate[adate <= ts].groupby(act.loc[adate <= ts, "opportunity_id"].astype(str)).max()
-    last_for = (deals["opportunity_id"].astype(str).map(last) if len(last)
-                else pd.Series(pd.NaT, index=deals.index, dtype=adate.dtype))
+    last_for = pd.Series(ctx.last_activity()[deals["snapshot_row"].to_numpy()], index=deals.index)
     quiet = last_for.isna() | (last_for <= ts - pd.Timedelta(days=n))
     if "created_date" in deals:
         created = _dates(deals["created_date"])
@@ -209,34 +206,19 @@ def _no_activity(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
 
 def stage_medians(ctx: CubeContext) -> pd.Series:
     """Median days spent in each stage, over stage spells that ended by as-of (from opportunity_history)."""
-    h = ctx.data.table("opportunity_history")
-    changed = pd.to_datetime(h["changed_at"])
-    keep = ((changed < _asof_ts(ctx) + pd.Timedelta(days=1)) & h["opportunity_id"].notna()).to_numpy()
-    # integer codes and numpy arrays (no grouped frames): the history has millions of rows
-    stage, names = pd.factorize(h.loc[keep, "stage"])  # -1: no stage on the row
-    key = pd.factorize(h.loc[keep, "opportunity_id"])[0]
-    when = changed[keep].to_numpy(dtype="datetime64[ns]")
-    # by opportunity then changed_at, ties in table order: a stable sort on integer codes, not on the text ids
-    order = np.lexsort((when.view("int64"), key))
-    key, when, stage = key[order], when[order], stage[order]
-    # carry each deal's stage forward over rows that did not set it (rows before the first stage are dropped)
-    set_at = np.where((stage >= 0) | _first_of_run(key), np.arange(len(stage)), 0)
-    stage = stage[np.maximum.accumulate(set_at)] if len(stage) else stage
-    key, when, stage = key[stage >= 0], when[stage >= 0], stage[stage >= 0]
-    starts = _first_of_run(key) | _first_of_run(stage)  # a spell starts where the deal or its stage changes
+    h = ctx.sorted_history()
+    if h is None:
+        return pd.Series([], dtype="float64", index=pd.Index([], dtype="string", name="stage"))
+    # integer codes and numpy arrays, sorted by deal then changed_at (rows before a deal's first stage dropped)
+    staged = h.stage_ff >= 0
+    key, when, stage = h.code[staged], h.changed_at[staged], h.stage_ff[staged]
+    starts = first_of_run(key) | first_of_run(stage)  # a spell starts where the deal or its stage changes
     key, when, stage = key[starts], when[starts], stage[starts]
-    ended = ~_first_of_run(key)[1:]  # the next spell of the same deal ends this one
+    ended = ~first_of_run(key)[1:]  # the next spell of the same deal ends this one
     days = pd.Series(when[1:][ended] - when[:-1][ended], name="days").dt.total_seconds() / 86400
     med = days.groupby(stage[:-1][ended]).median()
-    med.index = pd.Index(names.take(med.index.to_numpy(dtype="int64")), name="stage")
+    med.index = pd.Index(h.stages.take(med.index.to_numpy(dtype="int64")), name="stage")
     return med.sort_index()
-
-
-def _first_of_run(codes: np.ndarray) -> np.ndarray:
-    """True where a value differs from the one before it (and on the first element)."""
-    first = np.ones(len(codes), dtype=bool)
-    first[1:] = codes[1:] != codes[:-1]
-    return first
 
 
 def _stalled(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:

@@ -157,3 +157,59 @@ def test_one_row_per_scope_kpi_and_period_and_no_orphan_breakdowns(cube):
     assert not (k.dim.isna() & k.dim_value.notna()).any()
     # a breakdown row names its dim: R1's October bookings by lead source are absent (no lead_source data)
     assert k[(k.kpi == "bookings") & (k.dim == "lead_source")].empty
+
+
+def test_history_rows_in_any_order_give_the_same_numbers():
+    data = company()
+    h = data.tables["opportunity_history"]
+    data.tables["opportunity_history"] = h.iloc[::-1].reset_index(drop=True)  # newest first: sorted by the cube
+    cube = compute_cube(_cfg(), data, "monthly", AS_OF)
+    assert kpi(cube, "R1", "bookings").value == 120  # o1 at 120 as of 10-31, as with the rows in time order
+    assert kpi(cube, "R1", "bookings", "2026-09").value == 70  # o9 won on 09-20, reopened later
+    assert kpi(cube, "M", "bookings", "2026-09").value == 150
+
+
+def _with_activities(data: Dataset, rows: list[tuple[str, str, str]]) -> Dataset:
+    act = pd.DataFrame(rows, columns=["owner_id", "date", "type"])
+    act.insert(0, "activity_id", [f"x{i}" for i in range(len(act))])
+    data.tables["activities"] = typed("activities", act)
+    return data
+
+
+def test_activities_on_the_edges_of_periods_count_in_their_period():
+    data = _with_activities(company(), [
+        ("R1", "2026-09-30", "call"),      # last day of Sep
+        ("R1", "2026-10-01", "meeting"),   # first day of Oct
+        ("R2", "2026-10-31", "call"),      # the as-of day, last of Oct
+        ("R1", "2025-10-31", "call"),      # the day before the TTM window (2025-11-01 .. 2026-10-31)
+        ("R2", "2026-01-01", "Meeting"),   # first day of the fiscal year
+    ])
+    cube = compute_cube(_cfg(), data, "monthly", AS_OF)
+    assert kpi(cube, "R1", "activities", "2026-09").value == 1
+    assert kpi(cube, "R1", "activities").value == 1
+    assert kpi(cube, "R1", "meetings").value == 1
+    assert kpi(cube, "R2", "activities").value == 1
+    assert kpi(cube, "M", "activities").value == 2
+    assert kpi(cube, "M", "activities", "TTM").value == 4  # all but 2025-10-31
+    assert kpi(cube, "M", "activities", "FY2026-YTD").value == 4
+    assert kpi(cube, "M", "meetings", "FY2026-YTD").value == 2  # lower(type): 'Meeting' counts
+    assert kpi(cube, "E", "activities", "2025-11").value == 0
+
+
+def test_activities_follow_the_hierarchy_valid_on_their_day():
+    # R2 moves from M to E on 2026-10-16 (two owner rows, valid_from / valid_to)
+    data = company()
+    o = data.tables["owners"]
+    moved = o[o["owner_id"] == "R2"].assign(manager_id="E", valid_from=pd.Timestamp("2026-10-16"))
+    before = o.assign(valid_to=pd.Series(pd.NaT, index=o.index).mask(o["owner_id"] == "R2",
+                                                                      pd.Timestamp("2026-10-15")))
+    data.tables["owners"] = typed("owners", pd.concat([before, moved], ignore_index=True))
+    data = _with_activities(data, [
+        ("R2", "2026-10-15", "call"),   # under M: the last day before the move
+        ("R2", "2026-10-16", "call"),   # under E directly: the first day after it
+        ("R2", "2026-10-20", "call"),
+    ])
+    cube = compute_cube(_cfg(), data, "monthly", AS_OF)
+    assert kpi(cube, "R2", "activities").value == 3
+    assert kpi(cube, "M", "activities").value == 1
+    assert kpi(cube, "E", "activities").value == 3
