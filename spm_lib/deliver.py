@@ -387,9 +387,11 @@ def build_message(cfg: Config, rpt: Any, *, to: Address | str | Sequence[Address
 # ---------------------------------------------------------------- the charts of an email
 def email_figures(rpt: Any) -> dict[str, Any]:
     """The 2-4 key charts of an owner's email (attainment, forecast, trend, pipeline by stage), by key."""
-    rpt.above_the_line()
-    rpt.forward_look()
     figs = rpt.figures()
+    if not any(k in figs for k in EMAIL_CHARTS):  # the report's sections have not been drawn yet
+        rpt.above_the_line()
+        rpt.forward_look()
+        figs = rpt.figures()
     return {k: figs[k] for k in EMAIL_CHARTS if k in figs}
 
 

@@ -34,6 +34,13 @@ class WarmKernel:
         run_sync(self.kc.wait_for_ready)(timeout=120)
         self.warm = False
 
+    def run(self, code: str) -> None:
+        """Execute `code` in the kernel (after a notebook: its namespace is still there); RuntimeError on failure."""
+        reply = run_sync(self.kc.execute_interactive)(code, store_history=False, timeout=300,
+                                                       output_hook=lambda msg: None)
+        if reply["content"].get("status") != "ok":
+            raise RuntimeError(f"{reply['content'].get('ename')}: {reply['content'].get('evalue')}")
+
     def shutdown(self) -> None:
         """Stop the kernel."""
         self.kc.stop_channels()

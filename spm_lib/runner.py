@@ -169,11 +169,24 @@ def _write_offenders_csv(job: Job, cadence: str, as_of: str, run_dir: str) -> No
 
 
 def _write_email_figures(job: Job, cadence: str, as_of: str, run_dir: str) -> None:
-    """The owner's email charts as plotly JSON beside the report (`spm send` draws them)."""
-    from spm_lib.deliver import write_figures
-    from spm_lib.report import load
+    """The owner's email charts as plotly JSON beside the report (`spm send` draws them).
 
-    write_figures(load(job.owner_id, cadence, as_of, run_dir), job.html)
+    Taken from the notebook's own `rpt`, still in the warm kernel, whose figures are drawn already; a template
+    without `rpt` gets them from a report loaded here.
+    """
+    from spm_lib.deliver import figures_path, write_figures
+    from spm_lib.report import Report, load
+
+    path = figures_path(job.html)
+    path.unlink(missing_ok=True)
+    if _WARM is not None:
+        _WARM.run(f"if isinstance(globals().get('rpt'), __import__('spm_lib.report').report.Report):\n"
+                  f"    __import__('spm_lib.deliver').deliver.write_figures(rpt, {job.html!r})")
+        if path.is_file():
+            return
+    rpt = load(job.owner_id, cadence, as_of, run_dir)
+    assert isinstance(rpt, Report)
+    write_figures(rpt, job.html)
 
 
 # ---------------------------------------------------------------- the run
