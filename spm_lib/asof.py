@@ -165,7 +165,7 @@ def sort_history(history: pd.DataFrame, as_of: date) -> SortedHistory:
 
 def _from_history(opps: pd.DataFrame, h: SortedHistory, stages: StagesConfig, as_of: date) -> pd.DataFrame:
     """`opps` with as-of stage/amount/close_date and the history columns (pushes, …) from the sorted history `h`."""
-    out = opps.copy()
+    out = opps.copy(deep=False)  # copy-on-write: the new columns do not reach `opps`
     n = len(h.ids)
     row = h.rows_of(h.codes_of(out["opportunity_id"]))  # each deal's last row up to as_of, -1 without
     code = np.where(row >= 0, h.code[row] if len(h.code) else -1, -1)

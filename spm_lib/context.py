@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from spm_lib.config import Config
 from spm_lib.contract import Dataset
-from spm_lib.frames import day_of, map_values, positions
+from spm_lib.frames import map_values, nat_last_key
 
 if TYPE_CHECKING:
     from spm_lib.asof import SortedHistory
@@ -82,16 +82,24 @@ class CubeContext:
 
 
 def _last_activity_day(ctx: CubeContext) -> np.ndarray:
-    """`CubeContext.last_activity`: each activity's snapshot row (hashed in Arrow), the latest day per row."""
+    """`CubeContext.last_activity`: the activities joined to the snapshot deals and grouped in DuckDB (own
+    connection: two threads on ids as text, instead of hashing every activity's id in Python's thread)."""
     nat = np.iinfo(np.int64).min  # NaT as int64
     out = np.full(len(ctx.snapshot), nat, dtype=np.int64)
     act = ctx.data.tables.get("activities")
     if act is None or "opportunity_id" not in act or "date" not in act or not len(out):
         return out.view("datetime64[ns]")
-    day = day_of(pd.to_datetime(act["date"]).astype("datetime64[ns]")).to_numpy().view("int64")
-    row = positions(act["opportunity_id"].astype(str), ctx.snapshot["opportunity_id"].astype(str))
-    ok = (row >= 0) & (day != nat) & (day <= pd.Timestamp(ctx.as_of).value)
-    np.maximum.at(out, row[ok], day[ok])
+    end = (pd.Timestamp(ctx.as_of) + pd.Timedelta(days=1)).isoformat()
+    with duckdb.connect() as con:
+        con.register("acts", _scannable(pd.DataFrame({"opportunity_id": act["opportunity_id"].astype(str),
+                                                      "date": pd.to_datetime(act["date"]).astype("datetime64[ns]")})))
+        con.register("deals", _scannable(pd.DataFrame({"opportunity_id": ctx.snapshot["opportunity_id"].astype(str),
+                                                       "row": np.arange(len(out))})))
+        last = con.execute(f"""
+            SELECT min(d.row) AS row, max(CAST(a.date AS DATE)) AS day  -- a deal listed twice: its first row
+            FROM acts a JOIN deals d ON d.opportunity_id = a.opportunity_id
+            WHERE a.date < TIMESTAMP '{end}' GROUP BY a.opportunity_id""").fetchnumpy()
+    out[np.asarray(last["row"], dtype=np.int64)] = np.asarray(last["day"]).astype("datetime64[ns]").view("int64")
     return out.view("datetime64[ns]")
 
 
@@ -220,7 +228,8 @@ def _accounts_with_owner(accounts: pd.DataFrame, snap: pd.DataFrame, top: str) -
     acc = accounts.drop_duplicates("account_id").copy()
     cols = ["account_id", "owner_id", "is_won", "close_date", "created_date"]
     s = snap[cols].dropna(subset=["account_id"])
-    s = s.assign(_won=s["is_won"].fillna(False).astype(bool)).sort_values(["_won", "close_date", "created_date"])
+    won = s["is_won"].fillna(False).astype(bool).to_numpy()
+    s = s.take(np.lexsort((nat_last_key(s["created_date"]), nat_last_key(s["close_date"]), won)))  # stable
     owner = s.groupby("account_id")["owner_id"].last()
     acc["owner_id"] = acc["account_id"].map(owner).fillna(top)
     return acc

@@ -21,7 +21,7 @@ from spm_lib import kpis as registry
 from spm_lib.config import Config
 from spm_lib.context import KPI_COLUMNS, CubeContext, build_context
 from spm_lib.contract import Dataset
-from spm_lib.frames import map_values, sort_order
+from spm_lib.frames import distinct_text_order, map_values, sort_order
 
 NOT_AVAILABLE = "not available — needs "
 
@@ -429,7 +429,7 @@ def _reason(missing: list[str]) -> str | None:
 
 
 def _attach_targets(df: pd.DataFrame, tgt: pd.DataFrame) -> pd.DataFrame:
-    df = df.copy()
+    df = df.copy(deep=False)
     df["target"] = np.nan
     if tgt.empty:
         return df
@@ -454,7 +454,7 @@ def _apply_formulas(df: pd.DataFrame, ids: list[str], ctx: CubeContext) -> pd.Da
     first = keyed.groupby(key + ["kpi"], sort=True)[["value", "target"]].first()  # first non-null, like pivot's
     vals = first["value"].unstack("kpi")
     tgts = first["target"].unstack("kpi")
-    w = vals.copy()
+    w = vals.copy(deep=False)
     for c in tgts.columns:
         w[f"{c}__target"] = tgts[c]
     out = []
@@ -515,7 +515,7 @@ def _facts(ctx: CubeContext) -> pd.DataFrame:
     """The as-of snapshot with each deal's ancestor owner ids (for drill-down), sorted by owner."""
     anc = ctx.ancestors.assign(scope_id=ctx.ancestors["scope_id"].astype(object))
     anc = anc.groupby("owner_id")["scope_id"].agg(list).rename("scope_ids")
-    facts = ctx.snapshot.take(sort_order(ctx.snapshot, ["owner_id", "opportunity_id"])).reset_index(drop=True)
+    facts = ctx.snapshot.take(distinct_text_order(ctx.snapshot, ["owner_id", "opportunity_id"])).reset_index(drop=True)
     facts["scope_ids"] = map_values(facts["owner_id"], anc)
     return facts
 

@@ -156,11 +156,11 @@ def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.Data
     probs = win_probabilities(ctx) if probabilities is None else probabilities
     snap = ctx.snapshot
     is_open = ~_flag(snap["is_closed"])
-    pipe = snap[is_open & _between(snap["close_date"], win.remaining)].copy()  # type: ignore[attr-defined]
+    pipe = snap[is_open & _between(snap["close_date"], win.remaining)]  # type: ignore[attr-defined]
     pipe["amount"] = pipe["amount"].astype("float64").fillna(0.0)
     pipe["probability"] = pipe["stage"].map(probs.set_index("stage")["probability"]).astype("float64").fillna(0.0)
     pipe["weighted"] = pipe["amount"] * pipe["probability"]
-    won = snap[_flag(snap["is_won"]) & _between(snap["close_date"], win.to_date)].copy()  # type: ignore[attr-defined]
+    won = snap[_flag(snap["is_won"]) & _between(snap["close_date"], win.to_date)]  # type: ignore[attr-defined]
     won["amount"] = won["amount"].astype("float64").fillna(0.0)
 
     scopes = _scopes(ctx)
@@ -253,7 +253,7 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
     stages = _open_stage_table(ctx)
     idx = stages.set_index("stage")["stage_index"]
     snap = ctx.snapshot
-    deals = snap[["opportunity_id", "owner_id", "stage", "is_closed", "is_won", "close_date"]].copy()
+    deals = snap[["opportunity_id", "owner_id", "stage", "is_closed", "is_won", "close_date"]]
     deals["event_date"] = pd.to_datetime(deals["close_date"]).where(_flag(deals["is_closed"]))
     open_event = pd.Series(_last_activity(ctx), index=deals.index)
     deals["event_date"] = deals["event_date"].where(_flag(deals["is_closed"]), open_event)

@@ -120,7 +120,7 @@ def map_table(table: str, raw: pd.DataFrame, mapping: TableMapping, cfg: Config,
     """Map one raw source table onto contract table `table`; `where` names the source in messages."""
     _check_keys(table, mapping)
     key = f"config/source.yml tables.{table}"
-    df = raw.copy()
+    df = raw.copy(deep=False)  # copy-on-write: columns are copied only when changed
     df = _rename(df, table, mapping, key, where)
     for col, value in mapping.constants.items():
         df[col] = value

@@ -292,12 +292,17 @@ class _Reader:
         return name, TableMapping.model_validate({"source": name})
 
     def _drop_rows(self, df: pd.DataFrame, options: TableMapping, label: str) -> pd.DataFrame:
-        still = np.ones(len(df), dtype=bool)
+        rows: np.ndarray | None = None  # the rows blank so far (None: all of them, before the first column)
         for column in df.columns:  # a loop over columns, not rows; only rows blank so far are looked at
-            rows = np.flatnonzero(still)
+            cells = df[column] if rows is None else df[column].iloc[rows]
+            blank_cells = _blank(cells).to_numpy(dtype=bool)
+            rows = np.flatnonzero(blank_cells) if rows is None else rows[blank_cells]
             if not len(rows):
                 break
-            still[rows] = _blank(df[column].iloc[rows]).to_numpy(dtype=bool)
+        still = np.ones(len(df), dtype=bool)
+        if rows is not None:
+            still[:] = False
+            still[rows] = True
         blank = pd.Series(still, index=df.index)
         self.findings.add(label, None, "empty_rows_dropped", "info", [f"row {i}" for i in df.index[blank]],
                           f"{int(blank.sum())} empty rows dropped from {self._where(options, label)}",

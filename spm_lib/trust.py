@@ -111,7 +111,7 @@ def open_deals(ctx: CubeContext) -> pd.DataFrame:
     is_closed = snap["is_closed"].astype("boolean") if "is_closed" in snap else pd.Series(pd.NA, index=snap.index,
                                                                                            dtype="boolean")
     closed = is_closed.fillna(pd.Series(closed_stage, index=snap.index).astype("boolean")).astype(bool)
-    out = snap[~closed].copy()
+    out = snap[~closed]
     out["snapshot_row"] = np.flatnonzero(~closed.to_numpy())
     out["value"] = pd.to_numeric(out["amount"], errors="coerce").astype("float64").fillna(0.0)
     return out.reset_index(drop=True)

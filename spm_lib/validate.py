@@ -309,10 +309,11 @@ def _check_opportunities(opps: pd.DataFrame, known: set[str] | None, cfg: Config
 
 def _drop_duplicate_opportunities(opps: pd.DataFrame, findings: Findings) -> pd.DataFrame:
     """Keep one row per opportunity_id: the latest last_modified_date, else the last row (dropped rows counted)."""
-    order = pd.DataFrame({"opportunity_id": opps["opportunity_id"].to_numpy(), "_pos": np.arange(len(opps))})
+    rows = np.flatnonzero(opps["opportunity_id"].duplicated(keep=False).to_numpy(dtype=bool))  # only these sort
+    order = pd.DataFrame({"opportunity_id": opps["opportunity_id"].iloc[rows].to_numpy(), "_pos": rows})
     by = ["_pos"]
     if "last_modified_date" in opps.columns:
-        order["_lmd"] = opps["last_modified_date"].to_numpy()
+        order["_lmd"] = opps["last_modified_date"].iloc[rows].to_numpy()
         by = ["_lmd", "_pos"]
     order = order.sort_values(by, kind="stable", na_position="first")
     drop = np.zeros(len(opps), dtype=bool)
@@ -322,7 +323,7 @@ def _drop_duplicate_opportunities(opps: pd.DataFrame, findings: Findings) -> pd.
                  f"opportunity_id appears in several rows; kept the row with the latest last_modified_date "
                  f"(else the last row) and dropped {int(drop.sum())} rows",
                  "remove the duplicates from the export", count=int(drop.sum()))
-    return opps[~drop]
+    return opps[~drop] if len(rows) else opps
 
 
 def _check_stages(opps: pd.DataFrame, ids: pd.Series, cfg: Config, findings: Findings) -> None:
