@@ -352,7 +352,7 @@ def voila_config(cfg: Config, templates: Path, *, host: str, port: int, secret: 
     c.VoilaConfiguration.file_allowlist = []
     pools = {f"{name}.ipynb": {"pool_size": size} for name, size in live.pools.items()}
     c.VoilaKernelManager.kernel_pools_config = {"default": {"pool_size": live.pool_size}, **pools}
-    c.VoilaKernelManager.fill_delay = 2.0  # refill after the page that took a kernel has rendered
+    c.VoilaKernelManager.fill_delay = 1.0  # refill once the page that took a kernel has rendered
     if live.cull_idle_s > 0:
         c.MappingKernelManager.cull_idle_timeout = live.cull_idle_s
         c.MappingKernelManager.cull_interval = max(1, min(60, live.cull_idle_s // 2))
