@@ -145,7 +145,7 @@ class LinkIdentityProvider(IdentityProvider):
             if not from_query or not may_open(self._server(handler)["runs"], claims, handler):
                 return None  # a report page must carry its link, and open only the viewer's subtree
         if from_query:
-            handler.set_secure_cookie(SESSION_COOKIE, token, expires_days=None, httponly=True, samesite="Lax",
+            handler.set_secure_cookie(SESSION_COOKIE, str(token), expires_days=None, httponly=True, samesite="Lax",
                                       path=handler.settings.get("base_url", "/"),
                                       secure=handler.request.protocol == "https")
         return User(username=claims.owner_id, name=claims.owner_id, display_name=claims.owner_id)
