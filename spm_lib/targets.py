@@ -26,6 +26,7 @@ import pandas as pd
 
 from spm_lib.config import StatusBands
 from spm_lib.context import CubeContext
+from spm_lib.frames import isin
 
 TARGET_COLUMNS = ["owner_id", "period", "metric", "target", "source"]
 ADDITIVE_UNITS = {"currency", "count"}
@@ -83,8 +84,8 @@ def resolve_targets(ctx: CubeContext, metric: str, periods: list[Any]) -> pd.Dat
                else _derive_inherited(explicit, months))
     own = pd.concat([direct, derived], ignore_index=True).drop_duplicates(["owner_id", "period"], keep="first")
     resolved = _roll_up(ctx, own, set(explicit["owner_id"].unique())) if is_additive(metric) else own
-    scopes = set(ctx.owners["owner_id"].astype(str))
-    out = resolved[resolved["owner_id"].isin(scopes) & resolved["value"].notna()]
+    scopes = ctx.owners["owner_id"].astype(str)
+    out = resolved[isin(resolved["owner_id"], scopes) & resolved["value"].notna()]
     out = out.rename(columns={"value": "target"}).assign(metric=metric)
     return out[TARGET_COLUMNS].sort_values(["owner_id", "period"]).reset_index(drop=True)
 
@@ -233,15 +234,25 @@ def _depths(parent: pd.Series) -> pd.Series:
     return depth
 
 
+def _hierarchy(ctx: CubeContext) -> tuple[pd.Series, pd.Series]:
+    """Each owner's manager id and depth (`_parents`, `_depths`), computed once per run."""
+    if "target_hierarchy" not in ctx.cache:
+        parent = _parents(ctx.owners)
+        ctx.cache["target_hierarchy"] = (parent, _depths(parent))
+    return ctx.cache["target_hierarchy"]  # type: ignore[return-value]
+
+
 def _roll_up(ctx: CubeContext, own: pd.DataFrame, with_targets: set[str]) -> pd.DataFrame:
     """Add, for owners without any explicit target, the sum of their direct reports' targets, bottom-up."""
-    parent = _parents(ctx.owners)
-    depth = _depths(parent)
+    parent, depth = _hierarchy(ctx)
+    targeted = pd.Index(list(with_targets), dtype="str")
     resolved = own.copy()
+    row_depth = resolved["owner_id"].map(depth).to_numpy(dtype="float64")  # a sum's owner is one level up
     for level in range(int(depth.max()), 0, -1):
-        children = resolved[resolved["owner_id"].map(depth) == level]
+        children = resolved[row_depth == level]
         sums = (children.assign(owner_id=children["owner_id"].map(parent)).dropna(subset=["owner_id"])
                 .groupby(["owner_id", "period"], as_index=False)["value"].sum(min_count=1))
-        sums = sums[~sums["owner_id"].isin(with_targets)].assign(source="rolled_up")
+        sums = sums[~isin(sums["owner_id"], targeted)].assign(source="rolled_up")
         resolved = pd.concat([resolved, sums], ignore_index=True)
+        row_depth = np.r_[row_depth, np.full(len(sums), level - 1, dtype="float64")]
     return resolved
