@@ -41,6 +41,18 @@ def owner_kpis(cube: Cube, owner_id: str) -> pd.DataFrame:
         _KPIS_BY_OWNER.clear()
         _KPIS_BY_OWNER[id(cube)] = split
     return split.get(owner_id, cube.kpis.iloc[0:0])
+def worst_trust(trust: pd.DataFrame) -> pd.Series:
+    """The worst trust status (fail, warn, pass) of each owner's scope, indexed by owner id."""
+    rank = trust["status"].map({"fail": 2, "warn": 1}).fillna(0)
+    worst = rank.groupby(trust["owner_id"].astype(str)).max()
+    return worst.map({2: "fail", 1: "warn", 0: "pass"})
+
+
+def owner_trust(cube: Cube, owner_id: str) -> str:
+    """The worst trust status of one owner's scope in a cube: fail, warn or pass."""
+    return str(worst_trust(cube.trust[cube.trust["owner_id"] == owner_id]).get(owner_id, "pass"))
+
+
 TRUST_BADGE = {"pass": "green", "warn": "amber", "fail": "red", "not_available": "none"}
 TRUST_BANNER = {"pass": "success", "warn": "warning", "fail": "error"}
 
@@ -337,9 +349,7 @@ class Report:
     # ---- 2. trust
     def trust_status(self) -> str:
         """The worst trust status of this owner's scope: fail, warn or pass."""
-        t = self.cube.trust[self.cube.trust["owner_id"] == self.owner_id]
-        sts = set(t["status"])
-        return "fail" if "fail" in sts else "warn" if "warn" in sts else "pass"
+        return owner_trust(self.cube, self.owner_id)
 
     def offenders(self, limit: int | None = None) -> pd.DataFrame:
         """Offending open deals in this owner's scope, one row per deal and check, largest first."""

@@ -148,11 +148,9 @@ def _short(text: str) -> str:
 
 
 def _trust_status(run_dir: str, owner_id: str) -> str:
-    from spm_lib.report import load_cube
+    from spm_lib.report import load_cube, owner_trust
 
-    t = load_cube(Path(run_dir)).trust
-    s = set(t.loc[t["owner_id"] == owner_id, "status"])
-    return "fail" if "fail" in s else "warn" if "warn" in s else "pass"
+    return owner_trust(load_cube(Path(run_dir)), owner_id)
 
 
 def _write_offenders_csv(job: Job, cadence: str, as_of: str, run_dir: str) -> None:

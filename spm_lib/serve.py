@@ -33,6 +33,7 @@ from spm_lib import links
 from spm_lib.config import Config
 from spm_lib.errors import SpmError
 from spm_lib.live import AS_OF_ENV, LIVE_ENV, REFUSAL_TITLE
+from spm_lib.report import worst_trust
 
 SESSION_COOKIE = "spm-session"
 TEMPLATE_NAME = "spm"  # the Voila page template under spm_lib/share/jupyter/voila/templates/
@@ -82,13 +83,6 @@ class Runs:
             hit = (stamp, owners, worst_trust(trust))
             self._cache[folder] = hit
         return folder, hit[1], hit[2]
-
-
-def worst_trust(trust: pd.DataFrame) -> pd.Series:
-    """The worst trust status (fail, warn, pass) of each owner's scope, indexed by owner id."""
-    rank = trust["status"].map({"fail": 2, "warn": 1}).fillna(0)
-    worst = rank.groupby(trust["owner_id"].astype(str)).max()
-    return worst.map({2: "fail", 1: "warn", 0: "pass"})
 
 
 def notebook_of(path: str) -> tuple[str, str] | None:

@@ -13,7 +13,8 @@ from spm_lib import links
 from spm_lib.config import load_config
 from spm_lib.errors import ConfigError
 from spm_lib.live import LiveRequestError, parse_request
-from spm_lib.serve import check_pools, notebook_of, refusal_reason, url_join, voila_config, worst_trust
+from spm_lib.report import worst_trust
+from spm_lib.serve import check_pools, notebook_of, refusal_reason, url_join, voila_config
 
 SECRET = "unit-test-secret-0123456789"
 OWNERS = pd.DataFrame({"owner_id": ["ex", "m1", "m2", "r1", "r2", "r3"],
