@@ -4,7 +4,8 @@ Each part is a function `(project root) -> figures` in the `PARTS` registry; the
 merged into runs/bench/latest.json (keys of parts not run are kept). The `cube` part times, for the seeded demo
 company at scale 1 and at a large scale (27 by default, env SPM_BENCH_SCALE), load + cube + write of a monthly
 run in a fresh Python process each, so the peak memory (max RSS) is that of the cube alone (DESIGN.md,
-Benchmarks: `cube_s` is from opening the source to the cube written).
+Benchmarks: `cube_s` is from opening the source to the cube written), inside `memory.retained_memory()` like
+`spm run`.
 """
 
 from __future__ import annotations
@@ -80,13 +81,14 @@ def _cube_child(db: Path) -> dict[str, Any]:
     from spm_lib.contract import CONTRACT
     from spm_lib.cube import compute_cube, write_cube
     from spm_lib.load import load_dataset
+    from spm_lib.memory import retained_memory
     from spm_lib.project import project_dir
 
     root = project_dir()
     cfg = load_config(root)
     source = SourceConfig.model_validate({"kind": "duckdb", "path": str(db), "tables": {t: {} for t in CONTRACT}})
     cfg = cfg.model_copy(update={"source": source})
-    with tempfile.TemporaryDirectory(prefix="cube-", dir=bench_dir(root)) as tmp:
+    with tempfile.TemporaryDirectory(prefix="cube-", dir=bench_dir(root)) as tmp, retained_memory():
         t0 = time.perf_counter()
         data = load_dataset(cfg)
         t1 = time.perf_counter()

@@ -59,9 +59,11 @@ def compute_cube_into(cfg: Config, cadence: str, as_of: date, folder: Path) -> N
     from spm_lib import kpis
     from spm_lib.cube import compute_cube, write_cube
     from spm_lib.load import load_dataset
+    from spm_lib.memory import retained_memory
 
-    data = load_dataset(cfg)
-    cube = compute_cube(cfg, data, cadence, as_of)
-    cube.meta["currency"] = cfg.company.currency
-    cube.meta["kpi_count"] = len(kpis.REGISTRY)
-    write_cube(cube, folder)
+    with retained_memory():  # freed arrays reused, not faulted in afresh
+        data = load_dataset(cfg)
+        cube = compute_cube(cfg, data, cadence, as_of)
+        cube.meta["currency"] = cfg.company.currency
+        cube.meta["kpi_count"] = len(kpis.REGISTRY)
+        write_cube(cube, folder)
