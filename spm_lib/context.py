@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING
@@ -69,10 +70,14 @@ class CubeContext:
         return self.cache["history_codes"]  # type: ignore[return-value]
 
     def last_activity(self) -> np.ndarray:
-        """Per snapshot deal (rows of `snapshot`), the day of its last activity up to as_of (NaT: none); built once."""
-        if "last_activity" not in self.cache:
-            self.cache["last_activity"] = _last_activity_day(self)
-        return self.cache["last_activity"]  # type: ignore[return-value]
+        """Per snapshot deal (rows of `snapshot`), the day of its last activity up to as_of (NaT: none); built once
+        (build_context starts it in the background)."""
+        found = self.cache.get("last_activity")
+        if found is None:
+            found = self.cache["last_activity"] = last_activity_day(self.snapshot, self.data, self.as_of)
+        elif isinstance(found, Future):
+            found = self.cache["last_activity"] = found.result()
+        return found  # type: ignore[return-value]
 
     def scope_join(self, alias: str, date_expr: str) -> str:
         """SQL joining `ancestors a` to fact alias `alias` on owner and on the hierarchy valid at `date_expr`."""
@@ -81,19 +86,20 @@ class CubeContext:
                 f"AND (a.valid_to IS NULL OR {date_expr} <= a.valid_to)")
 
 
-def _last_activity_day(ctx: CubeContext) -> np.ndarray:
+def last_activity_day(snapshot: pd.DataFrame, data: Dataset, as_of: date) -> np.ndarray:
     """`CubeContext.last_activity`: the activities joined to the snapshot deals and grouped in DuckDB (own
-    connection: two threads on ids as text, instead of hashing every activity's id in Python's thread)."""
+    connection: two threads on ids as text, instead of hashing every activity's id in Python's thread; the GIL is
+    free meanwhile, so build_context runs it beside the rest of the cube)."""
     nat = np.iinfo(np.int64).min  # NaT as int64
-    out = np.full(len(ctx.snapshot), nat, dtype=np.int64)
-    act = ctx.data.tables.get("activities")
+    out = np.full(len(snapshot), nat, dtype=np.int64)
+    act = data.tables.get("activities")
     if act is None or "opportunity_id" not in act or "date" not in act or not len(out):
         return out.view("datetime64[ns]")
-    end = (pd.Timestamp(ctx.as_of) + pd.Timedelta(days=1)).isoformat()
+    end = (pd.Timestamp(as_of) + pd.Timedelta(days=1)).isoformat()
     with duckdb.connect() as con:
         con.register("acts", _scannable(pd.DataFrame({"opportunity_id": act["opportunity_id"].astype(str),
                                                       "date": pd.to_datetime(act["date"]).astype("datetime64[ns]")})))
-        con.register("deals", _scannable(pd.DataFrame({"opportunity_id": ctx.snapshot["opportunity_id"].astype(str),
+        con.register("deals", _scannable(pd.DataFrame({"opportunity_id": snapshot["opportunity_id"].astype(str),
                                                        "row": np.arange(len(out))})))
         last = con.execute(f"""
             SELECT min(d.row) AS row, max(CAST(a.date AS DATE)) AS day  -- a deal listed twice: its first row
@@ -126,12 +132,16 @@ def build_context(cfg: Config, data: Dataset, cadence: str, as_of: date) -> Cube
         notes.append("No owner validity dates: the current hierarchy applies to all periods.")
     sorted_history = sort_history(history, as_of) if history is not None and not history.empty else None
     snap = snapshot(data.table("opportunities"), history, as_of, cfg.stages, sorted_history=sorted_history)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-last-activity")
+    last_activity = pool.submit(last_activity_day, snap, data, as_of)  # in DuckDB, beside what follows
+    pool.shutdown(wait=False)  # the thread ends with its one task
     snap = _enrich_snapshot(snap, data)
     ancestors = org.ancestors()  # type: ignore[attr-defined]
     con = duckdb.connect()
     ctx = CubeContext(cfg=cfg, data=data, cadence=cadence, as_of=as_of, calendar=calendar, windows=windows,
                       org=org, snapshot=snap, ancestors=ancestors, con=con, owners=owners, notes=notes,
-                      cache={"sorted_history": sorted_history})  # shared with the trust checks
+                      cache={"sorted_history": sorted_history,  # shared with the trust checks
+                             "last_activity": last_activity})
     _register_views(ctx)
     return ctx
 
