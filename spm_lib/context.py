@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 KPI_COLUMNS = ["scope", "owner_id", "level", "period", "kpi", "dim", "dim_value", "value", "target",
                "attainment", "status", "kind", "available", "na_reason"]
 
-MATERIALISED = frozenset({"opp", "ancestors", "owners"})  # registered as DuckDB tables, not pandas views
+MATERIALISED = frozenset({"ancestors", "owners"})  # registered as DuckDB tables, not views of frames
 
 
 @dataclass
@@ -31,7 +31,8 @@ class CubeContext:
 
     DuckDB views registered on `con` (all columns are contract columns unless noted):
       opp          the as-of snapshot (asof.snapshot) of opportunities: + pushes, amount_decreased,
-                   stage_entered_at, max_stage_index, days_in_stage, asof_from_history
+                   stage_entered_at, max_stage_index, days_in_stage, asof_from_history, and snapshot_row (the
+                   deal's row number in `snapshot`)
       ancestors    org.ancestors(): owner_id, scope_id, distance, valid_from, valid_to
       owners       owner_id, manager_id, name, level, email
       <table>      every other contract table present in the dataset, under its contract name
@@ -167,12 +168,12 @@ def _enrich_snapshot(snap: pd.DataFrame, data: Dataset) -> pd.DataFrame:
 def _register_views(ctx: CubeContext) -> None:
     """Register the snapshot, ancestors, owners and every present contract table on ctx.con.
 
-    Those in MATERIALISED are copied once into DuckDB temp tables (queried many times: scanning a pandas frame
-    again on every query costs more than the copy); the big fact tables, scanned a few times, stay views of their
-    frames to spare memory. opp_static is a view of opp's static columns."""
+    Those in MATERIALISED (small, joined by every query) are copied once into DuckDB temp tables; the others stay
+    Arrow views of their frames (no copy; DuckDB scans Arrow about as fast as its own tables). opp_static is a view
+    of opp's static columns."""
     top = ctx.org.top_ids()[0]  # type: ignore[attr-defined]
-    tables: dict[str, pd.DataFrame] = {"opp": _all_columns("opportunities", ctx.snapshot),
-                                       "ancestors": ctx.ancestors, "owners": ctx.owners}
+    opp = _all_columns("opportunities", ctx.snapshot).assign(snapshot_row=np.arange(len(ctx.snapshot)))
+    tables: dict[str, pd.DataFrame] = {"opp": opp, "ancestors": ctx.ancestors, "owners": ctx.owners}
     for name, df in ctx.data.tables.items():
         if name != "owners":
             tables[name] = _all_columns(name, df)

@@ -75,7 +75,7 @@ def _won_lost(ctx: CubeContext) -> None:
             SELECT p.label AS period, o.opportunity_id, o.owner_id, o.account_id, o.created_date, o.product,
                    o.lead_source, o.margin, o.cost, o.list_amount, o.segment, o.is_expansion,
                    CAST(t.stage AS VARCHAR) AS stage, t.amount, t.close_date, t.is_won, t.is_closed
-            FROM _closed_states t JOIN opp o ON o.rowid = t.snapshot_row  -- opp holds the snapshot rows in order
+            FROM _closed_states t JOIN opp o ON o.snapshot_row = t.snapshot_row
             JOIN periods p ON t.close_date BETWEEN p.start AND p.asof_end
               AND (t.valid_from IS NULL OR t.valid_from < p.asof_end + INTERVAL 1 DAY)
               AND (t.valid_to IS NULL OR t.valid_to >= p.asof_end + INTERVAL 1 DAY)
