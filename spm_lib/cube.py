@@ -13,15 +13,17 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from spm_lib import kpis as registry
 from spm_lib.config import Config
 from spm_lib.context import KPI_COLUMNS, CubeContext, build_context
 from spm_lib.contract import Dataset
-from spm_lib.frames import distinct_text_order, map_values, sort_order
+from spm_lib.frames import ascending_text, distinct_text_order, map_values, positions, value_ranks
 
 NOT_AVAILABLE = "not available — needs "
 
@@ -330,8 +332,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     q_targets = targets.resolve_targets(ctx, "bookings", [q]) if "bookings" in target_metrics else tgt.iloc[0:0]
     fwd = forecast.forward_look(ctx, q_targets, probs)
     conv = forecast.stage_conversion(ctx)
-    allk = pd.concat([base, fwd, conv], ignore_index=True)
-    allk = _finish(allk, ctx)
+    allk = _finish(base, [fwd, conv], ctx)
 
     trust_df, trust_rows = trust.compute_trust(ctx, bookings_by_month=_month_bookings(ctx, periods, base))
     decomp = decomposition.decompose(ctx, allk, pd.concat([tgt, q_targets], ignore_index=True))
@@ -353,7 +354,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
                 probabilities=probs, owners=owners, quality=_quality(data), meta=meta)
 
 
-def _month_bookings(ctx: CubeContext, periods: pd.DataFrame, kpis: pd.DataFrame) -> pd.DataFrame | None:
+def _month_bookings(ctx: CubeContext, periods: pd.DataFrame, rows: _Rows) -> pd.DataFrame | None:
     """The cube's bookings of the last full month per scope (owner_id, period, value), as they stood at its end;
     None when that month is not a period of this cube (trust then computes them itself)."""
     from spm_lib.trust import last_full_month
@@ -363,8 +364,13 @@ def _month_bookings(ctx: CubeContext, periods: pd.DataFrame, kpis: pd.DataFrame)
                     & (periods["end"] == pd.Timestamp(end)) & (periods["asof_end"] == pd.Timestamp(end))]
     if month.empty:
         return None
-    rows = kpis[(kpis["kpi"] == "bookings") & kpis["dim"].isna() & (kpis["period"] == label)]
-    return rows[["owner_id", "period", "value"]].reset_index(drop=True)
+    labels = rows.labels.tolist()
+    if "bookings" not in rows.values or label not in labels:
+        return pd.DataFrame({"owner_id": rows.scopes.iloc[0:0], "period": rows.labels.iloc[0:0],
+                             "value": np.empty(0)})
+    value = rows.values["bookings"].reshape(len(rows.scopes), len(labels))[:, labels.index(label)]
+    return pd.DataFrame({"owner_id": rows.scopes, "period": pd.Series(label, index=rows.scopes.index, dtype="str"),
+                         "value": value})
 
 
 def _quality(data: Dataset) -> pd.DataFrame:
@@ -396,127 +402,235 @@ def _target_metrics(ctx: CubeContext, ids: list[str]) -> list[str]:
     return sorted(present & wanted)
 
 
+@dataclass
+class _Rows:
+    """The KPI rows of every scope before `_finish`. Rows without dim are dense: one array per KPI over every
+    (scope, period), scope-major then period (`values`, `targets`, and per KPI `reasons`: why it is not
+    available, None when it is); rows per dim value are a long frame (`dims`)."""
+
+    scopes: pd.Series  # distinct owner ids
+    labels: pd.Series  # distinct period labels
+    dims: pd.DataFrame
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+    reasons: dict[str, str | None] = field(default_factory=dict)
+
+
 def _complete_grid(long: pd.DataFrame, scopes: list[str], labels: list[str], ids: list[str],
-                   ctx: CubeContext) -> pd.DataFrame:
-    """Fill absent (scope, period) rows: 0 for sums and counts, NaN for means; NA rows for missing data."""
+                   ctx: CubeContext) -> _Rows:
+    """The measured KPIs of every scope and period: absent ones 0 for sums and counts, NaN for means; NaN (with the
+    reason) for KPIs whose data is missing; rows per dim value as measured."""
     measure_ids = [i for i in ids if registry.REGISTRY[i].measure is not None]
-    grid = pd.MultiIndex.from_product([scopes, labels, measure_ids], names=["owner_id", "period", "kpi"]).to_frame(
-        index=False)
-    nodim = long[long["dim"].isna()]
+    nodim = long["dim"].isna().to_numpy()
+    rows = _Rows(pd.Series(scopes, dtype="str"), pd.Series(labels, dtype="str"),
+                 dims=long[~nodim].assign(available=True, na_reason=None))
     # each measured row's place in the grid (scope-major, then period, then KPI), instead of a merge on text keys
-    at = [pd.Index(keys).get_indexer(nodim[col]) for keys, col in
-          ((scopes, "owner_id"), (labels, "period"), (measure_ids, "kpi"))]
-    found = (at[0] >= 0) & (at[1] >= 0) & (at[2] >= 0)
-    value = np.full(len(grid), np.nan)
-    value[((at[0] * len(labels) + at[1]) * len(measure_ids) + at[2])[found]] = nodim["value"].to_numpy(
+    at = [positions(long[col], keys) for keys, col in
+          ((rows.scopes, "owner_id"), (rows.labels, "period"), (pd.Series(measure_ids, dtype="str"), "kpi"))]
+    found = nodim & (at[0] >= 0) & (at[1] >= 0) & (at[2] >= 0)
+    n = len(scopes) * len(labels)
+    value = np.full(n * len(measure_ids), np.nan)
+    value[((at[0] * len(labels) + at[1]) * len(measure_ids) + at[2])[found]] = long["value"].to_numpy(
         dtype="float64")[found]
-    full = grid.assign(value=value)
-    agg = map_values(full["kpi"], {i: registry.REGISTRY[i].measure.agg for i in measure_ids})  # type: ignore[union-attr]
-    missing = map_values(full["kpi"], {i: _reason(ctx.data.missing(list(registry.REGISTRY[i].needs)))
-                                       for i in measure_ids})
-    full["available"] = missing.isna()
-    full["na_reason"] = missing
-    zero_ok = agg.isin(["sum", "count", "count_distinct"]) & full["available"]
-    full["value"] = full["value"].where(~(full["value"].isna() & zero_ok), 0.0)
-    full["dim"] = None
-    full["dim_value"] = None
-    dims = long[long["dim"].notna()].assign(available=True, na_reason=None)
-    return pd.concat([full, dims], ignore_index=True)
+    value = value.reshape(n, len(measure_ids))
+    for j, kpi_id in enumerate(measure_ids):
+        k = registry.REGISTRY[kpi_id]
+        reason = _reason(ctx.data.missing(list(k.needs)))
+        col = value[:, j].copy()
+        if reason is None and k.measure.agg in ("sum", "count", "count_distinct"):  # type: ignore[union-attr]
+            col[np.isnan(col)] = 0.0
+        rows.values[kpi_id], rows.targets[kpi_id], rows.reasons[kpi_id] = col, np.full(n, np.nan), reason
+    return rows
 
 
 def _reason(missing: list[str]) -> str | None:
     return NOT_AVAILABLE + ", ".join(missing) if missing else None
 
 
-def _attach_targets(df: pd.DataFrame, tgt: pd.DataFrame) -> pd.DataFrame:
-    df = df.copy(deep=False)
-    df["target"] = np.nan
+def _attach_targets(rows: _Rows, tgt: pd.DataFrame) -> _Rows:
+    """Give each measured KPI without dim the resolved target of its metric, scope and period (`tgt`)."""
     if tgt.empty:
-        return df
-    metric_of = {i: k.target_id for i, k in registry.REGISTRY.items()}
-    df["_metric"] = df["kpi"].map(metric_of)
-    t = tgt.rename(columns={"metric": "_metric", "target": "_t"})[["owner_id", "period", "_metric", "_t"]]
-    df = df.merge(t, on=["owner_id", "period", "_metric"], how="left")
-    nodim = df["dim"].isna()
-    df.loc[nodim, "target"] = df.loc[nodim, "_t"]
-    return df.drop(columns=["_metric", "_t"])
+        return rows
+    s, p = positions(tgt["owner_id"], rows.scopes), positions(tgt["period"], rows.labels)
+    found = (s >= 0) & (p >= 0)
+    at = (s * len(rows.labels) + p)[found]
+    metric = tgt["metric"].to_numpy(dtype=object)[found]
+    target = tgt["target"].to_numpy(dtype="float64")[found]
+    for kpi_id, t in rows.targets.items():
+        mine = metric == registry.REGISTRY[kpi_id].target_id
+        t[at[mine]] = target[mine]
+    return rows
 
 
-def _apply_formulas(df: pd.DataFrame, ids: list[str], ctx: CubeContext) -> pd.DataFrame:
+def _apply_formulas(rows: _Rows, ids: list[str], ctx: CubeContext) -> _Rows:
     """Compute formula KPIs from their inputs of the same scope, period and dim value."""
     order = registry.formula_order(ids)
     if not order:
-        return df
+        return rows
+    dense = pd.DataFrame(rows.values | {f"{i}__target": t for i, t in rows.targets.items()})
     key = ["owner_id", "period", "dim", "dim_value"]
-    keyed = df.assign(dim=df["dim"].fillna(""), dim_value=df["dim_value"].fillna(""))
+    keyed = rows.dims.assign(dim=rows.dims["dim"].fillna(""), dim_value=rows.dims["dim_value"].fillna(""))
     # one row per (scope, period, dim, dim value) present: a pivot with dropna=False would build every combination
-    # (2,000 owners x 15 periods x every dim value of any dim) and give rows of dim NaN with a dim_value, value NaN
-    first = keyed.groupby(key + ["kpi"], sort=True)[["value", "target"]].first()  # first non-null, like pivot's
-    vals = first["value"].unstack("kpi")
-    tgts = first["target"].unstack("kpi")
-    w = vals.copy(deep=False)
-    for c in tgts.columns:
-        w[f"{c}__target"] = tgts[c]
-    out = []
+    per_dim = keyed.groupby(key + ["kpi"], sort=True)["value"].first().unstack("kpi")  # first non-null, like pivot's
+    parts = [rows.dims]
     for kpi_id in order:
         k = registry.REGISTRY[kpi_id]
         missing = ctx.data.missing(list(k.needs))
-        if any(i not in w.columns for i in k.inputs):
-            for i in k.inputs:
-                if i not in w.columns:
-                    w[i] = np.nan
-        for i in k.inputs:
-            if f"{i}__target" not in w.columns:
-                w[f"{i}__target"] = np.nan
-        with np.errstate(divide="ignore", invalid="ignore"):
-            value = k.formula(w) if not missing else pd.Series(np.nan, index=w.index)  # type: ignore[misc]
-        w[kpi_id] = value
-        part = value.rename("value").reset_index()
-        part["kpi"] = kpi_id
-        part["available"] = not missing
-        part["na_reason"] = _reason(missing)
-        part["target"] = k.fixed_target if k.fixed_target is not None else np.nan
-        if f"{kpi_id}__target" in w.columns and k.fixed_target is None:
-            part["target"] = w[f"{kpi_id}__target"].to_numpy()
-        dim_rows = part["dim"] != ""
-        part = part[~dim_rows | part["value"].notna()]
-        out.append(part)
-    res = pd.concat(out, ignore_index=True)
-    res["dim"] = res["dim"].replace("", None)
-    res["dim_value"] = res["dim_value"].replace("", None)
-    return pd.concat([df, res], ignore_index=True)
+        value, target = _formula(dense, k, missing)
+        rows.values[kpi_id] = value.to_numpy(dtype="float64")
+        rows.targets[kpi_id] = np.broadcast_to(target, value.shape).astype("float64")
+        rows.reasons[kpi_id] = _reason(missing)
+        value, target = _formula(per_dim, k, missing)
+        part = value.rename("value").reset_index().assign(kpi=kpi_id, available=not missing,
+                                                           na_reason=_reason(missing), target=target)
+        parts.append(part[part["value"].notna()])
+    dims = pd.concat(parts, ignore_index=True)
+    n = len(rows.dims)
+    dims.loc[n:, "dim"] = dims["dim"].iloc[n:].replace("", None)
+    dims.loc[n:, "dim_value"] = dims["dim_value"].iloc[n:].replace("", None)
+    rows.dims = dims
+    return rows
 
 
-def _finish(df: pd.DataFrame, ctx: CubeContext) -> pd.DataFrame:
-    """Add scope, level, kind, attainment and status; drop hidden KPIs; order columns."""
+def _formula(w: pd.DataFrame, k: registry.Kpi, missing: list[str]) -> tuple[pd.Series, float | np.ndarray]:
+    """Formula KPI `k` over the wide frame `w` (one column per KPI and `<id>__target`, missing inputs added as NaN;
+    the result is added as column `k.id`): its values (NaN when `missing` data) and targets."""
+    for i in k.inputs:
+        for c in (i, f"{i}__target"):
+            if c not in w.columns:
+                w[c] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = k.formula(w) if not missing else pd.Series(np.nan, index=w.index)  # type: ignore[misc]
+    w[k.id] = value
+    if k.fixed_target is not None:
+        return value, k.fixed_target
+    return value, w[f"{k.id}__target"].to_numpy() if f"{k.id}__target" in w.columns else np.nan
+
+
+def _finish(rows: _Rows, extra: list[pd.DataFrame], ctx: CubeContext) -> pd.DataFrame:
+    """The KPI table of `rows` and the `extra` rows (forecasts, stage conversion): hidden KPIs dropped, sorted by
+    owner, KPI, period, dim and dim value (missing first), with scope, level, kind, attainment and status."""
     from spm_lib.targets import attainment, status
 
     reg = registry.REGISTRY
+    sparse = pd.concat([rows.dims, *extra], ignore_index=True)
     for c in ("target", "available", "na_reason", "dim", "dim_value"):
-        if c not in df.columns:
-            df = df.assign(**{c: np.nan if c == "target" else None})
-    hidden = map_values(df["kpi"], {i: k.hidden for i, k in reg.items()}).fillna(False).astype(bool)
-    shown = np.flatnonzero(~hidden.to_numpy())
-    order = sort_order(df, ["owner_id", "kpi", "period", "dim", "dim_value"], rows=shown)
-    df = df.take(shown[order]).reset_index(drop=True)  # one copy: filtered and sorted at once
+        if c not in sparse.columns:
+            sparse = sparse.assign(**{c: np.nan if c == "target" else None})
+    ids = [i for i in rows.values if not reg[i].hidden]
+    shown = np.flatnonzero(~map_values(sparse["kpi"], {i: k.hidden for i, k in reg.items()}).fillna(False)
+                           .astype(bool).to_numpy())
+    # each key column: the dense rows' distinct values (scopes, KPIs, periods), then the sparse rows' values
+    heads = (("owner_id", rows.scopes), ("kpi", pd.Series(ids, dtype="str")), ("period", rows.labels))
+    owner, kpi, period = (pd.concat([head, sparse[c]], ignore_index=True) for c, head in heads)
+    at = _table_order([owner, kpi, period], [len(h) for _, h in heads], sparse, shown)
+
+    def cells(dense: dict[str, np.ndarray], column: str) -> np.ndarray:
+        return np.concatenate([*(dense[i] for i in ids), sparse[column].to_numpy(dtype="float64")])[at.cell]
+
+    def per_kpi(dense: list[object], column: str) -> pd.Series:  # dense rows: one value per KPI
+        return pd.Series(np.concatenate([np.asarray(dense, dtype=object), sparse[column].to_numpy(dtype=object)]
+                                        )[at.kpi], dtype=object)
+
+    def of_kpi(attr: str, default: str) -> pd.Series:
+        return map_values(kpi, {i: getattr(k, attr) for i, k in reg.items()}).fillna(default)
+
+    value, target = cells(rows.values, "value"), cells(rows.targets, "target")
+    lower = of_kpi("direction", "higher").eq("lower").to_numpy(dtype=bool)[at.kpi]
+    has = np.flatnonzero(~np.isnan(target))  # no target, no attainment
+    att = np.full(len(value), np.nan)
+    att[has] = attainment(pd.Series(value[has]), pd.Series(target[has]),
+                          pd.Series(np.where(lower[has], "lower", "higher"))).to_numpy()
     owners = ctx.owners.set_index("owner_id")
-    df["level"] = map_values(df["owner_id"], owners["level"])
     scope_of = {o: ctx.org.scope_kind(o) for o in owners.index}  # type: ignore[attr-defined]
-    df["scope"] = map_values(df["owner_id"], scope_of)
-    df["kind"] = map_values(df["kpi"], {i: k.kind for i, k in reg.items()}).fillna("leading")
-    direction = map_values(df["kpi"], {i: k.direction for i, k in reg.items()}).fillna("higher")
-    df["available"] = df["available"].fillna(True).astype(bool)
-    df["attainment"] = attainment(df["value"], df["target"], direction)
-    df["status"] = status(df["attainment"], ctx.cfg.kpis.status)
-    return df[KPI_COLUMNS]
+    none = [None] * len(ids)
+    cols = {"scope": _take(map_values(owner, scope_of), at.owner), "owner_id": _take(owner, at.owner),
+            "level": _take(map_values(owner, owners["level"]), at.owner), "period": _take(period, at.period),
+            "kpi": _take(kpi, at.kpi), "dim": per_kpi(none, "dim"), "dim_value": per_kpi(none, "dim_value"),
+            "value": value, "target": target, "attainment": att,
+            "status": pd.Series(status(pd.Series(att), ctx.cfg.kpis.status).to_numpy(), dtype=object),
+            "kind": _take(of_kpi("kind", "leading"), at.kpi),
+            "available": np.concatenate([[rows.reasons[i] is None for i in ids],
+                                         sparse["available"].fillna(True).astype(bool).to_numpy()]).astype(bool)[at.kpi],
+            "na_reason": per_kpi([rows.reasons[i] for i in ids], "na_reason")}
+    out = pd.DataFrame(index=pd.RangeIndex(len(value)))
+    for c in KPI_COLUMNS:  # one column at a time: no copy into blocks of several columns
+        out[c] = cols[c]
+    return out
+
+
+class _Order(NamedTuple):
+    """Where each row of the KPI table comes from: its position in the owner, KPI and period columns of `_finish`
+    (the dense rows' distinct values, then the sparse rows), and in its values (every dense KPI's values over
+    scopes and periods one after the other, then the sparse rows')."""
+
+    owner: np.ndarray
+    kpi: np.ndarray
+    period: np.ndarray
+    cell: np.ndarray
+
+
+def _table_order(text: list[pd.Series], sizes: list[int], sparse: pd.DataFrame, shown: np.ndarray) -> _Order:
+    """The order of the KPI table, by owner, KPI, period, dim and dim value (missing first): the dense rows (every
+    scope x KPI x period, without dim: the first `sizes` values of the owner, KPI and period columns `text`), and
+    the `shown` rows of `sparse` (the rest of `text`), each after the dense row of equal key (a stable sort)."""
+    n_s, n_k, n_p = sizes
+    ranks = [value_ranks(t) for t in text]
+    bases = [int(r.max(initial=-1)) + 2 for r in ranks]
+    # the dense rows in order, scopes then KPIs then periods by rank: a computed permutation, not a sort
+    s, k, p = (np.argsort(r[:n], kind="stable") for r, n in zip(ranks, sizes))
+    dense_key = _sort_key([ranks[0][s][:, None, None], ranks[1][k][None, :, None], ranks[2][p][None, None, :]],
+                          bases).ravel()
+    sparse_key = _sort_key([r[n:][shown] for r, n in zip(ranks, sizes)], bases)
+    by = np.lexsort((value_ranks(sparse["dim_value"])[shown], value_ranks(sparse["dim"])[shown], sparse_key))
+    sp = shown[by]
+    at_sparse = np.searchsorted(dense_key, sparse_key[by], side="right") + np.arange(len(sp))
+    in_sparse = np.zeros(len(dense_key) + len(sp), dtype=bool)
+    in_sparse[at_sparse] = True
+    at_dense = np.flatnonzero(~in_sparse)
+
+    def place(dense_part: np.ndarray, sparse_part: np.ndarray) -> np.ndarray:
+        out = np.empty(len(in_sparse), dtype=np.int64)
+        out[at_dense], out[at_sparse] = dense_part, sparse_part
+        return out
+
+    row_s, row_k, row_p = np.repeat(s, n_k * n_p), np.tile(np.repeat(k, n_p), n_s), np.tile(p, n_s * n_k)
+    return _Order(place(row_s, sp + n_s), place(row_k, sp + n_k), place(row_p, sp + n_p),
+                  place((row_k * n_s + row_s) * n_p + row_p, sp + n_k * n_s * n_p))
+
+
+def _sort_key(ranks: list[np.ndarray], bases: list[int]) -> np.ndarray:
+    """One integer per row ordering like its ranks (each in -1 .. base - 2) compared one after the other."""
+    key: np.ndarray = np.zeros((), dtype=np.int64)
+    for r, base in zip(ranks, bases):
+        key = key * base + (r + 1)
+    return key
+
+
+def _take(s: pd.Series, at: np.ndarray) -> pd.Series:
+    """The values of `s` at positions `at`, with a fresh index (taken by pyarrow for pyarrow-backed text: pandas
+    checks the positions first, slower than the take itself)."""
+    if isinstance(s.dtype, pd.StringDtype) and s.dtype.storage == "pyarrow":
+        return pd.Series(pd.array(pa.array(s.array).take(at), dtype=s.dtype), name=s.name)
+    return s.take(at).reset_index(drop=True)
 
 
 def _facts(ctx: CubeContext) -> pd.DataFrame:
-    """The as-of snapshot with each deal's ancestor owner ids (for drill-down), sorted by owner."""
+    """The as-of snapshot with each deal's ancestor owner ids (for drill-down), sorted by owner then opportunity."""
+    snap = ctx.snapshot
     anc = ctx.ancestors.assign(scope_id=ctx.ancestors["scope_id"].astype(object))
-    anc = anc.groupby("owner_id")["scope_id"].agg(list).rename("scope_ids")
-    facts = ctx.snapshot.take(distinct_text_order(ctx.snapshot, ["owner_id", "opportunity_id"])).reset_index(drop=True)
-    facts["scope_ids"] = map_values(facts["owner_id"], anc)
+    anc = anc.groupby("owner_id")["scope_id"].agg(list)
+    # a few thousand owners: ranked and mapped once each; their small ranks sort by radix (up to 65,535 owners)
+    owner, owners = pd.factorize(snap["owner_id"])
+    rank = np.append(value_ranks(pd.Series(owners)) + 1, 0)[owner]  # 0: no owner, sorted first (code -1: last)
+    ids_sorted = ascending_text(snap["opportunity_id"])  # often exported in id order: no sort needed
+    by_id = np.arange(len(snap)) if ids_sorted else distinct_text_order(snap, ["opportunity_id"])
+    order = by_id[np.argsort(rank.astype(np.min_scalar_type(len(owners)))[by_id], kind="stable")]  # stable
+    in_order = bool((order == np.arange(len(order))).all())
+    facts = (snap if in_order else snap.take(order)).reset_index(drop=True)  # a new frame: snap keeps its columns
+    lists = pd.Series(owners, dtype=object).map(anc)  # like frames.map_values: NaN for an owner without ancestors
+    per_code = np.append(lists.to_numpy(), np.nan)  # code -1 (no owner) picks the NaN at the end
+    facts["scope_ids"] = pd.Series(per_code[owner[order]], index=facts.index, dtype=lists.dtype)
     return facts
 
 

@@ -28,6 +28,7 @@ import pandas as pd
 
 from spm_lib.config import StatusBands
 from spm_lib.context import CubeContext
+from spm_lib.frames import isin
 from spm_lib.targets import attainment, status
 
 TREE_COLUMNS = ["owner_id", "period", "node", "parent", "label", "unit", "required", "actual", "attainment",
@@ -214,7 +215,7 @@ def tree_inputs(ctx: CubeContext, kpis: pd.DataFrame, targets: pd.DataFrame) -> 
     for col, metric in (("target", "bookings"), ("margin_target", "gross_margin_pct"),
                         ("cos_target", "cost_of_sales_pct")):
         inp[col] = inp["owner_id"].map(_q_target(ctx, targets, metric, q)).astype("float64")
-    rows = kpis[kpis["dim"].isna()] if "dim" in kpis else kpis
+    rows = _input_rows(kpis, [TTM, label])
     for col, (kpi, role) in KPI_INPUTS.items():
         r = rows[(rows["kpi"] == kpi) & (rows["period"] == (TTM if role == "ttm" else label))]
         r = r.drop_duplicates("owner_id").set_index("owner_id")
@@ -227,6 +228,14 @@ def tree_inputs(ctx: CubeContext, kpis: pd.DataFrame, targets: pd.DataFrame) -> 
     inp["sales_cost"] = inp["owner_id"].map(_q_costs(ctx, q)).astype("float64") if ctx.data.has("costs") \
         else np.nan
     return inp
+
+
+def _input_rows(kpis: pd.DataFrame, periods: list[str]) -> pd.DataFrame:
+    """The rows of `kpis` without dim of the KPIs and periods the tree reads (the columns it reads only)."""
+    keep = isin(kpis["kpi"], sorted({kpi for kpi, _ in KPI_INPUTS.values()})) & isin(kpis["period"], periods)
+    if "dim" in kpis:
+        keep &= kpis["dim"].isna()
+    return kpis.loc[keep, [c for c in ("owner_id", "kpi", "period", "value", "na_reason") if c in kpis]]
 
 
 def decompose(ctx: CubeContext, kpis: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from spm_lib.context import CubeContext
+from spm_lib.frames import day_of, join_positions, map_values, positions
 
 MIN_DEALS = 20
 NOT_AVAILABLE = "not available — needs "
@@ -37,7 +38,7 @@ def _between(dates: pd.Series, window: Any) -> pd.Series:
     b = _bounds(window)
     if b is None:
         return pd.Series(False, index=dates.index)
-    d = pd.to_datetime(dates).dt.normalize()
+    d = day_of(pd.to_datetime(dates))
     return (d >= b[0]) & (d <= b[1])
 
 
@@ -50,7 +51,7 @@ def _scope_totals(ctx: CubeContext, facts: pd.DataFrame, date_col: str | None, k
                   sums: list[str]) -> pd.DataFrame:
     """Per scope_id (and `keys`): n (facts) and the sum of each of `sums`, every fact counted in each scope it
     belongs to on the hierarchy valid at the day of `date_col` (as_of when None); sorted by scope_id, keys."""
-    when = (pd.to_datetime(facts[date_col]).dt.normalize() if date_col is not None
+    when = (day_of(pd.to_datetime(facts[date_col])) if date_col is not None
             else pd.Series(pd.Timestamp(ctx.as_of), index=facts.index))
     f = pd.DataFrame({"owner_id": facts["owner_id"], "_when": when.astype("datetime64[ns]").to_numpy(),
                       **{c: facts[c] for c in dict.fromkeys(keys + sums)}})
@@ -66,6 +67,20 @@ def _scope_totals(ctx: CubeContext, facts: pd.DataFrame, date_col: str | None, k
             GROUP BY ALL ORDER BY ALL""").df()
     finally:
         ctx.con.unregister("_scope_facts")
+
+
+def _fact_scopes(ctx: CubeContext, owner: pd.Series, when: np.ndarray) -> tuple[np.ndarray, np.ndarray, pd.Index]:
+    """(fact position, scope code) of every fact and scope it counts in, as `_scope_totals` joins them: the ancestor
+    rows of the fact's owner valid on its day `when` (datetime64[ns]; NaT: any); with the scope ids of the codes."""
+    anc = ctx.ancestors
+    own, owners = pd.factorize(anc["owner_id"])
+    scope, scope_ids = pd.factorize(anc["scope_id"])
+    fact, row = join_positions(positions(owner, owners), own)
+    for col, until in (("valid_from", False), ("valid_to", True)):
+        bound, day = anc[col].to_numpy(dtype="datetime64[ns]")[row], when[fact]
+        valid = np.isnat(bound) | np.isnat(day) | ((day <= bound) if until else (day >= bound))
+        fact, row = fact[valid], row[valid]
+    return fact, scope[row], pd.Index(scope_ids)
 
 
 def _text_where(cond: pd.Series, text: str) -> pd.Series:
@@ -156,11 +171,13 @@ def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.Data
     probs = win_probabilities(ctx) if probabilities is None else probabilities
     snap = ctx.snapshot
     is_open = ~_flag(snap["is_closed"])
-    pipe = snap[is_open & _between(snap["close_date"], win.remaining)]  # type: ignore[attr-defined]
+    cols = [c for c in ("owner_id", "amount", "stage", "close_date", "forecast_category") if c in snap]  # used
+    pipe = snap.loc[is_open & _between(snap["close_date"], win.remaining), cols]  # type: ignore[attr-defined]
     pipe["amount"] = pipe["amount"].astype("float64").fillna(0.0)
-    pipe["probability"] = pipe["stage"].map(probs.set_index("stage")["probability"]).astype("float64").fillna(0.0)
+    probability = map_values(pipe["stage"], probs.set_index("stage")["probability"])
+    pipe["probability"] = probability.astype("float64").fillna(0.0)
     pipe["weighted"] = pipe["amount"] * pipe["probability"]
-    won = snap[_flag(snap["is_won"]) & _between(snap["close_date"], win.to_date)]  # type: ignore[attr-defined]
+    won = snap.loc[_flag(snap["is_won"]) & _between(snap["close_date"], win.to_date), cols]  # type: ignore[attr-defined]
     won["amount"] = won["amount"].astype("float64").fillna(0.0)
 
     scopes = _scopes(ctx)
@@ -223,7 +240,7 @@ def _na(scopes: pd.Index, kpi: str, period: str, reason: str) -> pd.DataFrame:
 def _breakdowns(ctx: CubeContext, ps: pd.DataFrame, label: str, by_stage: bool, by_category: bool
                 ) -> pd.DataFrame:
     """pipeline_open_value per scope split by stage, close month and (when present) forecast category."""
-    dims = {"close_month": pd.to_datetime(ps["close_date"]).dt.strftime("%Y-%m")}
+    dims = {"close_month": _month_labels(ps["close_date"])}
     if by_stage:
         dims["stage"] = ps["stage"].astype("string").fillna(UNKNOWN)
     if by_category and "forecast_category" in ps.columns:
@@ -236,6 +253,13 @@ def _breakdowns(ctx: CubeContext, ps: pd.DataFrame, label: str, by_stage: bool, 
                                     "value": g["amount"].astype("float64"), "target": np.nan,
                                     "available": True, "na_reason": None}))
     return pd.concat(frames, ignore_index=True)[ROW_COLUMNS]
+
+
+def _month_labels(dates: pd.Series) -> pd.Series:
+    """`dt.strftime("%Y-%m")` of a date column, formatted once per distinct month."""
+    month, at = np.unique(pd.to_datetime(dates).to_numpy(dtype="datetime64[M]"), return_inverse=True)
+    labels = pd.DatetimeIndex(month.astype("datetime64[ns]")).strftime("%Y-%m")
+    return pd.Series(labels.take(at.ravel()), index=dates.index)
 
 
 # ---------------------------------------------------------------- stage conversion
@@ -253,31 +277,32 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
     stages = _open_stage_table(ctx)
     idx = stages.set_index("stage")["stage_index"]
     snap = ctx.snapshot
-    deals = snap[["opportunity_id", "owner_id", "stage", "is_closed", "is_won", "close_date"]]
-    deals["event_date"] = pd.to_datetime(deals["close_date"]).where(_flag(deals["is_closed"]))
-    open_event = pd.Series(_last_activity(ctx), index=deals.index)
-    deals["event_date"] = deals["event_date"].where(_flag(deals["is_closed"]), open_event)
+    closed = _flag(snap["is_closed"])
+    event = pd.to_datetime(snap["close_date"]).where(closed, pd.Series(_last_activity(ctx), index=snap.index))
     window = (ctx.windows.trend[0].start, ctx.as_of)  # type: ignore[attr-defined]
-    deals = deals[_between(deals["event_date"], window)]
-
-    deals["furthest"] = _furthest(ctx)[deals.index]
-    deals["current"] = deals["stage"].astype("string").map(idx).astype("float64").fillna(-1).astype("int64")
-    deals["won"] = _flag(deals["is_won"])
-    deals = deals[deals["furthest"] >= 0]
-    # deals of a scope grouped by (furthest, current, won): a deal left each stage it reached but is not in, and
-    # went on from it when it reached a later stage or was won
-    g = _scope_totals(ctx, deals, "event_date", ["furthest", "current", "won"], [])
+    furthest = _furthest(ctx).to_numpy()
+    keep = np.flatnonzero(_between(event, window).to_numpy() & (furthest >= 0))
+    furthest = furthest[keep]
+    current = map_values(snap["stage"].iloc[keep].astype("string"), idx).astype("float64").fillna(-1).to_numpy("int64")
+    won = _flag(snap["is_won"]).to_numpy()[keep]
+    # deals grouped by (furthest, current, won): a deal left each stage it reached but is not in, and went on from
+    # it when it reached a later stage or was won
+    radix = int(current.max(initial=-1)) + 2
+    group, combos = pd.factorize((furthest * radix + current + 1) * 2 + won)
+    f, cur, w = (combos // 2 // radix)[:, None], (combos // 2 % radix - 1)[:, None], (combos % 2 == 1)[:, None]
     k = stages["stage_index"].to_numpy()[None, :]
-    f, cur = g["furthest"].to_numpy()[:, None], g["current"].to_numpy()[:, None]
     left = (k <= f) & (k != cur)
-    went_on = left & ((k < f) | g["won"].to_numpy(dtype=bool)[:, None])
-    n = g["n"].to_numpy()[:, None]
-    by_scope = g["scope_id"].astype(str).to_numpy()
-    lefts = pd.DataFrame(left * n).groupby(by_scope).sum().reindex(scopes, fill_value=0)
-    wents = pd.DataFrame(went_on * n).groupby(by_scope).sum().reindex(scopes, fill_value=0)
+    went_on = left & ((k < f) | w)
+    day = day_of(pd.to_datetime(event.iloc[keep])).to_numpy(dtype="datetime64[ns]")
+    fact, scope, scope_ids = _fact_scopes(ctx, snap["owner_id"].iloc[keep], day)
+    n = np.bincount(scope * len(combos) + group[fact], minlength=len(scope_ids) * len(combos))
+    n = n.reshape(len(scope_ids), len(combos))  # deals per scope and group
+    at = scope_ids.get_indexer(scopes)
+    lefts, wents = (np.where(at[:, None] >= 0, (n @ m.astype("int64"))[np.maximum(at, 0)] if len(n) else 0, 0)
+                    for m in (left, went_on))
     per = pd.DataFrame({"scope_id": np.repeat(scopes.to_numpy(), len(stages)),
                         "stage": np.tile(stages["stage"].to_numpy(), len(scopes)),
-                        "went_on": wents.to_numpy().ravel(), "left": lefts.to_numpy().ravel()})
+                        "went_on": wents.ravel(), "left": lefts.ravel()})
     value = 100.0 * per["went_on"] / per["left"].where(per["left"] > 0)
     reason = _text_where(per["left"] == 0, "no deal left this stage in the trend window")
     out = pd.DataFrame({"owner_id": per["scope_id"].astype(str), "period": label, "kpi": "stage_conversion",

@@ -64,29 +64,46 @@ def _chunk_edges_clean(chunk: pa.Array) -> bool:
     n = len(chunk)
     if n == 0 or chunk.null_count == n:
         return True
-    _, off_buf, data_buf = chunk.buffers()
+    valid_buf, off_buf, data_buf = chunk.buffers()
     offsets = np.frombuffer(off_buf, dtype=np.int64 if pa.types.is_large_string(chunk.type) else np.int32)
     window = offsets[chunk.offset: chunk.offset + n + 1]
     bounds: np.ndarray[Any, np.dtype[np.int64]] = window.astype(np.int64, copy=False)
     start, end = bounds[:-1], bounds[1:]
-    if chunk.null_count:
-        valid = np.asarray(chunk.is_valid(), dtype=bool)
-        start, end = start[valid], end[valid]
-    length = end - start
-    if (length <= 0).any() or data_buf is None:
+    valid = None
+    if chunk.null_count and valid_buf is not None:
+        bits = np.unpackbits(np.frombuffer(valid_buf, dtype=np.uint8), bitorder="little")
+        valid = bits[chunk.offset: chunk.offset + n].view(bool)
+        if valid[np.flatnonzero(end <= start)].any():  # an empty valid value
+            return False
+    elif not (end > start).all():
+        return False
+    if data_buf is None:
         return False
     data = np.frombuffer(data_buf, dtype=np.uint8)
+    if _printable_ascii(data[bounds[0]: bounds[-1]]):  # no white space anywhere (nor in null slots' bytes)
+        return True
+    if valid is not None:
+        start, end = start[valid], end[valid]
     first, last = data[start], data[end - 1]
-    if _BAD_FIRST[first].any() or _BAD_LAST[last].any():
+    if not _printable_ascii(first) and _BAD_FIRST[first].any():
+        return False
+    if _printable_ascii(last):
+        return True
+    if _BAD_LAST[last].any():
         return False
     wide = last >= 0x80  # the last character is multi-byte: look at its lead byte (2 or 3 bytes back)
     if wide.any():
-        s, e, ln = start[wide], end[wide], length[wide]
+        s, e, ln = start[wide], end[wide], (end - start)[wide]
         lead2 = np.where(ln >= 2, data[np.maximum(e - 2, s)], 0)
         lead3 = np.where(ln >= 3, data[np.maximum(e - 3, s)], 0)
         if ((lead2 == 0xC2) | np.isin(lead3, _SPACE_LEADS[1:])).any():
             return False
     return True
+
+
+def _printable_ascii(data: np.ndarray) -> bool:
+    """True when every byte is printable ASCII other than space (0x21-0x7E): no white space, no wide character."""
+    return len(data) == 0 or (int(data.min()) > 0x20 and int(data.max()) < 0x7F)
 
 
 def trimmed_already(s: pd.Series) -> bool:
@@ -159,3 +176,31 @@ def day_of(s: pd.Series) -> pd.Series:
     if ((ns % _DAY_NS == 0) | np.isnat(ns.view("datetime64[ns]"))).all():
         return s
     return s.dt.normalize()
+
+
+def value_ranks(s: pd.Series) -> np.ndarray:
+    """Each value's rank among the distinct values of `s` in the order `sort_order` sorts them (-1: missing, so
+    first): equal values share a rank, so ranks of several columns combine into one sort key."""
+    return _ranks(s)
+
+
+def join_positions(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The row pairs of an inner join on integer codes (-1: no key, joins nothing): (left positions, right
+    positions), in left order, then right order for each left row, like `pd.merge(how="inner")`."""
+    size = int(max(left.max(initial=-1), right.max(initial=-1))) + 1
+    count = np.bincount(right[right >= 0], minlength=size)
+    by_code = np.argsort(right, kind="stable")  # right rows grouped by code, in order; -1 (no key) first
+    first = np.cumsum(count) - count + np.count_nonzero(right < 0)
+    n = np.where(left >= 0, count[np.maximum(left, 0)] if size else 0, 0)
+    lpos = np.repeat(np.arange(len(left)), n)
+    nth = np.arange(len(lpos)) - np.repeat(np.cumsum(n) - n, n)  # the pair's rank among its left row's pairs
+    return lpos, by_code[first[left[lpos]] + nth] if len(lpos) else lpos
+
+
+def ascending_text(s: pd.Series) -> bool:
+    """True when text column `s` is Arrow-backed, has no missing value and each value is <= the next (UTF-8 byte
+    order, like the Arrow sorts): `distinct_text_order(df, [column])` would keep its rows in place."""
+    arr = _arrow_text(s)
+    if arr is None or arr.null_count:
+        return False
+    return len(arr) < 2 or bool(pc.all(pc.less_equal(arr[:-1], arr[1:])).as_py())

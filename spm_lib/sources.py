@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Protocol
 
@@ -139,7 +140,9 @@ def _quote(identifier: str) -> str:
 
 @register_source("duckdb")
 class DuckDbSource:
-    """A DuckDB database file, opened read-only."""
+    """A DuckDB database file, opened read-only; tables can be read from several threads at once."""
+
+    concurrent_reads = True
 
     def __init__(self, cfg: Config) -> None:
         import duckdb
@@ -171,10 +174,13 @@ class DuckDbSource:
             if found is None:
                 return None
             sql, what = f"select * from {_quote(found[0])}.{_quote(found[1])}", f"table {options.source or name}"
+        cursor = self.con.cursor()  # a connection of its own: reads may run in parallel threads
         try:
-            return _numbered(arrow_to_pandas(self.con.sql(sql).to_arrow_table()))
+            return _numbered(arrow_to_pandas(cursor.sql(sql).to_arrow_table()))
         except duckdb.Error as e:
             raise SourceError(f"{self.location}: cannot read {what}: {e}") from None
+        finally:
+            cursor.close()
 
     def close(self) -> None:
         """Close the connection."""
@@ -250,8 +256,10 @@ class _Reader:
         self.source, self.cfg, self.findings = source, cfg, findings
         self.cache: dict[tuple[str, str | None], pd.DataFrame | None] = {}
         self.pending: dict[tuple[str, str | None], Future[pd.DataFrame | None]] = {}
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-read")
-        self.lock = threading.Lock()  # one read at a time: a source's connection is not shared between threads
+        # one read at a time unless the source says otherwise: a connection is not shared between threads
+        self.workers = 2 if getattr(source, "concurrent_reads", False) else 1
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="spm-read")
+        self.lock: AbstractContextManager[object] = threading.Lock() if self.workers == 1 else nullcontext()
 
     def prefetch(self, name: str, options: TableMapping) -> None:
         """Start reading table `name` in the background, while the table before it is mapped."""
@@ -339,8 +347,8 @@ def read_contract_tables(cfg: Config, findings: Findings) -> dict[str, pd.DataFr
         tables = list(spec.tables.items())
         for i, (name, mapping) in enumerate(tables):
             raw = reader.raw(name, mapping, name)
-            if i + 1 < len(tables):
-                reader.prefetch(*tables[i + 1])  # read the next table while this one is mapped
+            for ahead in tables[i + 1: i + 1 + reader.workers]:
+                reader.prefetch(*ahead)  # read the next tables while this one is mapped
             if raw is None:
                 _absent(name, mapping, source.location, findings)
                 continue

@@ -26,12 +26,13 @@ import pandas as pd
 
 from spm_lib.config import StatusBands
 from spm_lib.context import CubeContext
-from spm_lib.frames import isin
+from spm_lib.frames import isin, trimmed_already
 
 TARGET_COLUMNS = ["owner_id", "period", "metric", "target", "source"]
 ADDITIVE_UNITS = {"currency", "count"}
 YTD_SUFFIX = "-YTD"
 DERIVABLE = {"month", "quarter", "year", "ytd"}
+STATUSES = np.array(["none", "green", "amber", "red"], dtype=object)  # by status code
 
 
 # ---------------------------------------------------------------- attainment and status
@@ -64,7 +65,8 @@ def status(attainment: pd.Series, bands: StatusBands) -> pd.Series: ...
 def status(attainment: Any, bands: StatusBands) -> Any:
     """Status colour of an attainment: green at or above bands.green, amber at or above bands.amber, else red."""
     a = np.asarray(pd.to_numeric(attainment, errors="coerce"), dtype="float64")
-    out = np.select([np.isnan(a), a >= bands.green, a >= bands.amber], ["none", "green", "amber"], "red")
+    code = np.select([np.isnan(a), a >= bands.green, a >= bands.amber], [0, 1, 2], 3)  # codes, not strings per row
+    out = STATUSES[code]
     if np.isscalar(attainment) or a.ndim == 0:
         return str(out)
     index = attainment.index if isinstance(attainment, pd.Series) else None
@@ -77,13 +79,17 @@ def resolve_targets(ctx: CubeContext, metric: str, periods: list[Any]) -> pd.Dat
     explicit = _explicit_rows(ctx, metric)
     if explicit.empty or not periods:
         return _empty()
+    targeted = set(explicit["owner_id"].unique())
     months = _period_months(ctx, periods)
     labels = pd.DataFrame({"period": [str(p.label) for p in periods]}).drop_duplicates()
+    # only rows of these periods and of the months, quarters and years in them are read: drop the others first
+    used = pd.concat([labels["period"], months["month"], months["quarter"], months["year"]]).unique()
+    explicit = explicit[isin(explicit["period"], pd.Series(used, dtype=explicit["period"].dtype))]
     direct = explicit.merge(labels, on="period").assign(source="explicit")
     derived = (_derive_additive(explicit, months, phasing_weights(ctx)) if is_additive(metric)
                else _derive_inherited(explicit, months))
     own = pd.concat([direct, derived], ignore_index=True).drop_duplicates(["owner_id", "period"], keep="first")
-    resolved = _roll_up(ctx, own, set(explicit["owner_id"].unique())) if is_additive(metric) else own
+    resolved = _roll_up(ctx, own, targeted) if is_additive(metric) else own
     scopes = ctx.owners["owner_id"].astype(str)
     out = resolved[isin(resolved["owner_id"], scopes) & resolved["value"].notna()]
     out = out.rename(columns={"value": "target"}).assign(metric=metric)
@@ -105,15 +111,25 @@ def _empty() -> pd.DataFrame:
 
 
 def _explicit_rows(ctx: CubeContext, metric: str) -> pd.DataFrame:
-    """The targets table's rows for `metric` (owner_id, period, value); a repeated owner/label keeps its last row."""
-    if not ctx.data.has("targets"):
-        return pd.DataFrame(columns=["owner_id", "period", "value"])
-    t = ctx.data.table("targets")
-    t = t[t["metric"].astype("string") == metric].dropna(subset=["owner_id", "period", "value"])
-    out = pd.DataFrame({"owner_id": t["owner_id"].astype(str).str.strip(),
-                        "period": t["period"].astype(str).str.strip(),
-                        "value": t["value"].astype("float64")})
-    return out.drop_duplicates(["owner_id", "period"], keep="last").reset_index(drop=True)
+    """The targets table's rows for `metric` (owner_id, period, value); a repeated owner/label keeps its last row.
+
+    Built once per run and metric (resolve_targets runs for several period sets)."""
+    key = f"target_rows:{metric}"
+    if key not in ctx.cache:
+        if not ctx.data.has("targets"):
+            return pd.DataFrame(columns=["owner_id", "period", "value"])
+        t = ctx.data.table("targets")
+        t = t[t["metric"].astype("string") == metric].dropna(subset=["owner_id", "period", "value"])
+        out = pd.DataFrame({"owner_id": _stripped(t["owner_id"]), "period": _stripped(t["period"]),
+                            "value": t["value"].astype("float64")})
+        ctx.cache[key] = out.drop_duplicates(["owner_id", "period"], keep="last").reset_index(drop=True)
+    return ctx.cache[key]  # type: ignore[return-value]
+
+
+def _stripped(s: pd.Series) -> pd.Series:
+    """`s.astype(str).str.strip()`, without a pass over the values when no value has white space to strip."""
+    text = s.astype(str)
+    return text if trimmed_already(text) else text.str.strip()
 
 
 def _grain(p: Any) -> str:
@@ -128,6 +144,9 @@ def _period_months(ctx: CubeContext, periods: list[Any]) -> pd.DataFrame:
     """
     from spm_lib.periods import Window
 
+    key = "target_months:" + repr([(str(p.label), _grain(p), str(p.start), str(p.end)) for p in periods])
+    if key in ctx.cache:
+        return ctx.cache[key]  # type: ignore[return-value]
     cal: Any = ctx.calendar
     rows = []
     for p in periods:  # a handful of periods per run
@@ -142,7 +161,8 @@ def _period_months(ctx: CubeContext, periods: list[Any]) -> pd.DataFrame:
     df["year"] = cal.labels("year", firsts).astype(str)
     df["fm"] = df["first"].map(cal.fiscal_month).astype(int) - 1
     df["n_months"] = df.groupby("period")["month"].transform("size")
-    return df.drop(columns="first")
+    ctx.cache[key] = df.drop(columns="first")
+    return ctx.cache[key]  # type: ignore[return-value]
 
 
 def _as_date(d: Any) -> date:

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from spm_lib.asof import first_of_run
+from spm_lib.asof import SortedHistory, first_of_run
 from spm_lib.config import Threshold
 from spm_lib.errors import SpmError, did_you_mean
-from spm_lib.frames import isin
+from spm_lib.frames import day_of, isin, join_positions, map_values, positions
 
 if TYPE_CHECKING:
     from spm_lib.context import CubeContext
@@ -92,7 +92,7 @@ def _asof_ts(ctx: CubeContext) -> pd.Timestamp:
 
 def _dates(s: pd.Series) -> pd.Series:
     """A date/datetime column as midnight timestamps (time of day dropped)."""
-    return pd.to_datetime(s).dt.normalize()
+    return day_of(pd.to_datetime(s))
 
 
 def _fmt_date(s: pd.Series) -> pd.Series:
@@ -107,10 +107,12 @@ def open_deals(ctx: CubeContext) -> pd.DataFrame:
     """The open opportunities of the as-of snapshot (a reopened deal is open), with `value` = amount or 0 and
     `snapshot_row` = the deal's row in ctx.snapshot."""
     snap = ctx.snapshot
-    closed_stage = snap["stage"].isin(ctx.cfg.stages.won + ctx.cfg.stages.lost) if "stage" in snap else False
     is_closed = snap["is_closed"].astype("boolean") if "is_closed" in snap else pd.Series(pd.NA, index=snap.index,
                                                                                            dtype="boolean")
-    closed = is_closed.fillna(pd.Series(closed_stage, index=snap.index).astype("boolean")).astype(bool)
+    if is_closed.isna().any():  # a missing flag: closed when the stage is a won or lost one
+        closed_stage = snap["stage"].isin(ctx.cfg.stages.won + ctx.cfg.stages.lost) if "stage" in snap else False
+        is_closed = is_closed.fillna(pd.Series(closed_stage, index=snap.index).astype("boolean"))
+    closed = is_closed.astype(bool)
     out = snap[~closed]
     out["snapshot_row"] = np.flatnonzero(~closed.to_numpy())
     out["value"] = pd.to_numeric(out["amount"], errors="coerce").astype("float64").fillna(0.0)
@@ -151,18 +153,23 @@ def threshold_for(ctx: CubeContext, level: str | None, check_id: str) -> Thresho
 
 
 # ---------------------------------------------------------------- per-deal checks
+def _flagged(deals: pd.DataFrame, text: pd.Series) -> pd.Series:
+    """The detail text of every deal from the texts of the flagged ones (`text`, indexed like `deals`; <NA>: fine).
+    Texts are built for the flagged deals only: a few of the open deals."""
+    return text.reindex(deals.index).astype("string")
+
+
 def _past_close(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
     cd = _dates(deals["close_date"])
+    cd = cd[cd < _asof_ts(ctx)]
     days = (_asof_ts(ctx) - cd).dt.days
-    text = "close date " + _fmt_date(deals["close_date"]) + " is " + _int_text(days) + " days in the past"
-    return text.where(cd < _asof_ts(ctx)).astype("string")
+    return _flagged(deals, "close date " + _fmt_date(cd) + " is " + _int_text(days) + " days in the past")
 
 
 def _stale(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
     lm = _dates(deals["last_modified_date"])
     days = (_asof_ts(ctx) - lm).dt.days
-    text = "no update for " + _int_text(days) + " days"
-    return text.where(days >= ctx.cfg.trust.stale_days).astype("string")
+    return _flagged(deals, "no update for " + _int_text(days[days >= ctx.cfg.trust.stale_days]) + " days")
 
 
 def _early_closing(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
@@ -171,9 +178,8 @@ def _early_closing(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
     days = (cd - ts).dt.days
     early = ctx.cfg.stages.open_names[: ctx.cfg.trust.early_stages]
     hit = (cd >= ts) & (days <= ctx.cfg.trust.closing_soon_days) & deals["stage"].isin(early)
-    text = ("closes " + _fmt_date(deals["close_date"]) + " (in " + _int_text(days) + " days) but is still in "
-            + deals["stage"].astype("string"))
-    return text.where(hit).astype("string")
+    return _flagged(deals, "closes " + _fmt_date(cd[hit]) + " (in " + _int_text(days[hit]) + " days) but is still in "
+                    + deals.loc[hit, "stage"].astype("string"))
 
 
 def _missing_fields(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
@@ -186,8 +192,7 @@ def _missing_fields(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
 
 def _pushed(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
     pushes = pd.to_numeric(deals["pushes"], errors="coerce").fillna(0)
-    text = "pushed " + _int_text(pushes) + " times"
-    return text.where(pushes >= ctx.cfg.trust.pushed_min_moves).astype("string")
+    return _flagged(deals, "pushed " + _int_text(pushes[pushes >= ctx.cfg.trust.pushed_min_moves]) + " times")
 
 
 def _no_activity(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
@@ -199,9 +204,8 @@ def _no_activity(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
     if "created_date" in deals:
         created = _dates(deals["created_date"])
         quiet &= created.isna() | (created <= ts - pd.Timedelta(days=n))
-    days = (ts - last_for).dt.days
-    text = ("no activity for " + _int_text(days) + " days").fillna("no activity logged")
-    return text.where(quiet).astype("string")
+    days = (ts - last_for[quiet]).dt.days
+    return _flagged(deals, ("no activity for " + _int_text(days) + " days").fillna("no activity logged"))
 
 
 def stage_medians(ctx: CubeContext) -> pd.Series:
@@ -209,38 +213,67 @@ def stage_medians(ctx: CubeContext) -> pd.Series:
     h = ctx.sorted_history()
     if h is None:
         return pd.Series([], dtype="float64", index=pd.Index([], dtype="string", name="stage"))
-    # integer codes and numpy arrays, sorted by deal then changed_at (rows before a deal's first stage dropped)
-    staged = h.stage_ff >= 0
-    key, when, stage = h.code[staged], h.changed_at[staged], h.stage_ff[staged]
-    starts = first_of_run(key) | first_of_run(stage)  # a spell starts where the deal or its stage changes
-    key, when, stage = key[starts], when[starts], stage[starts]
-    ended = ~first_of_run(key)[1:]  # the next spell of the same deal ends this one
-    days = pd.Series(when[1:][ended] - when[:-1][ended], name="days").dt.total_seconds() / 86400
-    med = days.groupby(stage[:-1][ended]).median()
-    med.index = pd.Index(h.stages.take(med.index.to_numpy(dtype="int64")), name="stage")
-    return med.sort_index()
+    med = _group_medians(*_ended_spells(h), len(h.stages))
+    codes = np.flatnonzero(~np.isnan(med))  # the stages some ended spell was in
+    return pd.Series(med[codes], name="days", index=pd.Index(h.stages.take(codes), name="stage")).sort_index()
+
+
+def _ended_spells(h: SortedHistory) -> tuple[np.ndarray, np.ndarray]:
+    """(stage code, length in ns) of every stage spell that ended by as-of, from the sorted history: a spell starts
+    where a deal's carried-forward stage is first set or changes, and ends where the deal's next spell starts."""
+    starts = (h.stage_ff >= 0) & (h.first | first_of_run(h.stage_ff))
+    code, when = h.code[starts], h.changed_at.view("int64")[starts]
+    ended = np.flatnonzero(code[1:] == code[:-1])  # the next spell is the same deal's
+    return h.stage_ff[starts][ended], when[ended + 1] - when[ended]
+
+
+def _group_medians(group: np.ndarray, length: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per group code, the median in days of the ns lengths of its members (NaN: no member), as pandas computes it:
+    each length in days (`dt.total_seconds() / 86400`), then the middle value or the mean of the two middle ones."""
+    counts = np.bincount(group, minlength=n_groups)
+    # members grouped by code (a stable sort of small integers is a radix sort), each group's middle picked
+    grouped = length[np.argsort(group.astype(np.min_scalar_type(max(n_groups - 1, 0))), kind="stable")]
+    out = np.full(n_groups, np.nan)
+    for code, end in zip(np.flatnonzero(counts), np.cumsum(counts)[counts > 0], strict=True):
+        n = counts[code]
+        middle = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+        ns = np.partition(grouped[end - n: end], middle)[middle]
+        days = pd.Series(ns.view("timedelta64[ns]")).dt.total_seconds().to_numpy() / 86400
+        out[code] = days[0] if n % 2 else (days[0] + days[1]) / 2
+    return out
 
 
 def _stalled(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
-    med = deals["stage"].map(stage_medians(ctx)).astype("float64")
+    med = map_values(deals["stage"], stage_medians(ctx)).astype("float64")
     days = pd.to_numeric(deals["days_in_stage"], errors="coerce").astype("float64")
     hit = med.notna() & days.notna() & (days > ctx.cfg.trust.stalled_factor * med)
-    text = (_int_text(days) + " days in " + deals["stage"].astype("string") + " (usual: "
-            + _int_text(med) + " days)")
-    return text.where(hit).astype("string")
+    return _flagged(deals, _int_text(days[hit]) + " days in " + deals.loc[hit, "stage"].astype("string")
+                    + " (usual: " + _int_text(med[hit]) + " days)")
 
 
 def _amount_decreased(ctx: CubeContext, deals: pd.DataFrame) -> pd.Series:
     hit = deals["amount_decreased"].astype("boolean").fillna(False).astype(bool)
-    h = ctx.data.table("opportunity_history")
-    h = h[pd.to_datetime(h["changed_at"]) < _asof_ts(ctx) + pd.Timedelta(days=1)]
-    h = h[isin(h["opportunity_id"].astype(str), deals.loc[hit, "opportunity_id"].astype(str)).to_numpy()]  # flagged
-    peak = h.groupby(h["opportunity_id"].astype(str))["amount"].max()
-    peak_for = deals["opportunity_id"].astype(str).map(peak).astype("float64")
-    amount = deals["amount"].astype("float64")
-    text = ("amount cut from " + _int_text(peak_for) + " to " + _int_text(amount))
-    text = text.where(peak_for > amount).fillna("amount decreased")
-    return text.where(hit).astype("string")
+    flagged = deals.loc[hit, ["snapshot_row", "amount"]]
+    peak = pd.Series(_peak_amounts(ctx, flagged["snapshot_row"].to_numpy()), index=flagged.index)
+    amount = flagged["amount"].astype("float64")
+    text = ("amount cut from " + _int_text(peak) + " to " + _int_text(amount))
+    return _flagged(deals, text.where(peak > amount).fillna("amount decreased"))
+
+
+def _peak_amounts(ctx: CubeContext, rows: np.ndarray) -> np.ndarray:
+    """The largest amount any history row up to as_of gave each snapshot deal of `rows` (NaN: none)."""
+    h = ctx.sorted_history()
+    out = np.full(len(rows), np.nan)
+    if h is None or not len(h.ids):
+        return out
+    code = ctx.history_codes()[rows]
+    wanted = np.zeros(len(h.ids), dtype=bool)
+    wanted[code[code >= 0]] = True
+    # the carried-forward amounts of a deal's rows are its rows' own amounts repeated: the same largest one
+    keep = wanted[h.code] & ~np.isnan(h.amount_ff)
+    peak = np.full(len(h.ids), np.nan)
+    np.fmax.at(peak, h.code[keep], h.amount_ff[keep])
+    return np.where(code >= 0, peak[np.maximum(code, 0)], np.nan)
 
 
 # ---------------------------------------------------------------- forecast deviation (per scope)
@@ -282,8 +315,8 @@ def scope_forecasts(ctx: CubeContext, label: str, start: date) -> pd.Series:
     latest = (fc.assign(submitted_at=pd.to_datetime(fc["submitted_at"])).sort_values("submitted_at", kind="stable")
               .groupby(fc["owner_id"].astype(str))["amount"].last().astype("float64"))
     anc = asof_ancestors(ctx)
-    pairs = anc[anc["owner_id"].isin(latest.index)]
-    covering = anc[anc["scope_id"].isin(latest.index) & (anc["distance"] >= 1)]
+    pairs = anc[isin(anc["owner_id"], latest.index)]
+    covering = anc[isin(anc["scope_id"], latest.index) & (anc["distance"] >= 1)]
     shadow = pairs.merge(covering, on="owner_id", suffixes=("", "_c"))
     shadow = shadow[shadow["distance_c"] <= shadow["distance"]][["owner_id", "scope_id"]].drop_duplicates()
     counted = pairs.merge(shadow, on=["owner_id", "scope_id"], how="left", indicator=True)
@@ -364,13 +397,11 @@ def compute_trust(ctx: CubeContext, bookings_by_month: pd.DataFrame | None = Non
     cube pass its own bookings to the forecast check.
     """
     deals = open_deals(ctx)
-    anc = asof_ancestors(ctx)[["owner_id", "scope_id"]]
     scopes = _scopes(ctx)
-    in_scope = deals[["opportunity_id", "value"]].assign(owner_id=deals["owner_id"].astype(str),
-                                                           _row=np.arange(len(deals))).merge(anc, on="owner_id")
-    totals = in_scope.groupby("scope_id").agg(open_count=("opportunity_id", "size"), open_value=("value", "sum"))
-    base = scopes.assign(open_count=scopes["owner_id"].map(totals["open_count"]).fillna(0).astype("int64"),
-                         open_value=scopes["owner_id"].map(totals["open_value"]).fillna(0.0).astype("float64"))
+    in_scope = _ScopePairs.of(deals, asof_ancestors(ctx), scopes["owner_id"])
+    open_count, open_value = in_scope.totals(deals["value"].to_numpy(), None)
+    base = scopes.assign(open_count=open_count, open_value=open_value)
+    row_cols = [c for c in TRUST_ROW_COLUMNS if c in deals]  # the deal columns of the offending rows
 
     parts: list[pd.DataFrame] = []
     rows: list[pd.DataFrame] = []
@@ -388,16 +419,48 @@ def compute_trust(ctx: CubeContext, bookings_by_month: pd.DataFrame | None = Non
             assert check.flag is not None
             detail = check.flag(ctx, deals).reindex(deals.index)
             hit = detail.notna()
-            rows.append(_offending_rows(check.id, deals[hit], detail[hit]))
-            off = in_scope[hit.to_numpy()[in_scope["_row"].to_numpy()]]
-            agg = off.groupby("scope_id").agg(n=("opportunity_id", "size"), v=("value", "sum"))
-            n = part["owner_id"].map(agg["n"]).fillna(0).astype("Int64")
-            v = part["owner_id"].map(agg["v"]).fillna(0.0).astype("float64")
+            rows.append(_offending_rows(check.id, deals.loc[hit, row_cols], detail[hit]))
+            count, amount = in_scope.totals(deals["value"].to_numpy(), hit.to_numpy())
+            n, v = pd.Series(count, index=part.index, dtype="Int64"), pd.Series(amount, index=part.index)
             part = part.assign(count=n, amount=v, metric=_rate(n, v, part["open_count"], part["open_value"]))
         parts.append(part)
     trust = _statuses(ctx, pd.concat(parts, ignore_index=True))
     trust_rows = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=TRUST_ROW_COLUMNS)
     return trust, trust_rows.sort_values(["check", "opportunity_id"], kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class _ScopePairs:
+    """Every (open deal, scope) pair of the deals and the as-of scopes of their owner, as integer codes: `deal` (row
+    in the deals frame) in deal order, `scope` (code of the scope id); `at` gives each scope row its code (-1: the
+    scope holds no deal)."""
+
+    deal: np.ndarray
+    scope: np.ndarray
+    at: np.ndarray
+    n_codes: int
+
+    @classmethod
+    def of(cls, deals: pd.DataFrame, anc: pd.DataFrame, scope_ids: pd.Series) -> _ScopePairs:
+        """The pairs of `deals` (owner_id) and the ancestor map `anc` (owner_id, scope_id; one row per pair)."""
+        owner, owners = pd.factorize(anc["owner_id"])
+        scope, codes = pd.factorize(anc["scope_id"])
+        deal, row = join_positions(positions(deals["owner_id"].astype(str), owners), owner)
+        return cls(deal=deal, scope=scope[row], at=pd.Index(codes).get_indexer(scope_ids), n_codes=len(codes))
+
+    def totals(self, value: np.ndarray, hit: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(number, summed `value`) of the deals (those where `hit`) per scope row; sums in deal order, like a
+        groupby of the pairs."""
+        keep = slice(None) if hit is None else hit[self.deal]
+        scope = self.scope[keep]
+        count = np.bincount(scope, minlength=self.n_codes)
+        total = pd.Series(value[self.deal[keep]]).groupby(scope).sum().reindex(range(self.n_codes), fill_value=0.0)
+        return _take(count, self.at, 0), _take(total.to_numpy(dtype="float64"), self.at, 0.0)
+
+
+def _take(values: np.ndarray, codes: np.ndarray, missing: object) -> np.ndarray:
+    """values[codes], `missing` where the code is -1."""
+    return np.where(codes >= 0, values[np.maximum(codes, 0)] if len(values) else missing, missing)
 
 
 def _rate(n: pd.Series, v: pd.Series, open_count: pd.Series, open_value: pd.Series) -> pd.Series:
@@ -415,7 +478,7 @@ def _statuses(ctx: CubeContext, df: pd.DataFrame) -> pd.DataFrame:
                      fail=pd.Series([t.fail for t in ths], index=keys.index, dtype="float64"),
                      unit=pd.Series([t.unit for t in ths], index=keys.index, dtype="str"))
     df = df.merge(th, on=["level", "check"], how="left")
-    per_deal = df["check"].map(lambda c: CHECKS[c].flag is not None).astype(bool)
+    per_deal = _per_check(df["check"], lambda c: CHECKS[c].flag is not None).astype(bool)
     value = df["metric"].astype("float64")
     count = df["count"].astype("Int64")
     value = value.mask(per_deal & (df["unit"] == "count"), count.astype("Float64").astype("float64"))
@@ -431,9 +494,15 @@ def _statuses(ctx: CubeContext, df: pd.DataFrame) -> pd.DataFrame:
     available = df["available"] & value.notna()
     df = df.assign(value=value, status=status, available=available.astype(bool),
                    count=count, amount=df["amount"].astype("float64"),
-                   label=df["check"].map(lambda c: CHECKS[c].label),
-                   definition=df["check"].map(lambda c: CHECKS[c].definition))
+                   label=_per_check(df["check"], lambda c: CHECKS[c].label),
+                   definition=_per_check(df["check"], lambda c: CHECKS[c].definition))
     return df[TRUST_COLUMNS].reset_index(drop=True)
+
+
+def _per_check(check: pd.Series, attr: Callable[[str], object]) -> pd.Series:
+    """`check.map(attr)`, calling `attr` once per distinct check id."""
+    codes, ids = pd.factorize(check)
+    return pd.Series(ids).map(attr).take(codes).set_axis(check.index)
 
 
 def _offending_rows(check_id: str, deals: pd.DataFrame, detail: pd.Series) -> pd.DataFrame:

@@ -9,7 +9,10 @@ warning that says so. `check_report` renders the findings of the configured sour
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,30 +48,87 @@ SOURCE_FIX = "config/source.yml"
 def validate(tables: dict[str, pd.DataFrame], cfg: Config, findings: Findings) -> dict[str, pd.DataFrame]:
     """Check contract tables, record every problem in `findings`, return the tables to use (unusable rows dropped)."""
     out = {name: _typed(name, df, findings) if name in CONTRACT else df for name, df in tables.items()}
-    _check_tables_present(out, findings)
-    for name, df in out.items():
-        if name in CONTRACT:
-            _check_columns(name, df, findings)
+    known = _owner_ids(out.get("owners"))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-validate") as pool:
+        ahead = _start_references(out, known, pool)
+        try:
+            _check_tables_present(out, findings)
+            for name, df in out.items():
+                if name in CONTRACT:
+                    _check_columns(name, df, findings)
+            _check_rows(out, known, cfg, findings, ahead)
+        finally:
+            ahead.cancel()
+    return out
+
+
+def _check_rows(out: dict[str, pd.DataFrame], known: set[str] | None, cfg: Config, findings: Findings,
+                ahead: _Ahead) -> None:
+    """The checks of owners and rows (in `out`, unusable rows dropped), in the order their findings are listed."""
     owners = out.get("owners")
-    known = _owner_ids(owners)
     if owners is not None and {"owner_id", "manager_id"} <= set(owners.columns):
         _check_owners(owners, findings)
     if "opportunities" in out:
-        out["opportunities"] = _check_opportunities(out["opportunities"], known, cfg, findings)
+        out["opportunities"] = _check_opportunities(out["opportunities"], known, cfg, findings, ahead)
     for name in OWNED_TABLES:
         if name in out and known is not None and "owner_id" in out[name].columns:
-            out[name] = _drop_unknown_owners(name, out[name], known, findings)
+            out[name] = _drop_unknown_owners(name, out[name], known, findings, ahead)
     for name in PERIOD_TABLES:
         if name in out and "period" in out[name].columns:
             out[name] = _drop_bad_periods(name, out[name], findings)
     if "opportunity_history" in out and "opportunities" in out:
         out["opportunity_history"] = _drop_unknown_opportunities(out["opportunity_history"], out["opportunities"],
-                                                                 findings)
+                                                                 findings, ahead)
     if "surveys" in out and "score" in out["surveys"].columns:
         out["surveys"] = _drop_bad_scores(out["surveys"], findings)
     if owners is not None and "opportunities" in out:
         _agents_without_deals(owners, out["opportunities"], findings)
-    return out
+
+
+class _Ahead:
+    """Reference masks computed by a worker thread while other checks run (pyarrow hashes without the GIL); a
+    mask is used only when asked for with the very arguments it was computed from, else computed again."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.pool = pool
+        self.jobs: dict[str, tuple[tuple[Any, ...], Future[pd.Series]]] = {}
+
+    def start(self, key: str, fn: Callable[..., pd.Series], *args: Any) -> None:
+        """Start computing `fn(*args)` under `key`."""
+        self.jobs[key] = (args, self.pool.submit(fn, *args))
+
+    def get(self, key: str, fn: Callable[..., pd.Series], *args: Any) -> pd.Series:
+        """`fn(*args)`, taken from the job started under `key` when that had the same arguments (identical)."""
+        job = self.jobs.pop(key, None)
+        if job is None:
+            return fn(*args)
+        started, future = job
+        if len(started) == len(args) and all(a is b for a, b in zip(started, args, strict=True)):
+            return future.result()
+        future.cancel()  # computed from other frames (rows were dropped since): not used
+        return fn(*args)
+
+    def cancel(self) -> None:
+        """Drop the jobs nobody asked for (not started ones do not run)."""
+        for _, future in self.jobs.values():
+            future.cancel()
+        self.jobs.clear()
+
+
+def _start_references(out: dict[str, pd.DataFrame], known: set[str] | None, pool: ThreadPoolExecutor) -> _Ahead:
+    """Start the owner and opportunity reference masks of the typed tables, in the order they are needed."""
+    ahead = _Ahead(pool)
+    owned = [name for name in ("opportunities", *OWNED_TABLES)
+             if known is not None and name in out and "owner_id" in out[name].columns]
+    if "opportunities" in owned:
+        ahead.start("opportunities", _known_owner, out["opportunities"], known)
+    history, opps = out.get("opportunity_history"), out.get("opportunities")
+    if history is not None and opps is not None and "opportunity_id" in history.columns \
+            and "opportunity_id" in opps.columns:
+        ahead.start("opportunity_history", _known_opportunity, history, opps)
+    for name in owned[1:] if "opportunities" in owned else owned:
+        ahead.start(name, _known_owner, out[name], known)
+    return ahead
 
 
 def _typed(name: str, df: pd.DataFrame, findings: Findings) -> pd.DataFrame:
@@ -105,6 +165,12 @@ def _coerced(dtype: str) -> object:
     empty = pd.DataFrame({"x": pd.Series([], dtype=dtype)})
     schema = pa.DataFrameSchema({"x": pa.Column(dtype, nullable=True, required=False, coerce=True)})
     return schema.validate(empty)["x"].dtype
+
+
+def warm_up() -> None:
+    """Work out the coercion of every contract dtype ahead (pandera's first schema is slow to build)."""
+    for dtype in dict.fromkeys(PANDAS_DTYPES.values()):
+        _coerced(dtype)
 
 
 def _has_dtype(column: pd.Series, dtype: str) -> bool:
@@ -262,7 +328,7 @@ def _snapshot_masks(df: pd.DataFrame) -> list[np.ndarray]:
 
 # ---------------------------------------------------------------- opportunities
 def _check_opportunities(opps: pd.DataFrame, known: set[str] | None, cfg: Config,
-                         findings: Findings) -> pd.DataFrame:
+                         findings: Findings, ahead: _Ahead) -> pd.DataFrame:
     """Drop unidentifiable, duplicate and unattributable deals (counted); flag stages, amounts and dates."""
     t = "opportunities"
     if "opportunity_id" in opps.columns:
@@ -270,7 +336,7 @@ def _check_opportunities(opps: pd.DataFrame, known: set[str] | None, cfg: Config
                      "rows without opportunity_id cannot be identified", "give every opportunity an id", findings)
         opps = _drop_duplicate_opportunities(opps, findings)
     if known is not None and "owner_id" in opps.columns:
-        opps = _drop_unknown_owners(t, opps, known, findings)
+        opps = _drop_unknown_owners(t, opps, known, findings, ahead)
     ids = row_ids(opps, t)
     if "stage" in opps.columns:
         _check_stages(opps, ids, cfg, findings)
@@ -309,6 +375,8 @@ def _check_opportunities(opps: pd.DataFrame, known: set[str] | None, cfg: Config
 
 def _drop_duplicate_opportunities(opps: pd.DataFrame, findings: Findings) -> pd.DataFrame:
     """Keep one row per opportunity_id: the latest last_modified_date, else the last row (dropped rows counted)."""
+    if opps["opportunity_id"].is_unique:  # the usual case, found in one hashing pass
+        return opps
     rows = np.flatnonzero(opps["opportunity_id"].duplicated(keep=False).to_numpy(dtype=bool))  # only these sort
     order = pd.DataFrame({"opportunity_id": opps["opportunity_id"].iloc[rows].to_numpy(), "_pos": rows})
     by = ["_pos"]
@@ -359,10 +427,11 @@ def _drop(table: str, df: pd.DataFrame, column: str, check: str, bad: pd.Series,
     return df[~bad]
 
 
-def _drop_unknown_owners(table: str, df: pd.DataFrame, known: set[str], findings: Findings) -> pd.DataFrame:
+def _drop_unknown_owners(table: str, df: pd.DataFrame, known: set[str], findings: Findings,
+                         ahead: _Ahead) -> pd.DataFrame:
     """Drop rows whose owner_id is not an owner (empty too, except in leads where the owner is optional)."""
     owner = df["owner_id"]
-    bad = ~owner.isin(sorted(known))
+    bad = ~ahead.get(table, _known_owner, df, known)
     if table == "leads":
         bad &= owner.notna()
     values = sorted(owner[bad].dropna().astype(str).unique())
@@ -373,15 +442,26 @@ def _drop_unknown_owners(table: str, df: pd.DataFrame, known: set[str], findings
                  "add the owners to the owners table, or correct owner_id in the source", findings)
 
 
-def _drop_unknown_opportunities(history: pd.DataFrame, opps: pd.DataFrame, findings: Findings) -> pd.DataFrame:
+def _known_owner(df: pd.DataFrame, known: set[str]) -> pd.Series:
+    """True where the row's owner_id is one of the `known` owner ids."""
+    return df["owner_id"].isin(sorted(known))
+
+
+def _drop_unknown_opportunities(history: pd.DataFrame, opps: pd.DataFrame, findings: Findings,
+                                ahead: _Ahead) -> pd.DataFrame:
     """Drop history rows whose opportunity is not in the (kept) opportunities."""
     if "opportunity_id" not in history.columns or "opportunity_id" not in opps.columns:
         return history
-    bad = ~isin(history["opportunity_id"], opps["opportunity_id"].dropna())
+    bad = ~ahead.get("opportunity_history", _known_opportunity, history, opps)
     values = format_ids(sorted(history.loc[bad, "opportunity_id"].dropna().astype(str).unique()), 5)
     return _drop("opportunity_history", history, "opportunity_id", "unknown_opportunity", bad,
                  f"opportunity_id not in opportunities, or dropped there ({values or 'empty'})",
                  "export the history of the same opportunities as the opportunities table", findings)
+
+
+def _known_opportunity(history: pd.DataFrame, opps: pd.DataFrame) -> pd.Series:
+    """True where the history row's opportunity_id is an opportunity of `opps`."""
+    return isin(history["opportunity_id"], opps["opportunity_id"].dropna())
 
 
 def _drop_bad_periods(table: str, df: pd.DataFrame, findings: Findings) -> pd.DataFrame:

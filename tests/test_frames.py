@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from spm_lib.frames import distinct_text_order, nat_last_key
+from spm_lib.frames import ascending_text, distinct_text_order, join_positions, nat_last_key
 
 
 def test_nat_last_key_sorts_like_sort_values_with_missing_dates_last() -> None:
@@ -28,3 +28,20 @@ def test_distinct_text_order_sorts_by_each_column_in_turn_missing_first() -> Non
     # owner missing (row 2), then a: deal missing (3) before y (1), then b: x (0) before é (4, code point order)
     assert distinct_text_order(df, ["owner", "deal"]).tolist() == [2, 3, 1, 0, 4]
     assert distinct_text_order(df.astype(object), ["owner", "deal"]).tolist() == [2, 3, 1, 0, 4]  # fallback
+
+
+def test_join_positions_pairs_rows_like_an_inner_merge() -> None:
+    left, right = np.array([2, -1, 0, 2, 5]), np.array([0, 2, -1, 2, 0])
+    lpos, rpos = join_positions(left, right)
+    merged = (pd.DataFrame({"k": left, "i": range(5)}).query("k >= 0")
+              .merge(pd.DataFrame({"k": right, "j": range(5)}).query("k >= 0"), on="k"))
+    assert lpos.tolist() == merged["i"].tolist() == [0, 0, 2, 2, 3, 3]
+    assert rpos.tolist() == merged["j"].tolist() == [1, 3, 0, 4, 1, 3]
+    assert [a.tolist() for a in join_positions(np.array([-1]), np.array([], dtype=np.int64))] == [[], []]
+
+
+def test_ascending_text_tells_a_column_already_in_sort_order() -> None:
+    assert ascending_text(pd.Series(["a", "b", "b", "é"], dtype="string[pyarrow]"))
+    assert not ascending_text(pd.Series(["é", "z"], dtype="string[pyarrow]"))  # UTF-8 byte order, like Arrow
+    assert not ascending_text(pd.Series(["a", None], dtype="string[pyarrow]"))  # missing values sort first
+    assert not ascending_text(pd.Series(["a", "b"], dtype=object))  # not Arrow text: cannot tell
