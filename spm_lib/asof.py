@@ -66,9 +66,12 @@ class SortedHistory:
         return np.where(codes >= 0, self.last_rows()[np.maximum(codes, 0)] if len(self.ids) else -1, -1)
 
     def per_deal_max(self, values: np.ndarray, rows: np.ndarray, missing: object) -> np.ndarray:
-        """Per opportunity code, the largest of `values` over the rows `rows` (`missing` for a deal with none)."""
+        """Per opportunity code, the largest of `values` over the rows where the mask `rows` holds (`missing` for a
+        deal with none)."""
         out = np.full(len(self.ids), missing, dtype=values.dtype)
-        np.maximum.at(out, self.code[rows], values[rows])
+        starts = np.flatnonzero(self.first)  # a deal's rows are one run: reduce each run
+        if len(starts):
+            out[self.code[starts]] = np.maximum.reduceat(np.where(rows, values, out[:1]), starts)
         return out
 
 
@@ -79,11 +82,16 @@ def first_of_run(codes: np.ndarray) -> np.ndarray:
     return first
 
 
-def carry_index(valid: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """For each position, the last position at or before it where `valid` holds, not going back past a start
-    (a start that is not valid points at itself)."""
-    at = np.where(valid | starts, np.arange(len(valid)), 0)
-    return np.maximum.accumulate(at) if len(at) else at
+def carry_forward(values: np.ndarray, valid: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """At each position, the value at the last position at or before it where `valid` holds, not going back past
+    a start (a start that is not valid keeps its own value)."""
+    held = valid | starts
+    out = values.copy()
+    gaps = np.flatnonzero(~held)  # usually few: only they need a look back
+    if len(gaps):
+        kept = np.flatnonzero(held)  # position 0 is a start: every gap has a kept position before it
+        out[gaps] = values[kept[np.searchsorted(kept, gaps) - 1]]
+    return out
 
 
 def _end_of(as_of: date) -> pd.Timestamp:
@@ -128,12 +136,12 @@ def _closed_flags(opps: pd.DataFrame, stages: StagesConfig) -> tuple[pd.Series, 
     return flag("is_closed", won | lost), flag("is_won", won)
 
 
-def _sort_order(code: np.ndarray, when: np.ndarray) -> np.ndarray:
-    """The stable order by (code, when): ties keep their order; no sort when the rows are in that order already
-    (a history exported deal by deal, in time order)."""
+def _sort_order(code: np.ndarray, when: np.ndarray) -> np.ndarray | None:
+    """The stable order by (code, when): ties keep their order; None when the rows are in that order already
+    (a history exported deal by deal, in time order: no sort)."""
     step = np.diff(code)
     if (step >= 0).all() and ((step != 0) | (np.diff(when) >= 0)).all():
-        return np.arange(len(code))
+        return None
     return np.lexsort((when, code))
 
 
@@ -141,8 +149,11 @@ def sort_history(history: pd.DataFrame, as_of: date) -> SortedHistory:
     """The history rows with an opportunity id and changed_at before the end of `as_of`, sorted and coded."""
     changed = pd.to_datetime(history["changed_at"]).to_numpy(dtype="datetime64[ns]")
     codes, ids = pd.factorize(history["opportunity_id"])  # the whole column: cheaper than filtering text first
-    keep = np.flatnonzero((changed < _end_of(as_of).to_datetime64()) & (codes >= 0))
-    order = keep[_sort_order(codes[keep], changed[keep].view("int64"))]
+    keep = (changed < _end_of(as_of).to_datetime64()) & (codes >= 0)
+    order: slice | np.ndarray = slice(None) if keep.all() else np.flatnonzero(keep)  # a slice takes no copy
+    sort = _sort_order(codes[order], changed[order].view("int64"))
+    if sort is not None:
+        order = sort if isinstance(order, slice) else order[sort]
     code = codes[order]
     if "stage" in history:
         stage, stages = pd.factorize(history["stage"])
@@ -154,13 +165,11 @@ def sort_history(history: pd.DataFrame, as_of: date) -> SortedHistory:
     close = (pd.to_datetime(history["close_date"]).to_numpy(dtype="datetime64[ns]")[order]
              if "close_date" in history else np.full(len(code), np.datetime64("NaT", "ns"), dtype="datetime64[ns]"))
     starts = first_of_run(code)
-
-    def ff(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        return values[carry_index(valid, starts)] if len(values) else values
-
     return SortedHistory(as_of=as_of, ids=pd.Index(ids, dtype="string"), stages=pd.Index(stages, dtype="string"),
-                         code=code, first=starts, changed_at=changed[order], stage_ff=ff(stage, stage >= 0),
-                         amount_ff=ff(amount, ~np.isnan(amount)), close_ff=ff(close, ~np.isnat(close)))
+                         code=code, first=starts, changed_at=changed[order],
+                         stage_ff=carry_forward(stage, stage >= 0, starts),
+                         amount_ff=carry_forward(amount, ~np.isnan(amount), starts),
+                         close_ff=carry_forward(close, ~np.isnat(close), starts))
 
 
 def _from_history(opps: pd.DataFrame, h: SortedHistory, stages: StagesConfig, as_of: date) -> pd.DataFrame:
@@ -183,11 +192,11 @@ def _from_history(opps: pd.DataFrame, h: SortedHistory, stages: StagesConfig, as
 
     prev_stage = h.previous(h.stage_ff, -1)
     pushed = h.close_ff > h.previous(h.close_ff, np.datetime64("NaT", "ns"))  # NaT compares False
-    closed_codes = np.flatnonzero(h.stages.isin([*stages.won, *stages.lost]))
-    decreased = (h.amount_ff < h.previous(h.amount_ff, np.nan)) & ~np.isin(prev_stage, closed_codes)
+    closed = np.r_[h.stages.isin([*stages.won, *stages.lost]), False]  # per stage code; code -1: no stage
+    decreased = (h.amount_ff < h.previous(h.amount_ff, np.nan)) & ~closed[prev_stage]
     entered = (h.stage_ff >= 0) & ((prev_stage < 0) | (h.stage_ff != prev_stage))
     index_of = _stage_index(pd.Series(h.stages, dtype="string"), stages).fillna(-1).to_numpy(dtype="int64")
-    row_index = np.where(h.stage_ff >= 0, index_of[h.stage_ff] if len(index_of) else -1, -1)
+    row_index = np.r_[index_of, -1][h.stage_ff]  # per stage code; code -1 (no stage yet): -1
     per_code = {
         "pushes": np.bincount(h.code[pushed], minlength=n),
         "amount_decreased": np.bincount(h.code[decreased], minlength=n) > 0,
@@ -208,10 +217,9 @@ def _from_history(opps: pd.DataFrame, h: SortedHistory, stages: StagesConfig, as
     if "created_date" in out.columns:
         entered_at = entered_at.fillna(pd.to_datetime(out["created_date"]).astype("datetime64[ns]"))
     out["stage_entered_at"] = entered_at
-    reached = pd.Series(lookup("max_stage_index", -1), index=out.index).astype("Int64")
-    reached = reached.mask(reached < 0)
-    out["max_stage_index"] = pd.concat([reached, _stage_index(out["stage"], stages)], axis=1).max(axis=1).astype(
-        "Int64")
+    now = _stage_index(out["stage"], stages).fillna(-1).to_numpy(dtype="int64")
+    reached = np.maximum(lookup("max_stage_index", -1), now)  # -1: none
+    out["max_stage_index"] = pd.Series(pd.arrays.IntegerArray(reached, reached < 0), index=out.index)
     days = (pd.Timestamp(as_of) - out["stage_entered_at"].dt.normalize()).dt.days
     out["days_in_stage"] = days.astype("Int64")
     return out

@@ -7,9 +7,11 @@ parts by construction, ratios are recomputed from the scope's own numerator and 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -41,6 +43,9 @@ class Cube:
     owners: pd.DataFrame
     quality: pd.DataFrame
     meta: dict[str, object] = field(default_factory=dict)
+    # Parquet bytes of a part, encoded on a background thread while the rest was computed: part -> (the frame it
+    # was encoded from, its bytes); write_cube uses them while that frame is still the cube's part
+    encoded: dict[str, tuple[pd.DataFrame, Future[bytes]]] = field(default_factory=dict, repr=False)
 
 
 # ---------------------------------------------------------------- periods of the run
@@ -70,20 +75,39 @@ def _add_years(d: date, n: int) -> date:
 # ---------------------------------------------------------------- facts: deals as they stood at each period's end
 def _won_lost(ctx: CubeContext) -> None:
     """Create table `won_lost`: each closed deal as it stood at a period's end, with close date in that period."""
-    ctx.con.register("_closed_states", _closed_states(ctx))
+    ctx.con.register("_closed_periods", _closed_periods(ctx, _closed_states(ctx)))
     try:
         ctx.con.execute("""
             CREATE OR REPLACE TEMP TABLE won_lost AS
-            SELECT p.label AS period, o.opportunity_id, o.owner_id, o.account_id, o.created_date, o.product,
-                   o.lead_source, o.margin, o.cost, o.list_amount, o.segment, o.is_expansion,
+            SELECT CAST(t.period AS VARCHAR) AS period, o.opportunity_id, o.owner_id, o.account_id, o.created_date,
+                   o.product, o.lead_source, o.margin, o.cost, o.list_amount, o.segment, o.is_expansion,
                    CAST(t.stage AS VARCHAR) AS stage, t.amount, t.close_date, t.is_won, t.is_closed
-            FROM _closed_states t JOIN opp o ON o.snapshot_row = t.snapshot_row
-            JOIN periods p ON t.close_date BETWEEN p.start AND p.asof_end
-              AND (t.valid_from IS NULL OR t.valid_from < p.asof_end + INTERVAL 1 DAY)
-              AND (t.valid_to IS NULL OR t.valid_to >= p.asof_end + INTERVAL 1 DAY)
-              AND (o.created_date IS NULL OR o.created_date <= p.asof_end)""")
+            FROM _closed_periods t JOIN opp o ON o.snapshot_row = t.snapshot_row
+              AND (o.created_date IS NULL OR o.created_date <= t.asof_end)""")
     finally:
-        ctx.con.unregister("_closed_states")
+        ctx.con.unregister("_closed_periods")
+
+
+def _closed_periods(ctx: CubeContext, states: pd.DataFrame) -> pd.DataFrame:
+    """The closed `states` each with the periods (table `periods`) whose end they stand at and whose dates hold
+    their close date: one row per state and period, with the period's label (a category) and asof_end."""
+    periods = ctx.con.execute("SELECT label, start, asof_end FROM periods").df()
+    start, asof_end = (periods[c].to_numpy(dtype="datetime64[ns]") for c in ("start", "asof_end"))
+    after = asof_end + np.timedelta64(1, "D")
+    close, valid_from, valid_to = (states[c].to_numpy(dtype="datetime64[ns]")
+                                   for c in ("close_date", "valid_from", "valid_to"))
+    rows = []
+    for j in range(len(periods)):  # NaT compares False, like NULL
+        at = np.flatnonzero((close >= start[j]) & (close <= asof_end[j]))
+        rows.append(at[(np.isnat(valid_from[at]) | (valid_from[at] < after[j]))
+                       & (np.isnat(valid_to[at]) | (valid_to[at] >= after[j]))])
+    row = np.concatenate([np.empty(0, dtype=np.int64), *rows])
+    period = np.repeat(np.arange(len(periods)), [len(r) for r in rows])
+    out = pd.DataFrame({c: states[c].array.take(row) for c in states.columns if c not in ("valid_from", "valid_to")})
+    labels = pd.Index(periods["label"].astype(str))
+    out["period"] = pd.Categorical.from_codes(labels.unique().get_indexer(labels)[period], labels.unique())
+    out["asof_end"] = asof_end[period]
+    return out
 
 
 def _closed_states(ctx: CubeContext) -> pd.DataFrame:
@@ -105,8 +129,9 @@ def _closed_states(ctx: CubeContext) -> pd.DataFrame:
              else np.full(len(cur), nat))
     stage_text = cur["stage"] if "stage" in cur else pd.Series(pd.NA, index=cur.index, dtype="string")
     h = ctx.sorted_history()
-    cats = pd.Index(stage_text.dropna().unique()).append(pd.Index([] if h is None else h.stages)).unique()
-    cur_stage = cats.get_indexer(stage_text)  # -1: no stage
+    text_code, texts = pd.factorize(stage_text)  # each distinct stage text looked up once, not every deal's
+    cats = pd.Index(texts).append(pd.Index([] if h is None else h.stages)).unique()
+    cur_stage = np.append(cats.get_indexer(texts), -1)[text_code]  # -1: no stage
     closed_cat = np.r_[np.asarray(cats.isin(ctx.cfg.stages.won + ctx.cfg.stages.lost), dtype=bool), False]
     won_cat = np.r_[np.asarray(cats.isin(ctx.cfg.stages.won), dtype=bool), False]  # index -1: False
 
@@ -128,8 +153,9 @@ def _closed_states(ctx: CubeContext) -> pd.DataFrame:
         at = np.flatnonzero(row_of_code[h.code] >= 0)
         rows = row_of_code[h.code[at]]
         hist_stage = cats.get_indexer(h.stages) if len(h.stages) else np.zeros(1, dtype=np.int64)
-        stage = np.where(h.stage_ff[at] >= 0, hist_stage[h.stage_ff[at]], cur_stage[rows])
-        closed = closed_cat[stage]
+        stage_ff = h.stage_ff[at]
+        stage = np.where(stage_ff >= 0, hist_stage[stage_ff], cur_stage[rows])
+        closed = np.flatnonzero(closed_cat[stage])  # positions: cheaper to take than a mask, thrice
         at, rows, stage = at[closed], rows[closed], stage[closed]
         nxt = np.minimum(at + 1, max(len(h.code) - 1, 0))
         same_deal = (at + 1 < len(h.code)) & (h.code[nxt] == h.code[at])
@@ -167,7 +193,6 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
     frames = []
     p_label = ctx.windows.closed.label  # type: ignore[attr-defined]
     for (view, date_col), ks in groups.items():
-        pre = None
         if view == "won_lost":
             period_join = "JOIN periods p ON p.label = f.period"
             when = "f.close_date"
@@ -175,10 +200,13 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
         elif date_col is None:
             period_join = "CROSS JOIN periods p"
             when = f"DATE '{ctx.as_of.isoformat()}'"
+            pre = _PreSum(None, None)
         else:
             period_join = f"JOIN periods p ON f.{date_col} BETWEEN p.start AND p.asof_end"
             when = f"f.{date_col}"
             pre = _PreSum(date_col, _day_buckets(ctx, view, date_col, periods))
+        in_p = periods[periods["label"] == p_label]  # rows per dim value are of P only: so are their facts
+        pre_p = pre.within(in_p["start"].min(), in_p["asof_end"].max() + pd.Timedelta(days=1))
         frames.append(_measure_query(ctx, view, ks, period_join, when, None, None, pre_by=pre))
         dims = sorted({d for k in ks for d in k.measure.dims})  # type: ignore[union-attr]
         for dim in dims:
@@ -188,7 +216,7 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
                                    ).fetchall()[0][0]:  # fetch all: no unfinished result left on con
                 continue
             frames.append(_measure_query(ctx, view, with_dim, period_join, when, dim, f"f.{expr}",
-                                         only_period=p_label, pre_by=pre))
+                                         only_period=p_label, pre_by=pre_p))
     if not frames:
         return pd.DataFrame(columns=["owner_id", "period", "kpi", "dim", "dim_value", "value"])
     return pd.concat(frames, ignore_index=True)
@@ -197,9 +225,9 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
 def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_join: str, when: str,
                    dim: str | None, dim_expr: str | None, only_period: str | None = None,
                    pre_by: _PreSum | None = None) -> pd.DataFrame:
-    """Measures of `ks` per scope, period (and dim value). `pre_by`: the date column the facts may first be
-    summed by (per owner and day, or per owner and bucket of days) before they are joined to periods and scopes
-    (far fewer rows to join), done only when every aggregate adds up."""
+    """Measures of `ks` per scope, period (and dim value). `pre_by`: how the facts may first be summed (per
+    owner and day, bucket of days, or period) before they are joined to scopes (and periods) (far fewer rows to
+    join), done only when every aggregate adds up."""
     cols = []
     for k in ks:
         m = k.measure
@@ -213,8 +241,10 @@ def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_j
     where_period = f"WHERE p.label = {_sql_str(only_period)}" if only_period else ""
     source = f"{view} f"
     if pre_by is not None and all(k.measure.agg != "count_distinct" for k in ks):  # type: ignore[union-attr]
+        each_period = "CROSS JOIN periods p" if pre_by.column is None else ""
         source = (f"(SELECT f.owner_id, {pre_by.select()}{dim_sel if dim_expr else ''}, {', '.join(cols)} "
-                  f"FROM {view} f {pre_by.where()} GROUP BY ALL) f")
+                  f"FROM {view} f {each_period} {pre_by.where()} GROUP BY ALL) f")
+        period_join = "JOIN periods p ON p.label = f.period" if pre_by.column is None else period_join
         dim_sel = ", f.dim_value" if dim_expr else dim_sel
         cols = [_sum_partial(k, part) for k in ks for part in ("n", "d")]
     sql = f"""
@@ -237,18 +267,30 @@ def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_j
 @dataclass(frozen=True)
 class _PreSum:
     """How facts are pre-summed before the period and scope joins: by owner and `column` (a day), or, with
-    `edges`, by owner and the bucket of days between two edges that holds `column` (dropping facts outside)."""
+    `edges`, by owner and the bucket of days between two edges that holds `column` (dropping facts outside);
+    without `column` (facts without a date, whose filters may name the period): joined to every period first, and
+    summed by owner and period."""
 
-    column: str
+    column: str | None
     edges: list[pd.Timestamp] | None
     keys: tuple[str, ...] = ()  # other columns of the view the facts are summed by
 
     def select(self) -> str:
-        """The SELECT items standing for the fact's date (the date itself or its bucket's first day) and keys."""
+        """The SELECT items standing for the fact's keys and date (the date itself, its bucket's first day, or
+        the period's label)."""
         keys = "".join(f"f.{k}, " for k in self.keys)
+        if self.column is None:
+            return f"{keys}p.label AS period"
         if not self.edges:
             return f"{keys}f.{self.column}"
         return f"{keys}{_bucket_sql(f'f.{self.column}', self.edges, 0, len(self.edges) - 1)} AS {self.column}"
+
+    def within(self, start: pd.Timestamp, end: pd.Timestamp) -> _PreSum:
+        """This pre-sum keeping only the buckets between days `start` and `end` (edges, or NaT: all kept), for
+        the facts of a period starting at `start` and ending the day before `end`."""
+        if not self.edges or pd.isna(start) or pd.isna(end):
+            return self
+        return _PreSum(self.column, [e for e in self.edges if start <= e <= end], self.keys)
 
     def where(self) -> str:
         """The WHERE clause keeping the facts inside the buckets."""
@@ -311,6 +353,8 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
 
     registry.load_custom(cfg)
     ctx = build_context(cfg, data, cadence, as_of_date(as_of))
+    facts = _facts(ctx)
+    encoded = {"facts": (facts, _encode_in_background(facts))}  # the biggest file, encoded beside the rest
     periods = measure_periods(ctx)
     ctx.con.register("periods_df", periods)
     ctx.con.execute("CREATE OR REPLACE TEMP TABLE periods AS SELECT * FROM periods_df")
@@ -336,7 +380,6 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
 
     trust_df, trust_rows = trust.compute_trust(ctx, bookings_by_month=_month_bookings(ctx, periods, base))
     decomp = decomposition.decompose(ctx, allk, pd.concat([tgt, q_targets], ignore_index=True))
-    facts = _facts(ctx)
     import uuid
 
     win = ctx.windows
@@ -351,7 +394,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     owners = ctx.owners.copy()
     owners["scope"] = [ctx.org.scope_kind(o) for o in owners["owner_id"]]  # type: ignore[attr-defined]
     return Cube(kpis=allk, trust=trust_df, trust_rows=trust_rows, decomposition=decomp, facts=facts,
-                probabilities=probs, owners=owners, quality=_quality(data), meta=meta)
+                probabilities=probs, owners=owners, quality=_quality(data), meta=meta, encoded=encoded)
 
 
 def _month_bookings(ctx: CubeContext, periods: pd.DataFrame, rows: _Rows) -> pd.DataFrame | None:
@@ -640,16 +683,37 @@ CUBE_FILES = ("kpis", "trust", "trust_rows", "decomposition", "probabilities", "
 
 def write_cube(cube: Cube, run_dir: Path) -> None:
     """Write the cube's Parquet files and cube.json into `run_dir`, each atomically (temp file, then rename)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "facts").mkdir(exist_ok=True)
-    files = [(cube.facts, run_dir / "facts" / "opportunities.parquet")]
-    files += [(getattr(cube, name), run_dir / f"{name}.parquet") for name in CUBE_FILES]
+    files = [("facts", run_dir / "facts" / "opportunities.parquet")]
+    files += [(name, run_dir / f"{name}.parquet") for name in CUBE_FILES]
     with ThreadPoolExecutor(max_workers=2) as pool:  # Parquet encoding releases the GIL: two files at a time
-        for done in [pool.submit(_atomic_parquet, df, path) for df, path in files]:
+        for done in [pool.submit(_atomic_parquet, getattr(cube, name), path, _encoded(cube, name))
+                     for name, path in files]:
             done.result()  # re-raises a failed write
     _atomic_text(json.dumps(cube.meta, indent=2, default=str), run_dir / "cube.json")
+
+
+def _encode_in_background(df: pd.DataFrame) -> Future[bytes]:
+    """Start encoding `df` as Parquet bytes on a thread of its own (the encoding itself releases the GIL)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-parquet")
+    try:
+        return pool.submit(_parquet_bytes, df)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its one task
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    """`df` as the bytes of the Parquet file `df.to_parquet(path, index=False)` writes."""
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _encoded(cube: Cube, name: str) -> Future[bytes] | None:
+    """The bytes of part `name` encoded in the background, if they are of the frame the cube holds now."""
+    frame, data = cube.encoded.get(name, (None, None))
+    return data if frame is not None and frame is getattr(cube, name) else None
 
 
 def read_cube(run_dir: Path) -> Cube:
@@ -660,11 +724,15 @@ def read_cube(run_dir: Path) -> Cube:
     return Cube(facts=facts, meta=meta, **parts)
 
 
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+def _atomic_parquet(df: pd.DataFrame, path: Path, encoded: Future[bytes] | None = None) -> None:
+    """Write `df` to `path` as Parquet (or the bytes `encoded` from it already), atomically."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:
-        df.to_parquet(tmp, index=False)
+        if encoded is None:
+            df.to_parquet(tmp, index=False)
+        else:
+            Path(tmp).write_bytes(encoded.result())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

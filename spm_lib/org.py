@@ -76,7 +76,7 @@ class HierarchyScreen:
         present[-1] = False
         links = valid & self.has_manager
         child, parent = self.owner[links], self.manager[links]
-        if not present[parent].all() or (child < 0).any() or len(np.unique(child)) != len(child):
+        if not present[parent].all() or (child < 0).any() or np.bincount(child, minlength=1).max(initial=0) > 1:
             return True
         up = np.full(self.size, -1, dtype=np.int64)
         up[child] = parent
@@ -84,6 +84,8 @@ class HierarchyScreen:
         while steps <= self.size:  # pointer doubling: up[x] becomes x's 2**k-th manager (-1 past the top)
             up = np.where(up >= 0, up[np.maximum(up, 0)], -1)
             steps *= 2
+            if (up < 0).all():  # no chain of 2**k managers: no cycle
+                return False
         return bool((up >= 0).any())
 
 
@@ -138,8 +140,9 @@ def _validate(df: pd.DataFrame) -> None:
     vf, vt = df["valid_from"].fillna(_LOW), df["valid_to"].fillna(_HIGH)
     changes = pd.concat([vf, df["valid_to"].dropna() + pd.Timedelta(days=1)]).drop_duplicates().sort_values()
     screen = HierarchyScreen(df["owner_id"], df["manager_id"])
+    vf_ns, vt_ns = vf.to_numpy(dtype="datetime64[ns]"), vt.to_numpy(dtype="datetime64[ns]")
     for day in changes:
-        valid = ((vf <= day) & (vt >= day)).to_numpy(dtype=bool)
+        valid = (vf_ns <= day.to_datetime64()) & (vt_ns >= day.to_datetime64())
         if not screen.may_fail(valid):
             continue
         on_day = df[valid]
@@ -282,17 +285,22 @@ class Org:
         Levels outside rep/manager/director/executive (or missing) are read from the tree: the top is `org`,
         an owner without reports `own`, one whose reports have no reports `team`, anyone else `unit`.
         """
-        level = self.level_of(owner_id)
-        if level is not None and level.lower() in SCOPE_KIND:
-            return SCOPE_KIND[level.lower()]
-        key = self.check_owner(owner_id)
-        manager: Any = self.current.at[key, "manager_id"]
-        if pd.isna(manager):
-            return "org"
-        reports = self.direct_reports(key)
-        if not reports:
-            return "own"
-        return "team" if all(not self.direct_reports(r) for r in reports) else "unit"
+        return self._scope_kinds[self.check_owner(owner_id)]
+
+    @cached_property
+    def _scope_kinds(self) -> dict[str, ScopeKind]:
+        """`scope_kind` of every owner, worked out once for the whole tree."""
+        cur = self.current
+        managers = cur["manager_id"]
+        has_reports = cur.index.isin(managers.dropna())
+        above_managers = cur.index.isin(managers[has_reports].dropna())  # a report of theirs has reports
+        kinds: dict[str, ScopeKind] = {}
+        for owner, level, manager, reports, above in zip(cur.index, cur["level"], managers, has_reports,
+                                                         above_managers, strict=True):
+            named = None if pd.isna(level) else SCOPE_KIND.get(str(level).lower())
+            kinds[str(owner)] = named or ("org" if pd.isna(manager) else "unit" if above
+                                          else "team" if reports else "own")
+        return kinds
 
 
 _ORGS: dict[int, tuple[pd.DataFrame, Org]] = {}

@@ -148,6 +148,16 @@ def test_write_and_read_back(cube, tmp_path):
     back = read_cube(tmp_path)
     assert len(back.kpis) == len(cube.kpis)
     assert set(back.facts.loc[back.facts.opportunity_id == "o6", "scope_ids"].iloc[0]) == {"R1", "M", "E"}
+    assert "facts" in cube.encoded  # the facts file came from the bytes encoded while the cube was computed
+
+
+def test_a_replaced_part_is_written_as_it_is_now_not_as_encoded(tmp_path):
+    cube = compute_cube(_cfg(), company(), "monthly", AS_OF)
+    cube.facts = cube.facts[cube.facts["owner_id"] == "R2"].reset_index(drop=True)
+    write_cube(cube, tmp_path)
+    back = read_cube(tmp_path)
+    assert set(back.facts["owner_id"]) == {"R2"}
+    assert sorted(back.facts["opportunity_id"]) == sorted(cube.facts["opportunity_id"])
 
 
 def test_one_row_per_scope_kpi_and_period_and_no_orphan_breakdowns(cube):
