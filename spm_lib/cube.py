@@ -353,14 +353,14 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
 
     registry.load_custom(cfg)
     ctx = build_context(cfg, data, cadence, as_of_date(as_of))
-    facts = _facts(ctx)
-    encoded = {"facts": (facts, _encode_in_background(facts))}  # the biggest file, encoded beside the rest
     periods = measure_periods(ctx)
     ctx.con.register("periods_df", periods)
     ctx.con.execute("CREATE OR REPLACE TEMP TABLE periods AS SELECT * FROM periods_df")
     _won_lost(ctx)
     ids = list(registry.REGISTRY)
     long = compute_measures(ctx, periods, ids)
+    facts = _facts(ctx)  # encoded (the biggest file) while the single-threaded rest runs, DuckDB's work done
+    encoded = {"facts": (facts, _encode_in_background(facts))}
     scopes = ctx.owners["owner_id"].astype(str).tolist()
     base = _complete_grid(long, scopes, periods["label"].tolist(), ids, ctx)
 
