@@ -20,6 +20,7 @@ from spm_lib import charts, html
 from spm_lib import kpis as registry
 from spm_lib.cube import Cube, read_cube
 from spm_lib.errors import OrgError, RunError, did_you_mean
+from spm_lib.frames import isin
 
 LEVEL_TITLES = {"rep": "Sales executive", "manager": "Manager", "director": "Director", "executive": "Executive"}
 CADENCE_FOCUS = {
@@ -41,6 +42,8 @@ def owner_kpis(cube: Cube, owner_id: str) -> pd.DataFrame:
         _KPIS_BY_OWNER.clear()
         _KPIS_BY_OWNER[id(cube)] = split
     return split.get(owner_id, cube.kpis.iloc[0:0])
+
+
 def worst_trust(trust: pd.DataFrame) -> pd.Series:
     """The worst trust status (fail, warn, pass) of each owner's scope, indexed by owner id."""
     rank = trust["status"].map({"fail": 2, "warn": 1}).fillna(0)
@@ -433,7 +436,7 @@ class Report:
     def _offenders_by_report(self, off: pd.DataFrame) -> str:
         rows = []
         for r in self.reports.itertuples():
-            mine = off[off["opportunity_id"].isin(self.scope_facts(str(r.owner_id))["opportunity_id"])]
+            mine = off[isin(off["opportunity_id"], self.scope_facts(str(r.owner_id))["opportunity_id"])]
             d = self._dedupe(mine) if not mine.empty else mine
             rows.append({"name": r.name, "deals": len(d), "value": d["amount"].sum() if len(d) else 0.0})
         own = off[off["owner_id"] == self.owner_id]
@@ -569,15 +572,20 @@ class Report:
         return out
 
     def weak_stage(self) -> dict[str, object] | None:
-        """The stage converting worst against the manager's team (or the org for the top)."""
+        """The stage converting worst against the manager's team (or the org for the top); worked out once."""
+        if "_weak_stage" not in self.__dict__:
+            self.__dict__["_weak_stage"] = self._weak_stage()
+        return self.__dict__["_weak_stage"]  # type: ignore[no-any-return]
+
+    def _weak_stage(self) -> dict[str, object] | None:
         from spm_lib.forecast import weak_stage
 
-        conv = self.cube.kpis[(self.cube.kpis["kpi"] == "stage_conversion") & (self.cube.kpis["dim"] == "stage")]
         manager = self.owner.get("manager_id")
         bench = str(manager) if isinstance(manager, str) and manager else None
         if bench is None:
             return None
-        res = weak_stage(conv, self.owner_id, bench)
+        both = pd.concat([owner_kpis(self.cube, self.owner_id), owner_kpis(self.cube, bench)])
+        res = weak_stage(both[(both["kpi"] == "stage_conversion") & (both["dim"] == "stage")], self.owner_id, bench)
         if res is None:
             return None
         return {**res, "benchmark": "the team" if self.level == "rep" else "the organisation above"}
@@ -591,9 +599,9 @@ class Report:
         conv = self.breakdown("stage_conversion", "stage")
         if not conv.empty:
             mgr = self.owner.get("manager_id")
-            bench = self.cube.kpis[(self.cube.kpis["owner_id"] == (mgr if isinstance(mgr, str) else self.owner_id))
-                                   & (self.cube.kpis["kpi"] == "stage_conversion")
-                                   & (self.cube.kpis["period"] == self.closed)].set_index("dim_value")["value"]
+            theirs = owner_kpis(self.cube, mgr if isinstance(mgr, str) else self.owner_id)
+            bench = theirs[(theirs["kpi"] == "stage_conversion")
+                           & (theirs["period"] == self.closed)].set_index("dim_value")["value"]
             order = {s: i for i, s in enumerate(self.cube.probabilities.sort_values("stage_index")["stage"])}
             df = conv.assign(stage=conv["dim_value"], rate=conv["value"],
                              benchmark_rate=conv["dim_value"].map(bench),
