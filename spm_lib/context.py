@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import duckdb
 import numpy as np
@@ -19,6 +20,8 @@ from spm_lib.frames import nat_last_key
 
 if TYPE_CHECKING:
     from spm_lib.asof import SortedHistory
+
+T = TypeVar("T")
 
 KPI_COLUMNS = ["scope", "owner_id", "level", "period", "kpi", "dim", "dim_value", "value", "target",
                "attainment", "status", "kind", "available", "na_reason"]
@@ -111,6 +114,15 @@ def last_activity_day(snapshot: pd.DataFrame, data: Dataset, as_of: date) -> np.
     return out.view("datetime64[ns]")
 
 
+def in_background(func: Callable[..., T], *args: object) -> Future[T]:
+    """Start `func(*args)` on a thread of its own (for work that frees the GIL: DuckDB, Parquet encoding)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-background")
+    try:
+        return pool.submit(func, *args)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its one task
+
+
 def as_of_date(value: date | str) -> date:
     """Parse an as-of date given as a date or YYYY-MM-DD text."""
     return value if isinstance(value, date) else date.fromisoformat(str(value))
@@ -134,9 +146,7 @@ def build_context(cfg: Config, data: Dataset, cadence: str, as_of: date) -> Cube
         notes.append("No owner validity dates: the current hierarchy applies to all periods.")
     sorted_history = sort_history(history, as_of) if history is not None and not history.empty else None
     snap = snapshot(data.table("opportunities"), history, as_of, cfg.stages, sorted_history=sorted_history)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-last-activity")
-    last_activity = pool.submit(last_activity_day, snap, data, as_of)  # in DuckDB, beside what follows
-    pool.shutdown(wait=False)  # the thread ends with its one task
+    last_activity = in_background(last_activity_day, snap, data, as_of)  # in DuckDB, beside what follows
     account_codes = _account_codes(snap)
     snap = _enrich_snapshot(snap, data, account_codes)
     ancestors = org.ancestors()  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from spm_lib import kpis as registry
 from spm_lib.config import Config
-from spm_lib.context import KPI_COLUMNS, CubeContext, build_context
+from spm_lib.context import KPI_COLUMNS, CubeContext, build_context, in_background
 from spm_lib.contract import Dataset
 from spm_lib.frames import ascending_text, distinct_text_order, map_values, positions, value_ranks
 
@@ -360,7 +360,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     ids = list(registry.REGISTRY)
     long = compute_measures(ctx, periods, ids)
     facts = _facts(ctx)  # encoded (the biggest file) while the single-threaded rest runs, DuckDB's work done
-    encoded = {"facts": (facts, _encode_in_background(facts))}
+    encoded = {"facts": (facts, in_background(_parquet_bytes, facts))}
     scopes = ctx.owners["owner_id"].astype(str).tolist()
     base = _complete_grid(long, scopes, periods["label"].tolist(), ids, ctx)
 
@@ -692,15 +692,6 @@ def write_cube(cube: Cube, run_dir: Path) -> None:
                      for name, path in files]:
             done.result()  # re-raises a failed write
     _atomic_text(json.dumps(cube.meta, indent=2, default=str), run_dir / "cube.json")
-
-
-def _encode_in_background(df: pd.DataFrame) -> Future[bytes]:
-    """Start encoding `df` as Parquet bytes on a thread of its own (the encoding itself releases the GIL)."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-parquet")
-    try:
-        return pool.submit(_parquet_bytes, df)
-    finally:
-        pool.shutdown(wait=False)  # the thread ends with its one task
 
 
 def _parquet_bytes(df: pd.DataFrame) -> bytes:
