@@ -26,7 +26,7 @@ from typing import Any
 
 from spm_lib.bench_batch import AS_OF
 
-BENCH_SECRET = "bench-link-secret-not-a-real-one"  # signs the live links of the benchmark's emails only
+BENCH_SECRET = "eM3-kV8qR1wT6yU9iO2pA5sD7fG0hJ4lZ_xCvBn"  # signs the live links of the benchmark's emails only
 MIN_IMAGES = 20
 EMAILS = 1000
 EMAILS_ENV = "SPM_BENCH_EMAILS"  # fewer messages for a quick try; the figure is still scaled to 1,000

@@ -30,7 +30,7 @@ POOL = 10  # preheated rep_monthly kernels (10 so that 10 opens at once all get 
 OPENS = 20
 INTERVAL_S = 5.0
 AT_ONCE = 10
-SECRET = "bench-live-secret-0123456789"
+SECRET = "bL9-xK2mQ7vR4sT8wZ1nP5cJ3dF6gH0aY_eUoIi"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-quic", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 DRAWN = ("document.querySelectorAll('.plotly-graph-div').length > 0 && "

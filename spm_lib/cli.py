@@ -261,28 +261,53 @@ def send_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None,
 
 
 @cli.command("link")
-@click.option("--owner", required=True, help="Owner id whose live report the link opens.")
+@click.option("--owner", default=None, help="Owner id whose live report the link opens.")
 @CADENCE
 @click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None,
               help="Pin the link to this as-of (default: the latest run when opened).")
 @click.option("--expires", default=None, help="Validity, e.g. 7d, 12h, 30m (default: live.link_days days).")
+@click.option("--revoke", "revoke", default=None, metavar="LINK",
+              help="Revoke one link (its full address, its token or its link id) before it expires.")
+@click.option("--revoke-owner", "revoke_owner", default=None, metavar="ID",
+              help="Revoke every link of this owner issued up to now.")
 @click.pass_context
-def link_cmd(ctx: click.Context, owner: str, cadence: str, as_of: object, expires: str | None) -> None:
-    """Print a signed, expiring link to an owner's live report (needs SPM_LINK_SECRET)."""
+def link_cmd(ctx: click.Context, owner: str | None, cadence: str, as_of: object, expires: str | None,
+             revoke: str | None, revoke_owner: str | None) -> None:
+    """Print a signed, expiring link to an owner's live report, or revoke links (needs SPM_LINK_SECRET)."""
     from datetime import UTC, datetime, timedelta
 
-    from spm_lib.links import link_url, parse_duration, secret_from_env, sign
+    from spm_lib import revocations
+    from spm_lib.links import LinkError, link_url, parse_duration, secret_from_env, sign, verify_signature
     from spm_lib.load import load_dataset
     from spm_lib.org import Org
 
     cfg = _config(ctx.obj["project"])
-    valid = parse_duration(expires) if expires else timedelta(days=cfg.live.link_days)
     secret = secret_from_env()
+    if revoke is not None:
+        claims = revocations.link_id_of(revoke, secret)
+        revocations.revoke_link(cfg, claims.link_id)
+        who = f" of {claims.owner_id} ({claims.cadence})" if claims.owner_id else ""
+        click.echo(f"revoked link {claims.link_id}{who}: the live server refuses it within "
+                   f"{revocations.CACHE_S:.0f} s")
+        return
+    if revoke_owner is not None:
+        at = revocations.revoke_owner(cfg, revoke_owner.strip())
+        click.echo(f"revoked every link of {revoke_owner.strip()} issued up to {at:%Y-%m-%d %H:%M:%S} UTC; "
+                   "links issued from now on work")
+        return
+    if owner is None:
+        raise click.UsageError("pass --owner ID (or --revoke LINK / --revoke-owner ID)")
+    valid = parse_duration(expires) if expires else timedelta(days=cfg.live.link_days)
     owner = Org.from_owners(load_dataset(cfg).tables["owners"]).check_owner(owner)
     until = datetime.now(UTC) + valid
     day = as_of.date() if as_of is not None else None  # type: ignore[attr-defined]
-    click.echo(link_url(cfg, sign(secret, owner, cadence, day, until)))
-    click.echo(f"valid until {until:%Y-%m-%d %H:%M} UTC", err=True)
+    token = sign(secret, owner, cadence, day, until)
+    try:
+        link_id = verify_signature(secret, token).link_id
+    except LinkError:  # pragma: no cover - a token just signed always verifies
+        link_id = "?"
+    click.echo(link_url(cfg, token))
+    click.echo(f"valid until {until:%Y-%m-%d %H:%M} UTC; link id {link_id} (spm link --revoke {link_id})", err=True)
 
 
 @cli.command("serve")

@@ -315,8 +315,27 @@ class LiveConfig(Strict):
     port: int = Field(8866, ge=1, le=65535)
     pool_size: int = Field(1, ge=0, le=32)  # preheated kernels per template (each holds the run in memory)
     pools: dict[str, int] = Field(default_factory=dict)  # per template (e.g. rep_monthly: 3), overrides pool_size
-    cull_idle_s: int = Field(600, ge=0)  # idle kernels of abandoned tabs are culled (0 = never)
+    cull_idle_s: int = Field(600, ge=0)  # idle kernels (abandoned or idle open tabs) are culled (0 = never)
     link_days: int = Field(7, ge=1)  # default validity of a signed link
+    max_kernels: int | None = Field(None, ge=1, le=1024)  # kernels alive at once, preheated ones included
+    kernel_mb: int = Field(400, ge=50)  # memory one kernel holds (sizes max_kernels when it is not set)
+    memory_share: float = Field(0.6, gt=0, le=1)  # share of the machine's memory live kernels may take
+    opens_per_minute: int = Field(20, ge=1)  # report opens one link may make in a minute
+    busy_retry_s: int = Field(15, ge=1)  # Retry-After when every kernel is taken
+    trusted_proxies: list[str] = Field(default_factory=list)  # IPs/CIDRs whose X-Forwarded-Proto is believed
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)") \
+                    from None
+        return value
 
 
 # ---------------------------------------------------------------- delivery.yml

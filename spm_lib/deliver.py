@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import pandas as pd
 from markupsafe import escape
 
-from spm_lib import html, ledger
+from spm_lib import html, ledger, links
 from spm_lib.config import Config
 from spm_lib.errors import RunError
 from spm_lib.smtp import DeliveryError, Pace, SendFailed, SmtpSender, message_bytes
@@ -717,7 +717,7 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
         if "active" in owners:  # True / False / None (unknown counts as active)
             owners["active"] = owners["active"].astype(object).where(owners["active"].notna(), None)
         history = ledger.rows(cfg, run_key)
-        secret = os.environ.get("SPM_LINK_SECRET") or None
+        secret = links.check_secret(os.environ["SPM_LINK_SECRET"]) if os.environ.get("SPM_LINK_SECRET") else None
         if secret is None:
             summary.notes.append("SPM_LINK_SECRET is not set: the emails carry no link to the live report")
         todo = _plan_sends(cfg, jobs, owners, manifest, history, generation, summary,

@@ -217,7 +217,11 @@ def load_live(level: str | None, cadence: str) -> Report | Refusal:
     try:
         secret = links.secret_from_env()
         owners = warm.owners if warm is not None else load_cube(_live_run(cadence, None)).owners
-        req = live.parse_request(query, owners, secret=secret, level=level, cadence=cadence)
+        from spm_lib import revocations
+        from spm_lib.config import cached_config
+
+        req = live.parse_request(query, owners, secret=secret, level=level, cadence=cadence,
+                                 revoked=lambda c: revocations.read(cached_config()).revoked(c))
         folder = _live_run(cadence, req.as_of)
         from spm_lib.runfolder import has_cube
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from spm_lib import links
 
-SECRET = "live-test-secret-0123456789"
+SECRET = "Xq7-vR2kLp9sWm4TzB8nHc6JdF3gYa5E_u1NtKo0"  # a random secret (>= 128 bits)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-quic", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import secrets
+import zlib
 from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import pytest
 
 from spm_lib.config import LiveConfig
-from spm_lib.links import Claims, LinkError, allowed, link_url, parse_duration, secret_from_env, sign, verify
+from spm_lib.links import (
+    Claims,
+    LinkError,
+    allowed,
+    link_url,
+    parse_duration,
+    secret_bits,
+    secret_from_env,
+    sign,
+    verify,
+)
 
 SECRET = "s3cret-for-tests-0123456789"
 OTHER = "another-secret-abcdefghijklmn"
@@ -26,9 +39,21 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _decode(body: str) -> dict[str, object]:
+    """The JSON payload of a token's body (itsdangerous zlib-compresses it, marked by a leading dot, when shorter)."""
+    raw = _unb64(body.lstrip("."))
+    return dict(json.loads(zlib.decompress(raw) if body.startswith(".") else raw))
+
+
+def _encode(payload: dict[str, object], compressed: bool) -> str:
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return "." + _b64(zlib.compress(raw)) if compressed else _b64(raw)
+
+
 def test_round_trip_gives_back_the_claims() -> None:
     token = sign(SECRET, "M1", "monthly", date(2026, 10, 31), EXPIRES)
-    assert verify(SECRET, token, now=NOW) == Claims("M1", "monthly", date(2026, 10, 31), EXPIRES)
+    claims = verify(SECRET, token, now=NOW)
+    assert claims == Claims("M1", "monthly", date(2026, 10, 31), EXPIRES, claims.link_id, claims.issued_at)
 
 
 def test_round_trip_without_as_of_and_with_a_zoned_expiry() -> None:
@@ -61,9 +86,9 @@ def test_a_token_signed_with_another_secret_is_refused() -> None:
 
 def test_a_modified_payload_resigned_with_another_secret_is_refused() -> None:
     token = sign(SECRET, "R1", "monthly", date(2026, 10, 31), EXPIRES)
-    payload = json.loads(_unb64(token.rpartition(".")[0]))
+    payload = _decode(token.rpartition(".")[0])
     payload["o"] = "EXEC"  # try to open the executive's report
-    forged = sign(OTHER, payload["o"], payload["c"], date.fromisoformat(payload["a"]), EXPIRES)
+    forged = sign(OTHER, str(payload["o"]), str(payload["c"]), date.fromisoformat(str(payload["a"])), EXPIRES)
     assert "not valid" in _refused(forged)
 
 
@@ -71,10 +96,10 @@ def test_a_modified_payload_resigned_with_another_secret_is_refused() -> None:
 def test_a_changed_owner_cadence_or_expiry_keeps_the_old_signature_and_is_refused(field: str, value: object) -> None:
     token = sign(SECRET, "M1", "monthly", date(2026, 10, 31), EXPIRES)
     body, _, sig = token.rpartition(".")
-    payload = json.loads(_unb64(body))
-    assert _b64(json.dumps(payload, separators=(",", ":")).encode()) == body  # re-encoding alone changes nothing
+    payload = _decode(body)
+    assert _encode(payload, body.startswith(".")) == body  # re-encoding alone changes nothing
     payload[field] = value
-    tampered = _b64(json.dumps(payload, separators=(",", ":")).encode()) + "." + sig
+    tampered = _encode(payload, body.startswith(".")) + "." + sig
     assert "not valid" in _refused(tampered)
 
 
@@ -96,13 +121,32 @@ def test_signing_refuses_an_unknown_cadence() -> None:
         sign(SECRET, "M1", "montly", None, EXPIRES)
 
 
-def test_secret_from_env() -> None:
-    assert secret_from_env({"SPM_LINK_SECRET": "x" * 16}) == "x" * 16
+def test_secret_from_env_needs_128_bits() -> None:
+    strong = secrets.token_urlsafe(32)
+    assert secret_from_env({"SPM_LINK_SECRET": strong}) == strong
     with pytest.raises(LinkError, match="SPM_LINK_SECRET is not set"):
         secret_from_env({})
-    with pytest.raises(LinkError, match="set SPM_LINK_SECRET") as e:
-        secret_from_env({"SPM_LINK_SECRET": "short-secret"})
-    assert "short-secret" not in str(e.value)
+    for weak in ("a" * 16, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "abc" * 20, "short-secret",
+                 "live-test-secret-0123456789", "correct horse battery staple", "P@ssw0rd!" * 4, "0123456789" * 5):
+        with pytest.raises(LinkError, match="SPM_LINK_SECRET is too weak") as e:
+            secret_from_env({"SPM_LINK_SECRET": weak})
+        assert weak not in str(e.value) and "secrets.token_urlsafe(32)" in str(e.value)
+
+
+def test_secret_bits_by_hand() -> None:
+    assert secret_bits("") == 0 and secret_bits("ab" * 40) == 0  # a repeated unit carries nothing
+    # 43 characters of the URL-safe alphabet (lower, upper, digits, symbols: 95 symbols) without runs
+    token = "Xq7-vR2kLp9sWm4TzB8nHc6JdF3gYa5E_u1NtKo0Qw"
+    assert secret_bits(token) == pytest.approx(len(token) * math.log2(95), rel=0.2)
+    # hex: 4 bits a character; "0123" and "cba" are runs counted once (2 + 1 characters lost)
+    assert secret_bits("f3a90123e7cba5d8") == pytest.approx((16 - 3) * 4)
+
+
+def test_tokens_carry_a_link_id_and_issue_time() -> None:
+    a, b = sign(SECRET, "M1", "monthly", None, EXPIRES), sign(SECRET, "M1", "monthly", None, EXPIRES)
+    ca, cb = verify(SECRET, a, now=NOW), verify(SECRET, b, now=NOW)
+    assert ca.link_id and cb.link_id and ca.link_id != cb.link_id  # two links of one owner are told apart
+    assert ca.issued_at is not None and abs((ca.issued_at - datetime.now(UTC)).total_seconds()) < 5
 
 
 def test_link_url_joins_public_url_base_url_and_path() -> None:

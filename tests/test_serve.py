@@ -16,7 +16,7 @@ from spm_lib.live import LiveRequestError, parse_request
 from spm_lib.report import worst_trust
 from spm_lib.serve import check_pools, notebook_of, refusal_reason, url_join, voila_config
 
-SECRET = "unit-test-secret-0123456789"
+SECRET = "pT4wZ9-qLs2Nd7KxVb3Rm8Jf5Hc1Gy6Ea0UoWi_"
 OWNERS = pd.DataFrame({"owner_id": ["ex", "m1", "m2", "r1", "r2", "r3"],
                        "name": ["Exec", "Mia", "Max", "Rae", "Ron", "Ria"],
                        "level": ["executive", "manager", "manager", "rep", "rep", "rep"],
@@ -80,14 +80,36 @@ def test_parse_request_opens_the_viewer_or_their_subtree_only() -> None:
                       cadence="monthly")
 
 
-def test_a_pinned_link_pins_its_own_cadence_only() -> None:
-    q = f"t={_token('m1', as_of=date(2026, 9, 30))}"
-    assert parse_request(q, OWNERS, secret=SECRET, level="manager", cadence="monthly").as_of == date(2026, 9, 30)
-    assert parse_request(q, OWNERS, secret=SECRET, level="manager", cadence="quarterly").as_of is None
-    q2 = q + "&as_of=2026-08-31"
-    assert parse_request(q2, OWNERS, secret=SECRET, level="manager", cadence="monthly").as_of == date(2026, 8, 31)
+def test_a_link_opens_its_own_cadence_and_as_of_only() -> None:
+    pinned = f"t={_token('m1', as_of=date(2026, 9, 30))}"
+    assert parse_request(pinned, OWNERS, secret=SECRET, level="manager", cadence="monthly").as_of == date(2026, 9, 30)
+    assert parse_request(pinned + "&as_of=2026-09-30", OWNERS, secret=SECRET, level="manager",
+                         cadence="monthly").as_of == date(2026, 9, 30)
+    with pytest.raises(LiveRequestError, match="opens monthly reports, not quarterly ones"):
+        parse_request(pinned, OWNERS, secret=SECRET, level="manager", cadence="quarterly")
+    with pytest.raises(LiveRequestError, match="opens the run as of 2026-09-30, not the one as of 2026-08-31"):
+        parse_request(pinned + "&as_of=2026-08-31", OWNERS, secret=SECRET, level="manager", cadence="monthly")
+    latest = f"t={_token('m1')}"
+    with pytest.raises(LiveRequestError, match="opens the latest run, not the one as of 2026-08-31"):
+        parse_request(latest + "&as_of=2026-08-31", OWNERS, secret=SECRET, level="manager", cadence="monthly")
     with pytest.raises(LiveRequestError, match="is not a date"):
-        parse_request(q + "&as_of=last-month", OWNERS, secret=SECRET, level="manager", cadence="monthly")
+        parse_request(pinned + "&as_of=last-month", OWNERS, secret=SECRET, level="manager", cadence="monthly")
+
+
+def test_a_report_address_takes_no_template_theme_or_repeated_parameter() -> None:
+    q = f"t={_token('m1')}"
+    for extra, words in (("&template=lab", "carries template"), ("&theme=dark", "carries theme"),
+                         ("&voila-template=reveal&x=1", "carries voila-template, x"),
+                         (f"&t={_token('ex')}", "repeats a parameter")):
+        with pytest.raises(LiveRequestError, match=words):
+            parse_request(q + extra, OWNERS, secret=SECRET, level="manager", cadence="monthly")
+
+
+def test_a_revoked_link_is_refused_in_the_kernel_too() -> None:
+    q = f"t={_token('m1')}"
+    assert parse_request(q, OWNERS, secret=SECRET, level="manager", cadence="monthly", revoked=lambda c: False)
+    with pytest.raises(LiveRequestError, match="revoked"):
+        parse_request(q, OWNERS, secret=SECRET, level="manager", cadence="monthly", revoked=lambda c: c.owner_id == "m1")
 
 
 def test_pools_must_name_templates(small_project: Path, tmp_path: Path) -> None:
@@ -109,3 +131,5 @@ def test_voila_config_preheats_culls_and_leaves_plotly_extension_out(small_proje
     assert c.VoilaConfiguration.extension_denylist == ["jupyterlab-plotly"]
     assert c.VoilaKernelManager.kernel_pools_config["default"]["pool_size"] == cfg.live.pool_size
     assert c.MappingKernelManager.cull_idle_timeout == cfg.live.cull_idle_s == 600
+    assert c.MappingKernelManager.cull_connected is True  # an idle open tab's kernel is culled too
+    assert c.VoilaConfiguration.allow_template_override == "NO" == c.VoilaConfiguration.allow_theme_override
