@@ -44,11 +44,14 @@ class KernelBudget:
         self.claims: Counter[str] = Counter()  # admitted opens that will take a pooled kernel
         self.fresh = 0  # admitted opens that will need a new kernel
         self.short: list[str] = []  # pools whose refill did not fit, in the order they asked
+        self.closing = False  # the server is stopping: no refills
         self._fill = km.fill_if_needed
         self._shutdown = km.shutdown_kernel
+        self._shutdown_all = km.shutdown_all
         self._on_shutdown = on_shutdown
         km.fill_if_needed = self.fill_if_needed  # the manager calls its own methods through the instance
         km.shutdown_kernel = self.shutdown_kernel
+        km.shutdown_all = self.shutdown_all
 
     # ---------------------------------------------------------------- counting
     def pooled(self, notebook: str) -> int:
@@ -101,7 +104,7 @@ class KernelBudget:
         del extra_kernel_env_variables  # the previous request's address (with its link) never reaches a new kernel
         name = notebook_name or ""
         lacking = self.pool_target(name) - self.pooled(name)
-        if lacking <= 0:
+        if lacking <= 0 or self.closing:
             return
         if self.total() + lacking > self.cap:
             if name not in self.short:
@@ -117,12 +120,18 @@ class KernelBudget:
         finally:
             self.handed.discard(kernel_id)
             self._on_shutdown(kernel_id)
-            for notebook in list(self.short):
+            for notebook in [] if self.closing else list(self.short):
                 lacking = self.pool_target(notebook) - self.pooled(notebook)
                 if lacking <= 0 or self.total() + lacking <= self.cap:
                     self.short.remove(notebook)
                     if lacking > 0:
                         self._fill(delay=0, notebook_name=notebook)
+
+
+    async def shutdown_all(self, *args: Any, **kwargs: Any) -> Any:
+        """Stop every kernel (the server is stopping): nothing is refilled from now on."""
+        self.closing = True
+        return await self._shutdown_all(*args, **kwargs)
 
 
 class BudgetedManager:

@@ -275,7 +275,7 @@ def report_rule(handler: web.RequestHandler) -> None:
 def kernel_rule(handler: web.RequestHandler) -> None:
     """A kernel endpoint (model, channels, shutdown): only the session the kernel was handed to."""
     gate = gate_of(handler)
-    kernel_id = str(handler.path_args[0]) if handler.path_args else ""
+    kernel_id = str(handler.path_kwargs.get("kernel_id") or (handler.path_args or [""])[0])
     session = gate.session(handler)
     if session is None or not gate.sessions.owns(session.sid, kernel_id):
         raise Refused(403, "this report's connection belongs to another page; open the report from your link")
@@ -283,7 +283,7 @@ def kernel_rule(handler: web.RequestHandler) -> None:
 
 def query_rule(handler: web.RequestHandler) -> None:
     """Voila's query socket (a preheated kernel receives its request): only the kernel, by its key."""
-    key, kernel_id = (str(a) for a in handler.path_args[:2])
+    key, kernel_id = (str(a) for a in [*handler.path_args, "", ""][:2])
     if not hmac.compare_digest(key, query_key(gate_of(handler).secret, kernel_id)):
         raise Refused(403, "not a kernel of this server")
 
@@ -692,4 +692,8 @@ def serve(cfg: Config, *, host: str | None = None, port: int | None = None, as_o
     log_redact.install(secret, app.log)
     echo(f"spm serve: live reports at http://{host}:{app.port}{url_join(cfg.live.base_url)} "
          f"(links carry {cfg.live.public_url}); at most {cap} kernels; open a link from `spm link --owner ID`")
-    app.start()
+    try:
+        app.start()
+    except Exception:  # noqa: BLE001 - logged through the redacting filter (a raw traceback would name kernel ids)
+        logging.getLogger("spm.serve").exception("the live server stopped with an error")
+        raise SystemExit(1) from None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,14 +35,33 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def live_project(src: Path, dest: Path, pools: dict[str, int], cull_idle_s: int = 300) -> Path:
-    """A copy of `src` whose live server preheats only `pools` (template -> kernels)."""
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("runs", "state"))
+def live_project(src: Path, dest: Path, pools: dict[str, int], cull_idle_s: int = 300, **live: object) -> Path:
+    """A copy of `src` whose live server preheats only `pools` (template -> kernels); `live` adds live.yml keys."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("runs", "state", "*.log"))
     local = dest / "config" / "local"
     local.mkdir(parents=True, exist_ok=True)
     lines = ["pool_size: 0", f"cull_idle_s: {cull_idle_s}", "pools:"] + [f"  {k}: {v}" for k, v in pools.items()]
+    lines += [f"{k}: {json.dumps(v)}" for k, v in live.items()]
     (local / "live.yml").write_text("\n".join(lines) + "\n")
     return dest
+
+
+@dataclass
+class Reply:
+    """One HTTP answer: status, headers (lower-case names; Set-Cookie kept as a list) and body."""
+
+    status: int
+    headers: dict[str, str]
+    cookies: dict[str, str]
+    set_cookie: list[str]
+    body: str
+
+
+def kernel_id_of(page_html: str) -> str:
+    """The kernel id a live report page connects to (Voila's page config)."""
+    m = re.search(r'"kernelId":\s*"([0-9a-f-]{36})"', page_html)
+    assert m, "no kernel id in the page"
+    return m.group(1)
 
 
 @dataclass
@@ -57,11 +79,12 @@ class Server:
     def base(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, pools: int, timeout: float = 120.0) -> Server:
+    def start(self, pools: int, timeout: float = 120.0, env_extra: dict[str, str] | None = None) -> Server:
         """Start the server and wait until it answers and `pools` preheated kernels are ready."""
-        env = {**os.environ, "SPM_PROJECT_DIR": str(self.project), "SPM_LINK_SECRET": SECRET}
+        env = {**os.environ, "SPM_PROJECT_DIR": str(self.project), "SPM_LINK_SECRET": SECRET, **(env_extra or {})}
         env.pop("SPM_LIVE", None)
         spm = Path(sys.executable).parent / "spm"
+        seen = self.log.read_text().count("101 GET /voila/query/") if self.log.exists() else 0
         self.proc = subprocess.Popen([str(spm), "serve", "--host", self.host, "--port", str(self.port), *self.args],
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env,
                                      cwd=self.project)
@@ -70,7 +93,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"spm serve exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             # every preheated kernel warm and waiting for its request (connected to /voila/query/<kernel>)
-            if self.log.read_text().count("101 GET /voila/query/") >= pools and self.status("/") == 403:
+            if self.log.read_text().count("101 GET /voila/query/") - seen >= pools and self.status("/") == 403:
                 return self
             time.sleep(0.3)
         self.stop()
@@ -93,6 +116,59 @@ class Server:
                 return int(r.status), r.read().decode()
         except urllib.error.HTTPError as e:
             return int(e.code), e.read().decode()
+
+    def request(self, method: str, path: str, *, cookies: dict[str, str] | None = None,
+                headers: dict[str, str] | None = None, body: bytes | None = None,
+                source: str | None = None) -> Reply:
+        """One raw HTTP request (no redirects followed), from `source` (a loopback address) if given."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=120,
+                                          source_address=(source, 0) if source else None)
+        hdrs = dict(headers or {})
+        if cookies:
+            hdrs["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            r = conn.getresponse()
+            data = r.read().decode(errors="replace")
+            set_cookie = r.headers.get_all("Set-Cookie") or []
+            jar = {c.split("=", 1)[0]: c.split("=", 1)[1].split(";", 1)[0] for c in set_cookie}
+            return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, jar, set_cookie, data)
+        finally:
+            conn.close()
+
+    def kernel_pids(self) -> list[int]:
+        """The process ids of the server's kernels (children running ipykernel)."""
+        import psutil
+
+        if self.proc is None:
+            return []
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        out = []
+        for c in children:
+            try:
+                if "ipykernel" in " ".join(c.cmdline()):
+                    out.append(c.pid)
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
+    def kernel_ids(self) -> list[str]:
+        """The kernel ids of the server's kernels, read from their connection file names."""
+        import psutil
+
+        ids = []
+        for pid in self.kernel_pids():
+            try:
+                cmd = " ".join(psutil.Process(pid).cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            m = re.search(r"kernel-([0-9a-f-]{36})\.json", cmd)
+            if m:
+                ids.append(m.group(1))
+        return ids
 
     def stop(self) -> None:
         """Stop the server (SIGINT, as Ctrl-C would) and wait for it."""
