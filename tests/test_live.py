@@ -125,11 +125,16 @@ def test_owner_sees_their_own_numbers_and_charts(server: Server, org: dict[str, 
 def test_landing_page_lists_own_reports_and_subtree_only(server: Server, org: dict[str, str], browser) -> None:
     mgr, rep, foreign = org["manager"], org["rep"], org["foreign_rep"]
     owners = pd.read_parquet(Path(org["run"]) / "owners.parquet").set_index("owner_id")
+    page = _open(browser, server, f"/?t={token(mgr, 'quarterly')}", "landing-quarterly")
+    text = page.inner_text("body")
+    assert "Quarterly report" in text and "Monthly report" not in text  # a link opens its own cadence only
+    page.close()
+    status, body = server.get(f"/?t={token(mgr, 'weekly')}")
+    assert status == 200 and "Weekly report" not in body  # managers have no weekly template: their reps do
     page = _open(browser, server, f"/?t={token(mgr)}", "landing")
     text = page.inner_text("body")
     assert owners.loc[mgr, "name"] in text
-    assert "Monthly report" in text and "Quarterly report" in text and "Annual report" in text
-    assert "Weekly report" not in text  # managers have no weekly template
+    assert "Monthly report" in text and "Quarterly report" not in text and "Annual report" not in text
     for r in owners.index[owners["manager_id"] == mgr]:
         assert owners.loc[r, "name"] in text
     assert owners.loc[foreign, "name"] not in text
@@ -163,7 +168,7 @@ def test_tampered_expired_and_foreign_links_are_refused(server: Server, org: dic
     mgr, foreign = org["manager"], org["foreign_rep"]
     good = token(mgr)
     tampered = good[:-3] + ("aaa" if not good.endswith("aaa") else "bbb")
-    forged_owner = token(mgr).replace(token(mgr).split(".")[0], token(foreign).split(".")[0])
+    forged_owner = token(foreign).rpartition(".")[0] + "." + good.rpartition(".")[2]  # the rep's body, mgr's signature
     numbers = _numbers(org["run"], mgr)
     _refused(server, browser, report_path("manager", "monthly", tampered), numbers)
     _refused(server, browser, report_path("manager", "monthly", forged_owner), numbers)
