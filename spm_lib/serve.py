@@ -254,10 +254,10 @@ def report_rule(handler: web.RequestHandler) -> None:
         raise Refused(404, "there is no such report")
     level, cadence = kind
     try:
-        check_claims(claims, cadence=cadence, as_of_text=(params.get("as_of") or [None])[0])
+        check_claims(claims, cadence=cadence, as_of_text=_param(params, "as_of"))
     except LiveRequestError as e:
         raise Refused(403, str(e)) from None
-    if not may_open(gate.runs, claims, level, cadence, (params.get("owner") or [None])[0]):
+    if not may_open(gate.runs, claims, level, cadence, _param(params, "owner")):
         raise Refused(403, "this link does not open that report: it opens its owner's reports and those of the "
                            "people below them")
     wait = gate.sessions.retry_after(link_key(claims, token))
@@ -270,6 +270,11 @@ def report_rule(handler: web.RequestHandler) -> None:
         raise gate.refuse_busy()
     session = gate.begin(handler, claims, token)
     handler.spm_open = (notebook, admitted, session.sid)  # type: ignore[attr-defined]
+
+
+def _param(params: dict[str, list[str]], key: str) -> str | None:
+    values = params.get(key)
+    return values[0] if values else None
 
 
 def kernel_rule(handler: web.RequestHandler) -> None:
@@ -488,6 +493,7 @@ def report_handler(base: type) -> type:
 
     class ReportHandler(base):  # type: ignore[misc,valid-type]
         _spm_km: BudgetedManager | None = None
+        spm_open: tuple[str, str | None, str] | None = None
 
         async def prepare(self, *args: Any, **kwargs: Any) -> None:
             out = super().prepare(*args, **kwargs)
@@ -498,7 +504,7 @@ def report_handler(base: type) -> type:
 
         @property
         def kernel_manager(self) -> Any:
-            opened = getattr(self, "spm_open", None)
+            opened = self.spm_open
             gate = gate_of(self)
             if opened is None or gate.budget is None:
                 return self.settings["kernel_manager"]
@@ -511,9 +517,9 @@ def report_handler(base: type) -> type:
         def _release(self) -> None:
             if self._spm_km is not None:
                 self._spm_km.release()
-            elif getattr(self, "spm_open", None) is not None and gate_of(self).budget is not None:
+            elif self.spm_open is not None and gate_of(self).budget is not None:
                 notebook, kind, _ = self.spm_open
-                gate_of(self).budget.withdraw(notebook, kind)  # type: ignore[union-attr]
+                gate_of(self).budget.withdraw(notebook, kind)  # type: ignore[union-attr] # checked just above
             self.spm_open = None
 
         def on_finish(self) -> None:

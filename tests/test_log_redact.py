@@ -14,7 +14,7 @@ import pytest
 from tornado import httpserver, web
 
 from spm_lib import links
-from spm_lib.log_redact import Redactor, RedactingFilter
+from spm_lib.log_redact import RedactingFilter, Redactor
 from tests.live_server import free_port
 
 SECRET = "rD4-kW9pZ2xQ7vN1sT6mB3jH8cF5gL0aY_eUoIiR"

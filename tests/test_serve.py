@@ -109,7 +109,8 @@ def test_a_revoked_link_is_refused_in_the_kernel_too() -> None:
     q = f"t={_token('m1')}"
     assert parse_request(q, OWNERS, secret=SECRET, level="manager", cadence="monthly", revoked=lambda c: False)
     with pytest.raises(LiveRequestError, match="revoked"):
-        parse_request(q, OWNERS, secret=SECRET, level="manager", cadence="monthly", revoked=lambda c: c.owner_id == "m1")
+        parse_request(q, OWNERS, secret=SECRET, level="manager", cadence="monthly",
+                      revoked=lambda c: c.owner_id == "m1")
 
 
 def test_pools_must_name_templates(small_project: Path, tmp_path: Path) -> None:
