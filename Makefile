@@ -51,7 +51,7 @@ templates: $(BIN)/.installed  ## regenerate templates/*.ipynb from scripts/make_
 	$(BIN)/python scripts/make_templates.py
 
 bench: $(BIN)/.installed  ## benchmarks; figures in runs/bench/latest.json
-	$(BIN)/python -m spm_lib.bench
+	$(BIN)/python -m benchmarks
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check spm_lib tests

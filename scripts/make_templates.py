@@ -11,8 +11,8 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from spm_lib.report import CADENCE_FOCUS as DECIDES
-from spm_lib.report import LEVEL_TITLES as LEVELS
+from spm_lib.report.core import CADENCE_FOCUS as DECIDES
+from spm_lib.report.core import LEVEL_TITLES as LEVELS
 
 CADENCES = {"weekly": "week", "monthly": "month", "quarterly": "quarter", "annual": "year"}
 
@@ -35,7 +35,7 @@ def template(level: str, cadence: str) -> nbformat.NotebookNode:
                           f"look ahead, decide {DECIDES[cadence]}."),
         new_code_cell("owner_id = None\ncadence = None\nas_of = None\nrun_dir = None",
                       metadata={"tags": ["parameters"]}),
-        new_code_cell(f"from spm_lib import report\n\nrpt = report.load(owner_id, cadence, as_of, run_dir, "
+        new_code_cell(f"from spm_lib import notebook\n\nrpt = notebook.load(owner_id, cadence, as_of, run_dir, "
                       f"level={level!r}, default_cadence={cadence!r})\nrpt.header()"),
         new_markdown_cell("## 1. Can we trust the numbers?"),
         new_code_cell("rpt.trust()"),

@@ -36,7 +36,7 @@ def cli(ctx: click.Context, project: str | None) -> None:
 @click.pass_context
 def demo_data(ctx: click.Context, seed: int, scale: float, end: object, out: str | None) -> None:
     """Generate the seeded demo company into a DuckDB file."""
-    from spm_lib.demo import default_end, generate
+    from spm_lib.data.demo import default_end, generate
     from spm_lib.project import project_dir
 
     root = Path(ctx.obj["project"]) if ctx.obj["project"] else project_dir()
@@ -57,7 +57,7 @@ def data() -> None:
 @click.pass_context
 def data_check(ctx: click.Context) -> None:
     """Validate the source against the data contract and print every problem found."""
-    from spm_lib.validate import check_report
+    from spm_lib.data.validate import check_report
 
     cfg = _config(ctx.obj["project"])
     text, ok = check_report(cfg)
@@ -70,10 +70,10 @@ def _as_of(value: object, cfg: object = None, cadence: str = "monthly") -> date:
     """The --as-of date; default: the last day of the cadence's last closed period (month, quarter, year, week)."""
     if value is not None:
         return value.date()  # type: ignore[attr-defined]
-    from spm_lib.periods import FiscalCalendar
+    from spm_lib.domain.periods import FiscalCalendar
 
     if cfg is None:
-        from spm_lib.demo import default_end
+        from spm_lib.data.demo import default_end
 
         return default_end(date.today())
     return FiscalCalendar.from_config(cfg).last_closed_end(cadence, date.today())
@@ -95,7 +95,7 @@ def cube_cmd(ctx: click.Context, as_of: object, cadence: str, force: bool) -> No
     """Compute the cube (every KPI and trust check for every owner) into the run folder."""
     import time
 
-    from spm_lib.runfolder import ensure_cube
+    from spm_lib.store.runfolder import ensure_cube
 
     cfg = _config(ctx.obj["project"])
     t0 = time.perf_counter()
@@ -116,9 +116,9 @@ def cube_cmd(ctx: click.Context, as_of: object, cadence: str, force: bool) -> No
 def kpis_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None, level: str | None,
              which: str, fmt: str) -> None:
     """Print or export the KPIs of the cube."""
-    from spm_lib.cube import read_cube
-    from spm_lib.runfolder import ensure_cube
-    from spm_lib.views import kpi_listing
+    from spm_lib.engine.cube import read_cube
+    from spm_lib.store.runfolder import ensure_cube
+    from spm_lib.store.views import kpi_listing
 
     cfg = _config(ctx.obj["project"])
     cube = read_cube(ensure_cube(cfg, cadence, _as_of(as_of, cfg, cadence)))
@@ -133,9 +133,9 @@ def kpis_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None,
 @click.pass_context
 def trust_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None, fmt: str) -> None:
     """List the failing trust checks and the opportunities to fix."""
-    from spm_lib.cube import read_cube
-    from spm_lib.runfolder import ensure_cube
-    from spm_lib.views import trust_listing
+    from spm_lib.engine.cube import read_cube
+    from spm_lib.store.runfolder import ensure_cube
+    from spm_lib.store.views import trust_listing
 
     cfg = _config(ctx.obj["project"])
     cube = read_cube(ensure_cube(cfg, cadence, _as_of(as_of, cfg, cadence)))
@@ -161,7 +161,7 @@ def trust_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None
 def run_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, owner: str | None,
             workers: int | None, resume: bool, recompute: bool) -> None:
     """Compute the cube once and render every owner's report (notebook + self-contained HTML)."""
-    from spm_lib.runner import run
+    from spm_lib.batch.runner import run
 
     cfg = _config(ctx.obj["project"])
     day = _as_of(as_of, cfg, cadence)
@@ -203,7 +203,7 @@ STATUS_FILTER = click.option("--status", type=click.Choice(["open", "done", "dro
 @click.pass_context
 def actions_list(ctx: click.Context, owner: str | None, cadence: str | None, status: str | None, fmt: str) -> None:
     """Print the recorded actions (every owner unless --owner)."""
-    from spm_lib import actions as register
+    from spm_lib.state import actions as register
 
     cfg = _config(ctx.obj["project"])
     if fmt != "table":
@@ -224,7 +224,7 @@ def actions_list(ctx: click.Context, owner: str | None, cadence: str | None, sta
 def actions_export(ctx: click.Context, owner: str | None, cadence: str | None, status: str | None, fmt: str,
                    out: str | None) -> None:
     """Export the action register as CSV or JSON."""
-    from spm_lib import actions as register
+    from spm_lib.state import actions as register
 
     text = register.export(_config(ctx.obj["project"]), owner, fmt=fmt, cadence=cadence, status=status)
     if out is None:
@@ -246,8 +246,8 @@ def actions_export(ctx: click.Context, owner: str | None, cadence: str | None, s
 def send_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, owner: str | None,
              dry_run: bool, resend_unknown: bool, resend_changed: bool) -> None:
     """Email each owner their report of a finished run (never twice); SMTP password from $SPM_SMTP_PASSWORD."""
-    from spm_lib.deliver import send_all
-    from spm_lib.runfolder import run_dir
+    from spm_lib.deliver.compose import send_all
+    from spm_lib.store.runfolder import run_dir
 
     cfg = _config(ctx.obj["project"])
     folder = run_dir(cfg, cadence, _as_of(as_of, cfg, cadence))
@@ -276,10 +276,10 @@ def link_cmd(ctx: click.Context, owner: str | None, cadence: str, as_of: object,
     """Print a signed, expiring link to an owner's live report, or revoke links (needs SPM_LINK_SECRET)."""
     from datetime import UTC, datetime, timedelta
 
-    from spm_lib import revocations
-    from spm_lib.links import LinkError, link_url, parse_duration, secret_from_env, sign, verify_signature
-    from spm_lib.load import load_dataset
-    from spm_lib.org import Org
+    from spm_lib.data.load import load_dataset
+    from spm_lib.domain.links import LinkError, link_url, parse_duration, secret_from_env, sign, verify_signature
+    from spm_lib.domain.org import Org
+    from spm_lib.state import revocations
 
     cfg = _config(ctx.obj["project"])
     secret = secret_from_env()
@@ -318,7 +318,7 @@ def link_cmd(ctx: click.Context, owner: str | None, cadence: str, as_of: object,
 @click.pass_context
 def serve_cmd(ctx: click.Context, host: str | None, port: int | None, as_of: object) -> None:
     """Serve every owner's report live (Voila), opened from signed links (needs SPM_LINK_SECRET)."""
-    from spm_lib.serve import serve
+    from spm_lib.live.serve import serve
 
     cfg = _config(ctx.obj["project"])
     serve(cfg, host=host, port=port, as_of=as_of.date() if as_of is not None else None,  # type: ignore[attr-defined]
@@ -336,7 +336,7 @@ def schedule_cmd(ctx: click.Context, show_next: bool, print_cron: bool, job: str
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
-    from spm_lib import schedule
+    from spm_lib.deliver import schedule
 
     cfg = _config(ctx.obj["project"])
     now = datetime.now(ZoneInfo(cfg.company.timezone))
@@ -364,10 +364,10 @@ def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
     """(run_fn, send_fn, done) of the schedule: render (resume), send the unsent, done = all rendered and sent."""
     import json as _json
 
-    from spm_lib import ledger
-    from spm_lib.deliver import Unsent, send_all
-    from spm_lib.runfolder import run_dir
-    from spm_lib.runner import run
+    from spm_lib.batch.runner import run
+    from spm_lib.deliver.compose import Unsent, send_all
+    from spm_lib.state import ledger
+    from spm_lib.store.runfolder import run_dir
 
     def run_fn(cadence: str, as_of: date) -> None:
         # owners whose render failed are not sent and count as failures of the send that follows (the operator
@@ -422,7 +422,7 @@ def print_report_path(cadence: str, level: str) -> None:
     """Print where the latest run's report of the first owner of `level` is (for `make demo`)."""
     import json as _json
 
-    from spm_lib.report import latest_run
+    from spm_lib.report.core import latest_run
 
     folder = latest_run(cadence)
     manifest = _json.loads((folder / "manifest.json").read_text())

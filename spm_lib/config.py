@@ -149,7 +149,7 @@ class SourceConfig(Strict):
             raise ValueError("kind 'sql' needs `url` (a SQLAlchemy URL, e.g. postgresql+psycopg://…)")
         if self.kind in ("duckdb", "folder") and not self.path:
             raise ValueError(f"kind {self.kind!r} needs `path` (relative to the project root)")
-        from spm_lib.contract import CONTRACT
+        from spm_lib.domain.contract import CONTRACT
 
         for name in self.tables:
             if name not in CONTRACT:

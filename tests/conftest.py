@@ -14,7 +14,7 @@ pytest_plugins = ["tests.pg"]
 
 def make_project(folder: Path, *, scale: float = 0.12, end: date = date(2026, 10, 31)) -> Path:
     """Copy config/ and templates/ into `folder` and generate a small demo company there."""
-    from spm_lib.demo import generate
+    from spm_lib.data.demo import generate
 
     shutil.copytree(ROOT / "config", folder / "config", ignore=shutil.ignore_patterns("local", "examples"))
     shutil.copytree(ROOT / "templates", folder / "templates")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from spm_lib import links
+from spm_lib.domain import links
 
 SECRET = "Xq7-vR2kLp9sWm4TzB8nHc6JdF3gYa5E_u1NtKo0"  # a random secret (>= 128 bits)
 CHROMIUM = "/usr/bin/chromium"

@@ -15,10 +15,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from spm_lib import actions, state
-from spm_lib.actions import ActionError
 from spm_lib.config import CompanyConfig, Config, SourceConfig, StateConfig
 from spm_lib.errors import ConfigError
+from spm_lib.report.actions_view import actions_html
+from spm_lib.state import actions
+from spm_lib.state import db as state
+from spm_lib.state.actions import ActionError
 
 
 def make_cfg(root: Path, url: str = "sqlite:///state/spm.sqlite", timezone_: str = "UTC") -> Config:
@@ -184,7 +186,7 @@ def test_actions_html_escapes_text_and_marks_overdue(tmp_path: Path, monkeypatch
     actions.set_status(cfg, gone.action_id, "done", "R1", at=utc(2026, 10, 20))
     rpt = SimpleNamespace(owner_id="R1", cadence="monthly", as_of="2026-10-31", closed="2026-10")
 
-    page = actions.actions_html(rpt)
+    page = actions_html(rpt)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt; &amp; follow up" in page
     assert "Open actions (2, 1 overdue)" in page
@@ -196,7 +198,7 @@ def test_actions_html_escapes_text_and_marks_overdue(tmp_path: Path, monkeypatch
 
 def test_actions_html_without_actions_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     html_project(tmp_path, monkeypatch)
-    page = actions.actions_html(SimpleNamespace(owner_id="R9", cadence="weekly", as_of="2026-10-31",
+    page = actions_html(SimpleNamespace(owner_id="R9", cadence="weekly", as_of="2026-10-31",
                                                 closed="2026-W44"))
     assert "No open actions." in page and "No action closed since the last session." in page
 

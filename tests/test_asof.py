@@ -6,8 +6,8 @@ from datetime import date
 
 import pandas as pd
 
-from spm_lib.asof import reached_stages, snapshot
 from spm_lib.config import StagesConfig
+from spm_lib.data.asof import reached_stages, snapshot
 
 # default stages: Prospecting 0, Qualification 1, Needs analysis 2, Proposal 3, Negotiation 4; Closed Won/Lost
 STAGES = StagesConfig()

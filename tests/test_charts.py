@@ -10,8 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from spm_lib import charts
-from spm_lib.html import RenderError
+from spm_lib.report import charts
+from spm_lib.report.markup import RenderError
 
 # What the vendored plotly.js finance bundle can draw (its README): nothing else may appear.
 FINANCE_TRACES = {"bar", "scatter", "pie", "funnel", "funnelarea", "histogram", "indicator", "waterfall",

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spm_lib.cube import compute_cube
-from spm_lib.load import load_dataset
+from spm_lib.data.load import load_dataset
+from spm_lib.engine.cube import compute_cube
 from tests.test_sources import FIXTURES, example_project
 
 CRM = FIXTURES / "maven_crm"

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from spm_lib.config import load_config
-from spm_lib.contract import Dataset, typed
-from spm_lib.cube import compute_cube, read_cube, write_cube
+from spm_lib.domain.contract import Dataset, typed
+from spm_lib.engine.cube import compute_cube, read_cube, write_cube
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = "2026-10-31"

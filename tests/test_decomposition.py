@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from spm_lib.config import Config, SourceConfig
-from spm_lib.contract import CONTRACT, PANDAS_DTYPES, Dataset
-from spm_lib.decomposition import decompose, max_discount, what_if
+from spm_lib.domain.contract import CONTRACT, PANDAS_DTYPES, Dataset
+from spm_lib.engine.decomposition import decompose, max_discount, what_if
 
 # A hand-made case: Q ends 2026-06-30, as-of 2026-04-30, two months (May, June) remain.
 INPUTS = {
@@ -115,7 +115,7 @@ def _table(name: str, rows: list[dict[str, object]]) -> pd.DataFrame:
 
 def _ctx(tmp_path: Path):  # type: ignore[no-untyped-def]
     """E → M (player-coach) → R1, R2; deals won W1 (R1) and W2 (M) in April, W3 (R2) in March."""
-    from spm_lib.context import build_context
+    from spm_lib.engine.context import build_context
 
     owners = _table("owners", [
         {"owner_id": "E", "manager_id": None, "level": "executive"},

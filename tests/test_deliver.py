@@ -19,12 +19,14 @@ import plotly.graph_objects as go
 import pytest
 from aiosmtpd.controller import Controller
 
-from spm_lib import deliver, ledger
-from spm_lib import smtp as smtp_mod
+from spm_lib.batch.runner import run
 from spm_lib.config import Config, StateConfig, load_config
-from spm_lib.deliver import DeliveryError, clean_header, make_address, send_all
-from spm_lib.images import check_png
-from spm_lib.runner import run
+from spm_lib.deliver import compose as deliver
+from spm_lib.deliver import smtp as smtp_mod
+from spm_lib.deliver.compose import DeliveryError, clean_header, make_address, send_all
+from spm_lib.deliver.images import check_png
+from spm_lib.report.figures import EMAIL_CHARTS
+from spm_lib.state import ledger
 
 AS_OF = date(2026, 10, 31)
 RUN_KEY = "monthly/2026-10-31"
@@ -428,8 +430,8 @@ def test_make_address_refuses_what_is_not_an_address() -> None:
 
 # ---------------------------------------------------------------- the email as bytes
 def test_the_wire_bytes_are_what_the_email_package_writes(project: Path, tmp_path: Path) -> None:
-    from spm_lib.images import Exporter, png_size
-    from spm_lib.report import load
+    from spm_lib.deliver.images import Exporter, png_size
+    from spm_lib.report.core import load
 
     folder = run_dir(project)
     cfg = make_cfg(project, tmp_path)
@@ -437,7 +439,7 @@ def test_the_wire_bytes_are_what_the_email_package_writes(project: Path, tmp_pat
         rpt = load("rep-001", "monthly", run_dir=folder)
     report = (folder / "rep/rep-001.html").read_bytes()
     saved = json.loads((folder / "rep/rep-001.email.json").read_text())  # written by `spm run`
-    assert list(saved) == [k for k in deliver.EMAIL_CHARTS if k in saved] and len(saved) >= 2
+    assert list(saved) == [k for k in EMAIL_CHARTS if k in saved] and len(saved) >= 2
     with Exporter() as ex:
         image = ex.png(saved["attainment"], 600, 300, scale=2)
     assert png_size(image) == (1200, 600)
@@ -574,7 +576,7 @@ def test_a_failed_scheduled_firing_is_mailed_to_the_operator(project: Path, smtp
                                                              tmp_path: Path) -> None:
     from datetime import datetime
 
-    from spm_lib import schedule
+    from spm_lib.deliver import schedule
     from spm_lib.errors import SpmError
 
     box = smtp[0]

@@ -9,9 +9,9 @@ import duckdb
 import pandas as pd
 import pytest
 
-from spm_lib.contract import CONTRACT
-from spm_lib.demo import default_end, generate
-from spm_lib.org import hierarchy_problems
+from spm_lib.data.demo import default_end, generate
+from spm_lib.domain.contract import CONTRACT
+from spm_lib.domain.org import hierarchy_problems
 
 END = date(2025, 9, 30)
 AS_OF = pd.Timestamp(END)

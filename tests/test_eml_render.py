@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from playwright.sync_api import sync_playwright
 
+from spm_lib.batch.runner import run
 from spm_lib.config import StateConfig, load_config
-from spm_lib.deliver import _fmt as email_format
-from spm_lib.deliver import send_all
-from spm_lib.runner import run
+from spm_lib.deliver.compose import _fmt as email_format
+from spm_lib.deliver.compose import send_all
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = date(2026, 10, 31)

@@ -21,12 +21,13 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from spm_lib import charts, export
+from spm_lib.batch import export
+from spm_lib.batch.export import PLOTLY_JS, export_html, pack_js, write_atomic
+from spm_lib.batch.runner import run
 from spm_lib.config import StateConfig, load_config
-from spm_lib.deliver import send_all
-from spm_lib.export import PLOTLY_JS, export_html, pack_js, write_atomic
-from spm_lib.html import Html, RenderError, badge, banner, details, div_id, figure_html, fmt_value, table_html
-from spm_lib.runner import run
+from spm_lib.deliver.compose import send_all
+from spm_lib.report import charts
+from spm_lib.report.markup import Html, RenderError, badge, banner, details, div_id, figure_html, fmt_value, table_html
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "spm_lib" / "static"

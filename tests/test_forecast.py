@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from spm_lib.config import Config, SourceConfig, Stage, StagesConfig
-from spm_lib.contract import CONTRACT, PANDAS_DTYPES, Dataset
-from spm_lib.forecast import forward_look, stage_conversion, weak_stage, win_probabilities
+from spm_lib.domain.contract import CONTRACT, PANDAS_DTYPES, Dataset
+from spm_lib.engine.forecast import forward_look, stage_conversion, weak_stage, win_probabilities
 
 P, Q, N, PR, NG, WON, LOST = ("Prospecting", "Qualification", "Needs analysis", "Proposal", "Negotiation",
                               "Closed Won", "Closed Lost")
@@ -91,7 +91,7 @@ def _config(tmp_path: Path) -> Config:
 
 
 def _ctx(tmp_path: Path, as_of: date, **kw: bool):  # type: ignore[no-untyped-def]
-    from spm_lib.context import build_context
+    from spm_lib.engine.context import build_context
 
     return build_context(_config(tmp_path), _dataset(**kw), "monthly", as_of)
 

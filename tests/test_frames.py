@@ -1,9 +1,9 @@
-"""Frame helpers (spm_lib.frames) on small explicit frames."""
+"""Frame helpers (spm_lib.util.frames) on small explicit frames."""
 
 import numpy as np
 import pandas as pd
 
-from spm_lib.frames import ascending_text, distinct_text_order, join_positions, nat_last_key
+from spm_lib.util.frames import ascending_text, distinct_text_order, join_positions, nat_last_key
 
 
 def test_nat_last_key_sorts_like_sort_values_with_missing_dates_last() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import plotly.graph_objects as go
 import pytest
 
-from spm_lib.images import RELOAD_EVERY, Chart, Exporter, ImageError, check_png, png_size
+from spm_lib.deliver.images import RELOAD_EVERY, Chart, Exporter, ImageError, check_png, png_size
 
 
 # ---------------------------------------------------------------- hand-made PNGs (RGB, 8 bit)

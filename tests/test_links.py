@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from spm_lib.config import LiveConfig
-from spm_lib.links import (
+from spm_lib.domain.links import (
     Claims,
     LinkError,
     allowed,

@@ -16,8 +16,8 @@ import pytest
 from nbclient import NotebookClient
 from playwright.sync_api import sync_playwright
 
-from spm_lib import report
-from spm_lib.runfolder import ensure_cube
+from spm_lib.report import core as report
+from spm_lib.store.runfolder import ensure_cube
 from tests.conftest import make_project
 from tests.live_server import (
     CHARTS_DRAWN,
@@ -319,8 +319,8 @@ def test_an_action_recorded_live_survives_a_restart_and_reaches_the_next_report(
         page.close()
     finally:
         srv.stop()
-    from spm_lib.actions import list_actions
     from spm_lib.config import load_config
+    from spm_lib.state.actions import list_actions
 
     cfg = load_config(project)
     acts = list_actions(cfg, owner_id=mgr)
@@ -328,7 +328,7 @@ def test_an_action_recorded_live_survives_a_restart_and_reaches_the_next_report(
     rec = acts[acts["text"] == text].iloc[0]
     assert rec["recorded_by"] == mgr and rec["kpi"] == "bookings" and rec["status"] == "open"
     # the next period's batch report (a new run) lists it among the open actions, overdue by then
-    from spm_lib.periods import FiscalCalendar
+    from spm_lib.domain.periods import FiscalCalendar
 
     cal = FiscalCalendar.from_config(cfg)
     nxt = cal.shift(cal.period("month", date.fromisoformat(Path(org["run"]).name)), 1).end
@@ -360,7 +360,7 @@ def test_kernels_of_abandoned_tabs_are_culled(project: Path, org: dict[str, str]
 # ---------------------------------------------------------------- newer runs
 def test_a_newer_run_is_picked_up_without_restart(server: Server, org: dict[str, str], browser) -> None:
     from spm_lib.config import load_config
-    from spm_lib.periods import FiscalCalendar
+    from spm_lib.domain.periods import FiscalCalendar
 
     cfg = load_config(server.project)
     current = date.fromisoformat(Path(org["run"]).name)

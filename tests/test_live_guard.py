@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from spm_lib import links, revocations
 from spm_lib.config import load_config
-from spm_lib.kernel_budget import BudgetedManager, KernelBudget, default_max_kernels
-from spm_lib.live_sessions import Sessions, link_key
+from spm_lib.domain import links
+from spm_lib.live.kernels import BudgetedManager, KernelBudget, default_max_kernels
+from spm_lib.live.sessions import Sessions, link_key
+from spm_lib.state import revocations
 
 SECRET = "kS8-wQ3rT6yU1iO4pA7sD0fG2hJ5lZ9xCvBnMm_E"
 
@@ -167,7 +168,7 @@ def test_default_cap_from_memory() -> None:
 
 def test_max_kernels_below_the_pools_is_a_config_error(small_project: Path, tmp_path: Path) -> None:
     from spm_lib.errors import ConfigError
-    from spm_lib.serve import max_kernels
+    from spm_lib.live.serve import max_kernels
 
     project = tmp_path / "p"
     shutil.copytree(small_project / "config", project / "config")

@@ -23,10 +23,10 @@ import pytest
 import websocket
 from playwright.sync_api import sync_playwright
 
-from spm_lib import report
 from spm_lib.config import load_config
-from spm_lib.periods import FiscalCalendar
-from spm_lib.runfolder import ensure_cube
+from spm_lib.domain.periods import FiscalCalendar
+from spm_lib.report import core as report
+from spm_lib.store.runfolder import ensure_cube
 from tests.conftest import make_project
 from tests.live_server import (
     CHARTS_DRAWN,

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from tornado import httpserver, web
 
-from spm_lib import links
-from spm_lib.log_redact import RedactingFilter, Redactor
+from spm_lib.domain import links
+from spm_lib.live.log_redact import RedactingFilter, Redactor
 from tests.live_server import free_port
 
 SECRET = "rD4-kW9pZ2xQ7vN1sT6mB3jH8cF5gL0aY_eUoIiR"

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from spm_lib.config import Config, NumberFormat, OwnersFromHierarchy, SourceConfig, StagesConfig, TableMapping
+from spm_lib.data.mapping import map_table, owners_from_hierarchy, parse_dates, parse_numbers
+from spm_lib.data.quality import Findings
 from spm_lib.errors import MappingError
-from spm_lib.mapping import map_table, owners_from_hierarchy, parse_dates, parse_numbers
-from spm_lib.quality import Findings
 
 
 def make_cfg(**stages: Any) -> Config:

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spm_lib import memory
+from spm_lib.util import memory
 
 pytestmark = pytest.mark.skipif(memory._glibc() is None, reason="needs glibc's mallopt")
 

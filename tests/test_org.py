@@ -7,8 +7,8 @@ from datetime import date
 import pandas as pd
 import pytest
 
+from spm_lib.domain.org import Org, hierarchy_problems
 from spm_lib.errors import OrgError
-from spm_lib.org import Org, hierarchy_problems
 
 NaT = pd.NaT
 

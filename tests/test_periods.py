@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+from spm_lib.domain.periods import FiscalCalendar, Period, Window
 from spm_lib.errors import PeriodError
-from spm_lib.periods import FiscalCalendar, Period, Window
 
 JAN = FiscalCalendar(1, "end")
 FEB_END = FiscalCalendar(2, "end")  # FY2026 = 2025-02-01 .. 2026-01-31 (ends in 2026)

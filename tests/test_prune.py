@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from spm_lib.batch.runner import run
 from spm_lib.config import Config, RunsConfig, load_config
-from spm_lib.prune import prune_runs, run_folders
-from spm_lib.runfolder import locked
-from spm_lib.runner import run
+from spm_lib.store.prune import prune_runs, run_folders
+from spm_lib.store.runfolder import locked
 
 MONTH_ENDS = ["2026-06-30", "2026-07-31", "2026-08-31", "2026-09-30"]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import plotly.graph_objects as go
 import pytest
 
-from spm_lib import html
-from spm_lib.cube import compute_cube
-from spm_lib.report import Report
+from spm_lib.engine.cube import compute_cube
+from spm_lib.report import markup as html
+from spm_lib.report.core import Report
 from tests.test_cube import AS_OF, _cfg, company
 
 

@@ -16,8 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from spm_lib.config import CompanyConfig, Config, ScheduleConfig, SourceConfig, load_config
-from spm_lib.errors import ConfigError
-from spm_lib.schedule import (
+from spm_lib.deliver.schedule import (
     CRON_HEADER,
     as_of_for,
     build_scheduler,
@@ -28,6 +27,7 @@ from spm_lib.schedule import (
     firings,
     next_firings,
 )
+from spm_lib.errors import ConfigError
 
 PARIS = ZoneInfo("Europe/Paris")
 UTC = ZoneInfo("UTC")
@@ -183,7 +183,7 @@ def test_not_due_once_done(tmp_path: Path) -> None:
 def test_a_missed_firing_outside_the_grace_is_not_run_and_is_logged(tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     cfg = make_cfg(tmp_path, MONTHLY)
-    with caplog.at_level(logging.WARNING, logger="spm_lib.schedule"):
+    with caplog.at_level(logging.WARNING, logger="spm_lib.deliver.schedule"):
         assert due(cfg, "m", at(2026, 6, 2, 13, 1), never) is None
     assert "spm run --cadence monthly --as-of 2026-05-31" in caplog.text
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from spm_lib import links
 from spm_lib.config import load_config
+from spm_lib.domain import links
 from spm_lib.errors import ConfigError
-from spm_lib.live import LiveRequestError, parse_request
-from spm_lib.report import worst_trust
-from spm_lib.serve import check_pools, notebook_of, refusal_reason, url_join, voila_config
+from spm_lib.live.request import LiveRequestError, parse_request
+from spm_lib.live.serve import check_pools, notebook_of, refusal_reason, url_join, voila_config
+from spm_lib.report.core import worst_trust
 
 SECRET = "pT4wZ9-qLs2Nd7KxVb3Rm8Jf5Hc1Gy6Ea0UoWi_"
 OWNERS = pd.DataFrame({"owner_id": ["ex", "m1", "m2", "r1", "r2", "r3"],

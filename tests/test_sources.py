@@ -13,9 +13,9 @@ import sqlalchemy as sa
 import yaml
 
 from spm_lib.config import Config, load_config
+from spm_lib.data.quality import Findings
+from spm_lib.data.sources import mask_url, read_contract_tables
 from spm_lib.errors import SourceError
-from spm_lib.quality import Findings
-from spm_lib.sources import mask_url, read_contract_tables
 
 try:
     from tests.pg import free_port, postgres_url  # postgres_url is a pytest fixture

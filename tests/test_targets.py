@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from spm_lib.config import CompanyConfig, Config, SourceConfig, StatusBands, TargetsConfig
-from spm_lib.contract import CONTRACT, PANDAS_DTYPES, Dataset
-from spm_lib.targets import attainment, resolve_targets, status
+from spm_lib.domain.contract import CONTRACT, PANDAS_DTYPES, Dataset
+from spm_lib.engine.targets import attainment, resolve_targets, status
 
 AS_OF = date(2026, 5, 15)
 
@@ -31,7 +31,7 @@ def _table(name: str, rows: list[dict[str, object]]) -> pd.DataFrame:
 def _ctx(tmp_path: Path, targets: list[tuple[str, str, str, float]], *, fy_start: int = 1,
          phasing: str = "flat", profiles: dict[str, list[float]] | None = None, as_of: date = AS_OF):  # type: ignore[no-untyped-def]
     """A cube context over 4 owners, one deal each, and the given (owner, period, metric, value) target rows."""
-    from spm_lib.context import build_context
+    from spm_lib.engine.context import build_context
 
     owners = _table("owners", [
         {"owner_id": "E", "manager_id": None, "name": "Eve Exec", "level": "executive"},
@@ -54,7 +54,7 @@ def _ctx(tmp_path: Path, targets: list[tuple[str, str, str, float]], *, fy_start
 
 
 def _p(grain: str, label: str, start: str, end: str):  # type: ignore[no-untyped-def]
-    from spm_lib.periods import Period
+    from spm_lib.domain.periods import Period
 
     return Period(grain=grain, label=label, start=date.fromisoformat(start), end=date.fromisoformat(end))
 

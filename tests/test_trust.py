@@ -23,9 +23,9 @@ import pandas as pd
 import pytest
 
 from spm_lib.config import Config, SourceConfig, Threshold, TrustConfig
-from spm_lib.context import CubeContext
-from spm_lib.contract import CONTRACT, PANDAS_DTYPES, Dataset
-from spm_lib.trust import (
+from spm_lib.domain.contract import CONTRACT, PANDAS_DTYPES, Dataset
+from spm_lib.engine.context import CubeContext
+from spm_lib.engine.trust import (
     CHECKS,
     TRUST_COLUMNS,
     TRUST_ROW_COLUMNS,
@@ -518,7 +518,7 @@ def test_offenders_for_a_scope_largest_first(result: tuple[pd.DataFrame, pd.Data
 # ---------------------------------------------------------------- through build_context (as-of from history)
 def test_through_build_context_history_drives_open_pushes_and_month_end_bookings() -> None:
     """X1 pushed 3 times; X2 lost then reopened (open); X4 was still open on Sep 30 (won Oct 3, backdated)."""
-    from spm_lib.context import build_context
+    from spm_lib.engine.context import build_context
 
     opps = [
         opp("X1", "R1", "Proposal", 100, "2026-11-05", "2026-09-05"),

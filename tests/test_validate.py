@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from spm_lib.config import Config, SourceConfig
-from spm_lib.contract import CONTRACT, PANDAS_DTYPES
-from spm_lib.quality import Finding, Findings
-from spm_lib.validate import check_report, render_report, validate
+from spm_lib.data.quality import Finding, Findings
+from spm_lib.data.validate import check_report, render_report, validate
+from spm_lib.domain.contract import CONTRACT, PANDAS_DTYPES
 
 
 def table(name: str, /, **columns: list[Any]) -> pd.DataFrame:

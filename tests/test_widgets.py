@@ -19,11 +19,14 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from markupsafe import Markup
 
-from spm_lib import actions, html, widgets
 from spm_lib.config import cached_config, load_config
 from spm_lib.errors import KpiError
-from spm_lib.report import Html, Report, load_cube
-from spm_lib.runfolder import ensure_cube
+from spm_lib.live import widgets
+from spm_lib.live.report import LiveReport
+from spm_lib.report import markup as html
+from spm_lib.report.core import Html, Report, load_cube
+from spm_lib.state import actions
+from spm_lib.store.runfolder import ensure_cube
 
 AS_OF = date(2026, 10, 31)
 MANAGER, REP, PEER = "mgr-01", "rep-003", "rep-002"
@@ -50,7 +53,7 @@ def run(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def live(run: Path, owner: str, viewer: str | None = None) -> Report:
     """The live report of `owner` as seen by `viewer` (default: the owner)."""
-    return Report(load_cube(run), owner, run, viewer_id=viewer or owner)
+    return LiveReport(load_cube(run), owner, run, viewer_id=viewer or owner)
 
 
 def facts(run: Path) -> pd.DataFrame:

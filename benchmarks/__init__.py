@@ -1,0 +1,1 @@
+"""Benchmarks behind `make bench` (outside the product package): `python -m benchmarks [part ...]`."""

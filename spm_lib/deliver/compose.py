@@ -1,0 +1,832 @@
+"""`spm send`: email each owner their report of a run: the headline in the body, the key charts inline, the full report
+attached, a signed link to the live report.
+
+The body reads right in any mail client: no JavaScript, no remote content, inline styles only, the charts as PNG
+parts referenced by cid, drawn by one browser for the whole send from the plotly JSON `spm run` saved beside each
+report. Each owner's email is built, planned in the send ledger, handed to the SMTP server and marked sent, one
+after another under the run folder's lock (the next email is built while the server takes the current one), so a
+send that stops half-way resumes where it stopped and never mails anyone twice. Names and addresses come from the
+CRM and are untrusted: control characters are stripped from every header value and an invalid address fails that
+owner with a message saying what to fix. Secrets (the SMTP password, the link-signing key) come from the
+environment and never reach a log, an .eml or the ledger. SMTP itself is in `spm_lib.deliver.smtp`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html as _html
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from email import policy
+from email.errors import HeaderParseError
+from email.headerregistry import Address
+from email.message import EmailMessage, MIMEPart
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+from markupsafe import escape
+
+from spm_lib.config import Config
+from spm_lib.deliver.smtp import DeliveryError, Pace, SendFailed, SmtpSender, message_bytes
+from spm_lib.domain import links
+from spm_lib.errors import RunError
+from spm_lib.report import markup as html
+from spm_lib.report.figures import EMAIL_CHARTS, figures_json, figures_path
+from spm_lib.state import ledger
+
+log = logging.getLogger("spm.send")
+T = TypeVar("T")
+R = TypeVar("R")
+
+CHART_WIDTH = 600  # layout pixels: the body is 640 px wide
+CHART_SCALE = 2  # sharp on high-density screens
+OFFENDERS_SHOWN = 5
+STATUS_COLOURS = {"green": "#1a9850", "amber": "#f5a623", "red": "#d73027", "none": "#9e9e9e"}
+STATUS_WORDS = {"green": "on track", "amber": "at risk", "red": "behind", "none": "no target"}
+LEVEL_TITLES = {"rep": "Sales executive", "manager": "Manager", "director": "Director", "executive": "Executive"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+_ADDR = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
+_FONT = "font-family:Arial,Helvetica,sans-serif;"
+_TD = "padding:6px 8px;border-bottom:1px solid #e5e5e5;"
+
+
+# ---------------------------------------------------------------- headers and addresses
+def clean_header(text: object) -> str:
+    """`text` fit for an email header: control characters (CR, LF, tab …) replaced by spaces, spaces collapsed."""
+    return re.sub(r" {2,}", " ", _CONTROL.sub(" ", "" if text is None else str(text))).strip()
+
+
+def make_address(name: object, email: object, *, who: str = "") -> Address:
+    """A validated address with a display name cleaned of control characters (DeliveryError when invalid)."""
+    where = f"{who}: " if who else ""
+    addr = "" if email is None or (isinstance(email, float) and email != email) else str(email).strip()
+    if not addr or addr in ("<NA>", "nan"):
+        raise DeliveryError(f"{where}no email address; fill in column email of table owners in the CRM, "
+                            "or add the owner id to delivery.exclude (config/delivery.yml)")
+    if not _ADDR.fullmatch(addr):
+        raise DeliveryError(f"{where}email address {addr!r} is not valid (expected name@domain); fix column "
+                            "email of table owners in the CRM, or add the owner id to delivery.exclude")
+    local, domain = addr.rsplit("@", 1)
+    try:
+        return Address(display_name=clean_header(name), username=local, domain=domain)
+    except (ValueError, IndexError, HeaderParseError) as e:
+        raise DeliveryError(f"{where}email address {addr!r} cannot be used: {e}") from None
+
+
+def _as_addresses(items: Address | str | Sequence[Address | str] | None, who: str) -> list[Address]:
+    if items is None:
+        return []
+    if isinstance(items, Address | str):
+        items = [items]
+    return [a if isinstance(a, Address) else make_address("", a, who=who) for a in items]
+
+
+def _domain(cfg: Config) -> str:
+    """The domain of the sender address (for Message-IDs and content ids)."""
+    m = re.search(r"@([A-Za-z0-9.-]+)", cfg.delivery.from_address)
+    return m.group(1) if m else "spm.invalid"
+
+
+# ---------------------------------------------------------------- what the email says
+def _fmt(value: object, unit: str, currency: str) -> str:
+    return html.fmt_value(value, unit if unit in html.UNITS else "count", currency)
+
+
+def _attainment(value: object) -> str:
+    return html.fmt_value(value * 100 if not html.is_missing(value) else value, "pct")  # type: ignore[operator]
+
+
+def headline(rpt: Any) -> str:
+    """The subject's headline: bookings against target, and 'fix the data first' when a trust check fails."""
+    att = rpt.value("quota_attainment")
+    words = f"bookings at {att:.0f} % of target" if att == att else "no bookings target for the period"
+    return f"{words} · fix the data first" if rpt.trust_status() == "fail" else words
+
+
+def subject(rpt: Any) -> str:
+    """The email's subject line: owner, cadence, period and headline."""
+    return clean_header(f"{rpt.name} · {rpt.cadence} report {rpt.closed}: {headline(rpt)}")
+
+
+def _offenders(rpt: Any) -> pd.DataFrame:
+    """The largest offending deals of the owner's scope, one row per deal, at most OFFENDERS_SHOWN."""
+    off = rpt.offenders()
+    t = rpt.cube.trust
+    failing = t.loc[(t["owner_id"] == rpt.owner_id) & (t["status"] == "fail"), "check"]
+    off = off[off["check"].isin(set(failing))]
+    if off.empty:
+        return off
+    shown = off["opportunity_id"].drop_duplicates().head(OFFENDERS_SHOWN)  # rows come largest deal first
+    off = off[off["opportunity_id"].isin(set(shown))]
+    first = off.groupby("opportunity_id", sort=False).first().reset_index()
+    first["detail"] = off.groupby("opportunity_id", sort=False)["detail"].agg(
+        lambda s: "; ".join(dict.fromkeys(map(str, s)))).to_numpy()
+    names = rpt.cube.owners.set_index("owner_id")["name"]
+    first["owner"] = first["owner_id"].map(names).fillna(first["owner_id"])
+    return first.head(OFFENDERS_SHOWN)
+
+
+def _failing_checks(rpt: Any) -> list[str]:
+    t = rpt.cube.trust
+    return t.loc[(t["owner_id"] == rpt.owner_id) & (t["status"] == "fail"), "label"].astype(str).tolist()
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What an owner's email says, read once from the report: trust status, failing checks and deals, KPI rows."""
+
+    trust: str
+    failing: list[str]
+    offenders: pd.DataFrame
+    kpis: pd.DataFrame
+    currency: str
+
+
+def read_facts(rpt: Any) -> Facts:
+    """The facts of an owner's email, from their report."""
+    status = rpt.trust_status()
+    failing = status == "fail"
+    return Facts(status, _failing_checks(rpt) if failing else [], _offenders(rpt) if failing else pd.DataFrame(),
+                 rpt.kpi_rows(rpt.above_the_line_ids()), rpt.currency)
+
+
+def _e(text: object) -> str:
+    return str(escape("" if text is None else str(text)))
+
+
+def _trust_html(f: Facts) -> str:
+    status = f.trust
+    if status == "pass":
+        return (f'<p style="{_FONT}margin:12px 0;padding:10px 12px;background:#e8f5e9;border-left:4px solid '
+                f'{STATUS_COLOURS["green"]};">The numbers can be trusted: every trust check passes.</p>')
+    if status == "warn":
+        return (f'<p style="{_FONT}margin:12px 0;padding:10px 12px;background:#fff8e1;border-left:4px solid '
+                f'{STATUS_COLOURS["amber"]};"><b>Check the data:</b> some trust checks warn; the deals are listed '
+                "in the attached report.</p>")
+    off = f.offenders
+    rows = "".join(
+        f'<tr><td style="{_TD}">{_e(r.name)}<br><span style="color:#6b6b6b;">{_e(r.opportunity_id)} · '
+        f'{_e(r.owner)}</span></td><td style="{_TD}text-align:right;white-space:nowrap;">'
+        f'{_e(_fmt(r.amount, "currency", f.currency))}</td><td style="{_TD}">{_e(r.detail)}</td></tr>'
+        for r in off.itertuples())
+    table = (f'<table role="presentation" cellpadding="0" cellspacing="0" style="{_FONT}font-size:13px;'
+             f'border-collapse:collapse;width:100%;margin-top:8px;background:#ffffff;"><tr>'
+             f'<th align="left" style="{_TD}">Deal</th><th align="right" style="{_TD}">Amount</th>'
+             f'<th align="left" style="{_TD}">What is wrong</th></tr>{rows}</table>') if rows else ""
+    return (f'<div style="{_FONT}margin:12px 0;padding:10px 12px;background:#fdecea;border-left:4px solid '
+            f'{STATUS_COLOURS["red"]};"><p style="margin:0 0 4px 0;font-size:16px;"><b>Fix the data first</b></p>'
+            f'<p style="margin:0;">These checks fail: {_e(", ".join(f.failing))}. Correct these deals '
+            f"in the CRM before deciding anything else"
+            f"{f' (the {len(off)} largest shown)' if len(off) else ''}.</p>{table}</div>")
+
+
+def _kpi_html(f: Facts) -> str:
+    body = []
+    for r in f.kpis.itertuples():
+        colour = STATUS_COLOURS.get(str(r.status), STATUS_COLOURS["none"])
+        value = _fmt(r.value, r.unit, f.currency) if not html.is_missing(r.value) else (r.na_reason or "—")
+        body.append(
+            f'<tr><td style="{_TD}">{_e(r.label)}</td>'
+            f'<td style="{_TD}text-align:right;white-space:nowrap;"><b>{_e(value)}</b></td>'
+            f'<td style="{_TD}text-align:right;white-space:nowrap;">{_e(_fmt(r.target, r.unit, f.currency))}</td>'
+            f'<td style="{_TD}text-align:right;white-space:nowrap;">{_e(_attainment(r.attainment))}</td>'
+            f'<td style="{_TD}"><span style="display:inline-block;padding:2px 8px;border-radius:10px;'
+            f'background:{colour};color:#ffffff;font-size:12px;white-space:nowrap;">'
+            f'{_e(STATUS_WORDS.get(str(r.status), str(r.status)))}</span></td></tr>')
+    head = "".join(f'<th align="{a}" style="{_TD}color:#6b6b6b;font-weight:normal;">{t}</th>'
+                   for t, a in (("KPI", "left"), ("Value", "right"), ("Target", "right"), ("Attainment", "right"),
+                                ("Status", "left")))
+    return (f'<table role="presentation" cellpadding="0" cellspacing="0" style="{_FONT}font-size:14px;'
+            f'border-collapse:collapse;width:100%;"><tr>{head}</tr>{"".join(body)}</table>')
+
+
+def _kpi_text(f: Facts) -> str:
+    return "\n".join(
+        f"- {r.label}: {_fmt(r.value, r.unit, f.currency) if not html.is_missing(r.value) else r.na_reason or '—'}"
+        f" (target {_fmt(r.target, r.unit, f.currency)}, attainment {_attainment(r.attainment)}, "
+        f"{STATUS_WORDS.get(str(r.status), str(r.status))})" for r in f.kpis.itertuples())
+
+
+def _trust_text(f: Facts) -> str:
+    status = f.trust
+    if status == "pass":
+        return "The numbers can be trusted: every trust check passes."
+    if status == "warn":
+        return "Check the data: some trust checks warn; the deals are listed in the attached report."
+    lines = [f"FIX THE DATA FIRST. These checks fail: {', '.join(f.failing)}.",
+             "Correct these deals in the CRM before deciding anything else:"]
+    lines += [f"- {r.name} ({r.opportunity_id}, {r.owner}), {_fmt(r.amount, 'currency', f.currency)}: {r.detail}"
+              for r in f.offenders.itertuples()]
+    return "\n".join(lines)
+
+
+def _html_to_text(fragment: str) -> str:
+    """Readable plain text of a small HTML fragment (rows and list items on their own lines)."""
+    text = re.sub(r"(?i)<\s*(br|/tr|/li|/p|/h\d)\s*/?>", "\n", fragment)
+    text = re.sub(r"(?i)<\s*li[^>]*>", "- ", text)
+    text = re.sub(r"(?i)</t[dh]>", " ", text)
+    text = _html.unescape(re.sub(r"<[^>]+>", "", text))
+    return "\n".join(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
+def plain_text(rpt: Any, *, link_url: str | None, actions_html: str = "", attached: bool = True,
+               facts: Facts | None = None) -> str:
+    """The plain-text alternative of the email."""
+    f = facts or read_facts(rpt)
+    parts = [f"{clean_header(rpt.name)} · {rpt.cadence} report",
+             f"Closed period {rpt.closed} · forward look {rpt.forward} · as of {rpt.as_of}", "",
+             _trust_text(f), "", "Above the line", _kpi_text(f), ""]
+    if actions_html:
+        parts += ["Open actions", _html_to_text(actions_html), ""]
+    if link_url:
+        parts += [f"Your live report: {link_url}", ""]
+    if attached:
+        parts.append("The full interactive report is attached: open it in a web browser.")
+    return "\n".join(parts) + "\n"
+
+
+def html_body(rpt: Any, *, link_url: str | None, images: Mapping[str, bytes], actions_html: str = "",
+              alts: Mapping[str, str] | None = None, attached: bool = True, facts: Facts | None = None) -> str:
+    """The HTML body: inline styles only, charts as cid: images, no script and no remote content."""
+    from spm_lib.deliver.images import png_size
+
+    f = facts or read_facts(rpt)
+    charts = []
+    for cid, png in images.items():
+        w, h = png_size(png)
+        alt = (alts or {}).get(cid) or "Chart"
+        charts.append(f'<tr><td style="padding:8px 0;"><img src="cid:{_e(cid)}" alt="{_e(alt)}" '
+                      f'width="{CHART_WIDTH}" height="{round(h * CHART_WIDTH / w)}" '
+                      f'style="display:block;width:100%;max-width:{CHART_WIDTH}px;height:auto;border:0;"></td></tr>')
+    link = (f'<p style="{_FONT}margin:20px 0;"><a href="{_e(link_url)}" style="display:inline-block;'
+            f'padding:10px 18px;background:#4c78a8;color:#ffffff;text-decoration:none;border-radius:4px;">'
+            f'Open your live report</a></p>') if link_url else ""
+    actions = (f'<h2 style="{_FONT}font-size:16px;margin:20px 0 6px 0;">Open actions</h2>'
+               f'<div style="{_FONT}font-size:14px;">{actions_html}</div>') if actions_html else ""
+    foot = ("The full interactive report is attached: open it in a web browser." if attached else "")
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><meta name="viewport" '
+        'content="width=device-width,initial-scale=1"><title>' + _e(subject(rpt)) + "</title></head>"
+        '<body style="margin:0;padding:0;background:#f4f4f4;">'
+        '<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="background:#f4f4f4;">'
+        '<tr><td align="center" style="padding:16px 8px;">'
+        '<table role="presentation" width="640" cellpadding="0" cellspacing="0" style="max-width:640px;width:100%;'
+        'background:#ffffff;"><tr><td style="padding:20px 20px 8px 20px;color:#2b2b2b;">'
+        f'<h1 style="{_FONT}font-size:22px;margin:0 0 4px 0;">{_e(rpt.name)}</h1>'
+        f'<p style="{_FONT}font-size:13px;color:#6b6b6b;margin:0;">{_e(LEVEL_TITLES.get(rpt.level, rpt.level))} · '
+        f"{_e(rpt.cadence)} report · closed period <b>{_e(rpt.closed)}</b> · forward look "
+        f"<b>{_e(rpt.forward)}</b> · as of {_e(rpt.as_of)}</p>"
+        f"{_trust_html(f)}"
+        f'<h2 style="{_FONT}font-size:16px;margin:20px 0 6px 0;">Above the line</h2>{_kpi_html(f)}'
+        f'<table role="presentation" width="100%" cellpadding="0" cellspacing="0">{"".join(charts)}</table>'
+        f"{actions}{link}"
+        f'<p style="{_FONT}font-size:12px;color:#6b6b6b;margin:16px 0;">{foot}</p>'
+        "</td></tr></table></td></tr></table></body></html>")
+
+
+def content_hash(text: str, attachment: str | bytes | None, parts: Sequence[bytes]) -> str:
+    """A digest of what an email says (its text without the link, the attached report, the charts)."""
+    h = hashlib.sha256()
+    for chunk in (text.encode("utf-8"), _as_bytes(attachment), *parts):
+        h.update(len(chunk).to_bytes(8, "big"))
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _as_bytes(data: str | bytes | None) -> bytes:
+    return b"" if data is None else data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+def email_digest(rpt: Any, facts: Facts, actions_html: str, report: bytes | None,
+                 figs: Mapping[str, dict[str, Any]]) -> str:
+    """The content hash of an owner's email: what it says, the report it attaches, the charts it shows."""
+    text = plain_text(rpt, link_url=None, actions_html=actions_html, attached=report is not None, facts=facts)
+    return content_hash(text, report, [_canonical(f) for f in figs.values()])
+
+
+def message_token(rpt: Any, digest: str) -> str:
+    """A stable token of (run folder, owner, content): the Message-ID's and the content ids' local part."""
+    return hashlib.sha256(f"{rpt.cadence}/{rpt.as_of}\0{rpt.owner_id}\0{digest}".encode()).hexdigest()[:32]
+
+
+def chart_cid(cfg: Config, token: str, key: str) -> str:
+    """The content id of one chart of one email."""
+    return f"{re.sub(r'[^a-z0-9-]', '-', key.lower())}.{token[:16]}@{_domain(cfg)}"
+
+
+def _encoded_part(data: bytes, content_type: str, *, disposition: str, filename: str,
+                  cid: str | None = None) -> MIMEPart:
+    """A MIME part holding `data` base64-encoded in one C call (the email package encodes 57 bytes at a time)."""
+    part = MIMEPart(policy=policy.SMTP)
+    part["Content-Type"] = content_type
+    part.add_header("Content-Disposition", disposition, filename=filename)
+    if cid:
+        part["Content-ID"] = f"<{cid}>"
+    part["Content-Transfer-Encoding"] = "base64"
+    part.set_payload(base64.encodebytes(data).decode("ascii").replace("\n", policy.SMTP.linesep))
+    return part
+
+
+def build_message(cfg: Config, rpt: Any, *, to: Address | str | Sequence[Address | str],
+                  cc: Sequence[Address | str] = (), link_url: str | None, images: Mapping[str, bytes],
+                  attachment_html: str | bytes | None, actions_html: str = "",
+                  alts: Mapping[str, str] | None = None, digest: str | None = None,
+                  facts: Facts | None = None) -> EmailMessage:
+    """One owner's email: subject, HTML body with inline charts (cid → PNG), plain-text alternative, report attached."""
+    to_list = _as_addresses(to, f"owner {rpt.owner_id!r}")
+    if not to_list:
+        raise DeliveryError(f"owner {rpt.owner_id!r}: no recipient")
+    cc_list = _as_addresses(list(cc), f"owner {rpt.owner_id!r} (cc)")
+    attach = attachment_html if cfg.delivery.attach_report else None
+    f = facts or read_facts(rpt)
+    text = plain_text(rpt, link_url=link_url, actions_html=actions_html, attached=attach is not None, facts=f)
+    if digest is None:
+        digest = content_hash(plain_text(rpt, link_url=None, actions_html=actions_html, attached=attach is not None,
+                                         facts=f), attach, list(images.values()))
+    token = message_token(rpt, digest)
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["Subject"] = subject(rpt)
+    msg["From"] = clean_header(cfg.delivery.from_address)
+    msg["To"] = to_list
+    if cc_list:
+        msg["Cc"] = cc_list
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = f"<{token}@{_domain(cfg)}>"
+    msg["X-SPM-Run"] = clean_header(f"{rpt.cadence}/{rpt.as_of}")
+    msg["X-SPM-Content-Hash"] = digest
+    msg.set_content(text)
+    msg.add_alternative(html_body(rpt, link_url=link_url, images=images, actions_html=actions_html, alts=alts,
+                                  attached=attach is not None, facts=f), subtype="html")
+    body = msg.get_payload()[1]  # type: ignore[index]
+    assert isinstance(body, EmailMessage)
+    if images:
+        body.make_related()
+        for cid, png in images.items():
+            body.attach(_encoded_part(png, "image/png", disposition="inline", cid=cid,
+                                      filename=f"{cid.split('.', 1)[0]}.png"))
+    if attach is not None:
+        from spm_lib.batch.runner import safe_name
+
+        msg.make_mixed()
+        msg.attach(_encoded_part(_as_bytes(attach), 'text/html; charset="utf-8"', disposition="attachment",
+                                 filename=f"{safe_name(rpt.owner_id)}-{rpt.cadence}-{rpt.as_of}.html"))
+    for i, part in enumerate(p for p in msg.walk() if p.is_multipart()):
+        part.set_boundary(f"=_spm_{token}_{i}")  # unique already: the generator need not search the text for it
+    return msg
+
+
+# ---------------------------------------------------------------- the charts of an email
+def read_figures(rpt: Any, report_html: str | Path) -> dict[str, dict[str, Any]]:
+    """The owner's email charts saved by `spm run` (drawn from the report when the run predates that file)."""
+    path = figures_path(report_html)
+    text = path.read_text(encoding="utf-8") if path.is_file() else figures_json(rpt)
+    try:
+        figs = json.loads(text)
+    except ValueError as e:
+        raise DeliveryError(f"{path}: the email charts cannot be read ({e}); render the report again with "
+                            f"`spm run --cadence {rpt.cadence} --as-of {rpt.as_of} --owner {rpt.owner_id}`") from None
+    return {k: figs[k] for k in EMAIL_CHARTS if k in figs}
+
+
+def _canonical(fig: dict[str, Any]) -> bytes:
+    return json.dumps(fig, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _alt(fig: dict[str, Any], key: str) -> str:
+    title = fig.get("layout", {}).get("title")
+    title = title.get("text") if isinstance(title, dict) else title
+    return clean_header(_html.unescape(re.sub(r"<[^>]+>", " ", str(title)))) if title else key.replace("-", " ")
+
+
+def _figure_height(fig: dict[str, Any]) -> int:
+    h = fig.get("layout", {}).get("height")
+    return int(h) if h else 300
+
+
+# ---------------------------------------------------------------- sending a run
+@dataclass
+class Summary:
+    """What `send_all` did: owners sent (or written, in a dry run), skipped, failed, or of unknown state."""
+
+    run_key: str
+    generation: int
+    dry_run: bool
+    sent: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed and no email is of unknown state."""
+        return not self.failed and not self.unknown
+
+    def text(self) -> str:
+        """The summary in words, for the terminal and the operator's email."""
+        verb = "written as .eml (dry run)" if self.dry_run else "sent"
+        lines = [f"{self.run_key} (generation {self.generation}): {len(self.sent)} {verb}, "
+                 f"{len(self.skipped)} skipped, {len(self.failed)} failed, {len(self.unknown)} unknown"]
+        lines += [f"  failed  {o}: {why}" for o, why in sorted(self.failed.items())]
+        lines += [f"  unknown {o}: left 'sending' by an interrupted send; check the mailbox, then send again "
+                  "with --resend-unknown if it did not arrive" for o in self.unknown]
+        lines += [f"  skipped {o}: {why}" for o, why in sorted(self.skipped.items())]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@contextmanager
+def _project_env(root: Path) -> Iterator[None]:
+    """SPM_PROJECT_DIR set to `root` while reports are read (Report reads the config of the project)."""
+    old = os.environ.get("SPM_PROJECT_DIR")
+    os.environ["SPM_PROJECT_DIR"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SPM_PROJECT_DIR", None)
+        else:
+            os.environ["SPM_PROJECT_DIR"] = old
+
+
+@contextmanager
+def _send_log(run_dir: Path) -> Iterator[None]:
+    handler = logging.FileHandler(run_dir / "send.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        handler.close()
+
+
+def _actions_html(cfg: Config, rpt: Any) -> str:
+    """The owner's open actions as a small inline-styled list ('' when there are none)."""
+    try:
+        from spm_lib.state import actions
+    except ImportError:
+        return ""
+    df = actions.for_report(cfg, rpt.owner_id, rpt.cadence, rpt.as_of)
+    df = df[df["status"] == "open"]
+    late = ' <b style="color:#d73027;">overdue</b>'
+    items = [f'<li style="margin:2px 0;">{_e(r.text)} — due {_e(str(r.due_date)[:10])}'
+             f'{late if bool(r.overdue) else ""}</li>' for r in df.itertuples()]
+    return f'<ul style="margin:0;padding-left:20px;">{"".join(items)}</ul>' if items else ""
+
+
+def _link(cfg: Config, rpt: Any, secret: str | None) -> str | None:
+    if not secret:
+        return None
+    from spm_lib.domain import links
+
+    expires = datetime.now(UTC) + timedelta(days=cfg.live.link_days)
+    token = links.sign(secret, rpt.owner_id, rpt.cadence, date.fromisoformat(rpt.as_of), expires)
+    return links.link_url(cfg, token)
+
+
+def _recipients(cfg: Config, owners: pd.DataFrame, owner_id: str) -> tuple[list[Address], list[Address]]:
+    """To and Cc of an owner's email (redirect_to and cc_leader applied); DeliveryError for a bad address."""
+    row = owners.loc[owner_id]
+    who = f"owner {owner_id!r}"
+    if cfg.delivery.redirect_to:
+        return [make_address(row.get("name"), cfg.delivery.redirect_to, who="delivery.redirect_to")], []
+    to = [make_address(row.get("name"), row.get("email"), who=who)]
+    cc: list[Address] = []
+    manager = row.get("manager_id")
+    if cfg.delivery.cc_leader and isinstance(manager, str) and manager in owners.index:
+        m = owners.loc[manager]
+        if m.get("active") is not False and not html.is_missing(m.get("email")):
+            cc.append(make_address(m.get("name"), m.get("email"), who=f"{who}'s leader {manager!r}"))
+    return to, cc
+
+
+def _skip_reason(cfg: Config, owners: pd.DataFrame, entry: Mapping[str, Any] | None, owner_id: str,
+                 report: Path) -> str | None:
+    """Why an owner gets no email from this run (None: they get one)."""
+    if owner_id in cfg.delivery.exclude:
+        return "excluded (delivery.exclude)"
+    active = owners.loc[owner_id, "active"] if "active" in owners.columns else None
+    if active is not None and not bool(active):
+        return "inactive owner (owners.active is false)"
+    if entry is None:
+        return "no report in this run (render it with `spm run`)"
+    if entry.get("status") != "ok":
+        return f"its report failed to render: {entry.get('error') or 'see run.log'}"
+    if not report.is_file():
+        return f"its report {report} is missing; render it again with `spm run --resume`"
+    return None
+
+
+def _recipient_key(cfg: Config, owners: pd.DataFrame, owner_id: str) -> str:
+    """The addresses an owner's email would go to, as given (before validation): what the ledger remembers."""
+    if cfg.delivery.redirect_to:
+        return clean_header(cfg.delivery.redirect_to)
+    row = owners.loc[owner_id]
+    key = clean_header(row.get("email"))
+    manager = row.get("manager_id")
+    if cfg.delivery.cc_leader and isinstance(manager, str) and manager in owners.index:
+        key += f", cc {clean_header(owners.loc[manager].get('email'))}"
+    return key
+
+
+def _ledger_decision(history: pd.DataFrame, generation: int, recipients: str, resend_unknown: bool) -> str:
+    """What the ledger says of an owner: send, unknown, sent (this generation), sent-before or refused."""
+    if (history["status"] == "sending").any() and not resend_unknown:
+        return "unknown"
+    sent = history[history["status"] == "sent"]
+    if (sent["generation"] == generation).any():
+        return "sent"
+    if not sent.empty:
+        return "sent-before"
+    last = history.sort_values("updated_at").tail(1)
+    if not last.empty and last["status"].iloc[0] == "failed" and bool(last["permanent"].iloc[0]) \
+            and last["recipients"].iloc[0] == recipients:
+        return "refused"
+    return "send"
+
+
+class Unsent(DeliveryError):
+    """Some owners' emails of a send failed or are of unknown state; the operator has the summary."""
+
+    def __init__(self, summary: Summary) -> None:
+        super().__init__(summary.text())
+        self.summary = summary
+
+
+@dataclass
+class _Todo:
+    """An owner to email: their report job, what the ledger says ('send' or 'sent-before') and the recipients."""
+
+    job: Any
+    decision: str
+    recipients: str
+
+
+@dataclass
+class _Built:
+    """An owner's email, ready to hand over."""
+
+    raw: bytes
+    message_id: str
+    digest: str
+    addresses: list[str]
+
+
+@dataclass
+class _Run:
+    """What preparing each owner's email needs from its run."""
+
+    cfg: Config
+    run_dir: Path
+    cadence: str
+    owners: pd.DataFrame
+    secret: str | None
+    exporter: Any
+    before: dict[str, tuple[int, str]]  # owner -> (generation, content hash) of the last email sent
+
+
+def _prepare(run: _Run, todo: _Todo) -> _Built | str:
+    """Build one owner's email (charts drawn from the figures `spm run` saved); a str says why it is not needed."""
+    from spm_lib.deliver.images import Chart, ImageError
+    from spm_lib.report.core import load
+
+    cfg, oid = run.cfg, todo.job.owner_id
+    rpt = load(oid, run.cadence, run_dir=run.run_dir)
+    facts = read_facts(rpt)
+    figs = read_figures(rpt, todo.job.html)
+    actions = _actions_html(cfg, rpt)
+    report = Path(todo.job.html).read_bytes() if cfg.delivery.attach_report else None
+    digest = email_digest(rpt, facts, actions, report, figs)
+    if todo.decision == "sent-before" and run.before.get(oid, (0, ""))[1] == digest:
+        return "already sent, and its report has not changed"
+    to, cc = _recipients(cfg, run.owners, oid)
+    token = message_token(rpt, digest)
+    run.exporter.open()
+    drawn = run.exporter.pngs([Chart(f, CHART_WIDTH, _figure_height(f), CHART_SCALE) for f in figs.values()])
+    images, alts = {}, {}
+    for (key, fig), png in zip(figs.items(), drawn, strict=True):
+        if isinstance(png, ImageError):
+            raise ImageError(f"chart {key!r}: {png}")
+        cid = chart_cid(cfg, token, key)
+        images[cid], alts[cid] = png, _alt(fig, key)
+    msg = build_message(cfg, rpt, to=to, cc=cc, link_url=_link(cfg, rpt, run.secret), images=images,
+                        attachment_html=report, actions_html=actions, alts=alts, digest=digest, facts=facts)
+    return _Built(message_bytes(msg), str(msg["Message-ID"]), digest, [a.addr_spec for a in [*to, *cc]])
+
+
+def ahead(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[T, R | Exception]]:
+    """(item, fn(item) or the exception it raised) for each item; fn runs one item ahead in a background thread.
+
+    The caller hands one email to the server while the next is prepared. Close the iterator (`closing`) when
+    stopping early: that waits for the item being prepared.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-send-prepare")
+    try:
+        pending: Future[R] | None = pool.submit(fn, items[0]) if items else None
+        for i, item in enumerate(items):
+            assert pending is not None
+            current, pending = pending, (pool.submit(fn, items[i + 1]) if i + 1 < len(items) else None)
+            try:
+                result: R | Exception = current.result()
+            except Exception as e:  # noqa: BLE001 handed to the caller with its item
+                result = e
+            yield item, result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_eml(path: Path, raw: bytes) -> str:
+    from spm_lib.batch.export import write_atomic
+
+    return str(write_atomic(path, raw.decode("utf-8", "surrogateescape")))
+
+
+def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str | None = None,
+             dry_run: bool = False, resend_unknown: bool = False, resend_changed: bool = False,
+             progress: bool = True, on_sent: Callable[[str], None] | None = None,
+             pace: Pace | None = None) -> Summary:
+    """Email every owner of a run their report (or one owner / one level); never twice; a dry run writes .eml files."""
+    from tqdm import tqdm
+
+    from spm_lib.batch.runner import plan, safe_name
+    from spm_lib.deliver.images import Exporter, ImageError
+    from spm_lib.store.runfolder import has_cube, locked
+
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / "manifest.json"
+    if not has_cube(run_dir) or not manifest_path.is_file():
+        raise RunError(f"{run_dir} holds no rendered run: run `spm run --cadence {run_dir.parent.name} "
+                       f"--as-of {run_dir.name}` first")
+    with locked(run_dir), _project_env(cfg.root), _send_log(run_dir):
+        manifest = json.loads(manifest_path.read_text())
+        cube_id = json.loads((run_dir / "cube.json").read_text()).get("run_id")
+        if manifest.get("run_id") != cube_id:
+            raise RunError(f"{run_dir}: the cube was recomputed after the reports were rendered; render them "
+                           f"again with `spm run --cadence {run_dir.parent.name} --as-of {run_dir.name}` first")
+        cadence = str(manifest.get("cadence") or run_dir.parent.name)
+        run_key = f"{cadence}/{manifest.get('as_of') or run_dir.name}"
+        generation, run_id = int(manifest.get("generation", 1)), str(manifest["run_id"])
+        summary = Summary(run_key, generation, dry_run)
+        jobs = plan(cfg, run_dir, cadence, level=level, owner=owner)
+        owners = pd.read_parquet(run_dir / "owners.parquet").astype({"owner_id": "str"}).set_index("owner_id")
+        if "active" in owners:  # True / False / None (unknown counts as active)
+            owners["active"] = owners["active"].astype(object).where(owners["active"].notna(), None)
+        history = ledger.rows(cfg, run_key)
+        secret = links.check_secret(os.environ["SPM_LINK_SECRET"]) if os.environ.get("SPM_LINK_SECRET") else None
+        if secret is None:
+            summary.notes.append("SPM_LINK_SECRET is not set: the emails carry no link to the live report")
+        todo = _plan_sends(cfg, jobs, owners, manifest, history, generation, summary,
+                           resend_unknown=resend_unknown, resend_changed=resend_changed)
+        out_dir = run_dir / "email"
+        sender = None if dry_run else SmtpSender(cfg)
+        pace = pace or Pace(cfg.delivery.rate_per_minute)
+        exporter = Exporter()
+        run = _Run(cfg, run_dir, cadence, owners, secret, exporter, ledger.last_sent(cfg, run_key))
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{cadence} emails", unit="email",
+                   disable=not progress)
+        try:
+            with closing(ahead(lambda t: _prepare(run, t), todo)) as prepared:
+                for item, built in prepared:
+                    oid = item.job.owner_id
+                    bar.update(1)
+                    if isinstance(built, str):
+                        summary.skipped[oid] = built
+                        continue
+                    if isinstance(built, DeliveryError | ImageError):
+                        summary.failed[oid] = str(built)
+                        log.error("%s not sent: %s", oid, built)
+                        if not dry_run:  # an invalid address stays refused until it changes; a bad image is retried
+                            ledger.plan(cfg, run_key, generation, oid, run_id=run_id, message_id="", content_hash="",
+                                        recipients=item.recipients)
+                            ledger.mark_failed(cfg, run_key, generation, oid, str(built),
+                                               permanent=not isinstance(built, ImageError))
+                        continue
+                    if isinstance(built, Exception):
+                        raise built
+                    if dry_run:
+                        summary.written.append(_write_eml(out_dir / f"{safe_name(oid)}.eml", built.raw))
+                        summary.sent.append(oid)
+                        continue
+                    assert sender is not None
+                    if _send_one(cfg, sender, pace, summary, item, built, run_key, generation, run_id) \
+                            and on_sent is not None:
+                        on_sent(oid)
+            _operator_summary(cfg, summary, sender, out_dir)
+        finally:
+            bar.close()
+            exporter.close()
+            if sender is not None:
+                sender.close()
+        log.info("%s", summary.text())
+        return summary
+
+
+def _plan_sends(cfg: Config, jobs: Sequence[Any], owners: pd.DataFrame, manifest: Mapping[str, Any],
+                history: pd.DataFrame, generation: int, summary: Summary, *, resend_unknown: bool,
+                resend_changed: bool) -> list[_Todo]:
+    """The owners to email now; the others are recorded in `summary` with the reason."""
+    todo = []
+    for job in jobs:
+        oid = job.owner_id
+        why = _skip_reason(cfg, owners, manifest.get("owners", {}).get(oid), oid, Path(job.html))
+        if why:
+            (summary.failed if why.startswith("its report") else summary.skipped)[oid] = why
+            continue
+        recipients = _recipient_key(cfg, owners, oid)
+        mine = history[history["owner_id"] == oid]
+        decision = _ledger_decision(mine, generation, recipients, resend_unknown)
+        if decision == "unknown":
+            summary.unknown.append(oid)
+        elif decision == "refused":
+            summary.skipped[oid] = (f"refused earlier ({mine.sort_values('updated_at')['error'].iloc[-1]}); "
+                                    "fix the address in the CRM or delivery config")
+        elif decision == "sent" or (decision == "sent-before" and not resend_changed):
+            summary.skipped[oid] = "already sent" + (" (use --resend-changed to send a changed report)"
+                                                     if decision == "sent-before" else "")
+        else:
+            todo.append(_Todo(job, decision, recipients))
+    return todo
+
+
+def _send_one(cfg: Config, sender: SmtpSender, pace: Pace, summary: Summary, item: _Todo, built: _Built,
+              run_key: str, generation: int, run_id: str) -> bool:
+    """Hand one owner's email to the server, its ledger row going pending -> sending -> sent | failed: True if sent."""
+    oid = item.job.owner_id
+    ledger.plan(cfg, run_key, generation, oid, run_id=run_id, message_id=built.message_id,
+                content_hash=built.digest, recipients=item.recipients)
+    ledger.mark_sending(cfg, run_key, generation, oid)
+    pace.wait()
+    try:
+        tries, refused = sender.send(built.raw, built.addresses)
+    except DeliveryError as e:
+        ledger.mark_failed(cfg, run_key, generation, oid, str(e), tries=getattr(e, "tries", 1),
+                           permanent=getattr(e, "permanent", False))
+        summary.failed[oid] = str(e)
+        log.error("%s failed: %s", oid, e)
+        if not isinstance(e, SendFailed):  # the server cannot be used at all (e.g. login refused)
+            raise
+        return False
+    ledger.mark_sent(cfg, run_key, generation, oid, ("refused: " + ", ".join(refused)) if refused else None,
+                     tries=tries)
+    summary.sent.append(oid)
+    log.info("%s sent to %s (%s, %d attempt(s))", oid, ", ".join(built.addresses), built.message_id, tries)
+    return True
+
+
+def notify_operator(cfg: Config, subject_line: str, text: str, *, sender: SmtpSender | None = None,
+                    out_dir: Path | None = None) -> str | None:
+    """Mail `text` to delivery.operator_email (an .eml in `out_dir` instead, for a dry run); a note when it failed."""
+    to = cfg.delivery.operator_email
+    if not to:
+        return None
+    try:
+        addr = make_address("SPM operator", to, who="delivery.operator_email")
+    except DeliveryError as e:
+        return str(e)
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["Subject"] = clean_header(subject_line)
+    msg["From"] = clean_header(cfg.delivery.from_address)
+    msg["To"] = addr
+    msg["Date"] = formatdate(localtime=False)
+    msg.set_content(text.rstrip("\n") + "\n")
+    if out_dir is not None:
+        _write_eml(out_dir / "_operator-summary.eml", message_bytes(msg))
+        return None
+    try:
+        if sender is not None:
+            sender.send(msg, [addr.addr_spec])
+        else:
+            with SmtpSender(cfg) as own:
+                own.send(msg, [addr.addr_spec])
+    except DeliveryError as e:
+        return f"the message to the operator could not be mailed to {to}: {e}"
+    return None
+
+
+def _operator_summary(cfg: Config, summary: Summary, sender: SmtpSender | None, out_dir: Path) -> None:
+    """Mail the run's summary to delivery.operator_email when anything was sent, failed or is unknown."""
+    if not (summary.sent or summary.failed or summary.unknown):
+        return
+    bad = f", {len(summary.failed)} FAILED" if summary.failed else ""
+    note = notify_operator(cfg, f"SPM send {summary.run_key}: {len(summary.sent)} sent{bad}"
+                           f"{f', {len(summary.unknown)} unknown' if summary.unknown else ''}", summary.text(),
+                           sender=sender, out_dir=out_dir if sender is None else None)
+    if note:
+        summary.notes.append(note)

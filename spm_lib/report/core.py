@@ -1,0 +1,745 @@
+"""The API report templates call: load one owner's slice of a run, then one call per agenda section (SPEC §8).
+
+A template runs in three modes with the same cells: batch (papermill injects the parameters), live (Voila) and
+authoring (Lab or nbval: defaults). Every section returns an object that displays itself as static HTML
+(plotly figures as HTML with the report's single plotly.js bundle; CRM text escaped).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+from markupsafe import Markup, escape
+
+from spm_lib.engine.cube import Cube, read_cube
+from spm_lib.errors import OrgError, RunError, did_you_mean
+from spm_lib.metrics import kpis as registry
+from spm_lib.report import charts
+from spm_lib.report import markup as html
+from spm_lib.report.actions_view import actions_html
+from spm_lib.util.frames import isin
+
+LEVEL_TITLES = {"rep": "Sales executive", "manager": "Manager", "director": "Director", "executive": "Executive"}
+CADENCE_FOCUS = {
+    "weekly": "this week's activity and the deals to move",
+    "monthly": "activity level and focus, deals to push, data to fix",
+    "quarterly": "priorities, resource shifts and next quarter's targets",
+    "annual": "targets, structure, budget and strategy for next year",
+}
+_CACHE: dict[Path, tuple[str, Cube]] = {}
+_SCOPE_INDEX: dict[int, dict[str, object]] = {}
+_KPIS_BY_OWNER: dict[int, dict[str, pd.DataFrame]] = {}
+
+
+def owner_kpis(cube: Cube, owner_id: str) -> pd.DataFrame:
+    """The KPI rows of one owner (the cube's rows split by owner once per cube)."""
+    split = _KPIS_BY_OWNER.get(id(cube))
+    if split is None:
+        split = {str(k): g for k, g in cube.kpis.groupby("owner_id", sort=False)}
+        _KPIS_BY_OWNER.clear()
+        _KPIS_BY_OWNER[id(cube)] = split
+    return split.get(owner_id, cube.kpis.iloc[0:0])
+
+
+def worst_trust(trust: pd.DataFrame) -> pd.Series:
+    """The worst trust status (fail, warn, pass) of each owner's scope, indexed by owner id."""
+    rank = trust["status"].map({"fail": 2, "warn": 1}).fillna(0)
+    worst = rank.groupby(trust["owner_id"].astype(str)).max()
+    return worst.map({2: "fail", 1: "warn", 0: "pass"})
+
+
+def owner_trust(cube: Cube, owner_id: str) -> str:
+    """The worst trust status of one owner's scope in a cube: fail, warn or pass."""
+    return str(worst_trust(cube.trust[cube.trust["owner_id"] == owner_id]).get(owner_id, "pass"))
+
+
+TRUST_BADGE = {"pass": "green", "warn": "amber", "fail": "red", "not_available": "none"}
+TRUST_BANNER = {"pass": "success", "warn": "warning", "fail": "error"}
+
+
+def _esc(text: object) -> str:
+    return str(escape(str(text)))
+
+
+def _trust_badge(status: object) -> str:
+    s = str(status)
+    return html.badge(TRUST_BADGE.get(s, "none"), s.replace("_", " "))
+
+
+@dataclass
+class Html:
+    """A block of report HTML that Jupyter, nbconvert and Voila display as is."""
+
+    body: str
+
+    def _repr_html_(self) -> str:
+        return self.body
+
+    def __str__(self) -> str:
+        return self.body
+
+
+# ---------------------------------------------------------------- locating the run
+def _project_root() -> Path:
+    from spm_lib.project import project_dir
+
+    return project_dir()
+
+
+def latest_run(cadence: str, root: Path | None = None) -> Path:
+    """The newest run folder of `cadence` that holds a cube."""
+    from spm_lib.store.runfolder import has_cube
+
+    base = (root or _project_root()) / "runs" / cadence
+    runs = sorted(p for p in base.glob("????-??-??") if has_cube(p)) if base.is_dir() else []
+    if not runs:
+        raise RunError(f"no {cadence} run in {base}: run `spm run --cadence {cadence}` (or `make demo`) first")
+    return runs[-1]
+
+
+def load_cube(run_dir: Path) -> Cube:
+    """The cube of a run folder, read once per process and reloaded when the run was recomputed."""
+    run_dir = run_dir.resolve()
+    meta = json.loads((run_dir / "cube.json").read_text())
+    cached = _CACHE.get(run_dir)
+    if cached and cached[0] == meta.get("run_id"):
+        return cached[1]
+    cube = read_cube(run_dir)
+    _CACHE[run_dir] = (str(meta.get("run_id")), cube)
+    return cube
+
+
+def scope_positions(cube: Cube, owner_id: str) -> object:
+    """Row positions in cube.facts of the deals in `owner_id`'s scope (an index built once per cube)."""
+    index = _SCOPE_INDEX.get(id(cube))
+    if index is None:
+        exploded = cube.facts["scope_ids"].explode()
+        pos = pd.Series(range(len(cube.facts)), index=cube.facts.index).reindex(exploded.index).to_numpy()
+        index = {str(k): v for k, v in pd.Series(pos).groupby(exploded.astype(str).to_numpy()).groups.items()}
+        index = {k: pos[list(v)] for k, v in index.items()}
+        _SCOPE_INDEX.clear()
+        _SCOPE_INDEX[id(cube)] = index
+    return index.get(owner_id, [])
+
+
+def load(owner_id: str | None = None, cadence: str | None = None, as_of: str | date | None = None,
+         run_dir: str | Path | None = None, *, level: str | None = None,
+         default_cadence: str = "monthly") -> Report:
+    """Open one owner's report: the given run (or the latest of the cadence) and owner (or the first of `level`).
+
+    Templates call `spm_lib.notebook.load`, which opens a live report instead in a kernel of `spm serve`.
+    """
+    cadence = cadence or default_cadence
+    if run_dir is not None:
+        folder = Path(run_dir)
+    elif as_of is not None:
+        folder = _project_root() / "runs" / cadence / str(as_of)
+    else:
+        folder = latest_run(cadence)
+    from spm_lib.store.runfolder import has_cube
+
+    if not has_cube(folder):
+        raise RunError(f"{folder} holds no cube: run `spm run --cadence {cadence} --as-of {folder.name}` first")
+    cube = load_cube(folder)
+    owners = cube.owners
+    if owner_id is None:
+        pool = owners[owners["level"] == level] if level else owners[owners["manager_id"].isna()]
+        if pool.empty:
+            pool = owners
+        owner_id = str(sorted(pool["owner_id"].astype(str))[0])
+    known = set(owners["owner_id"].astype(str))
+    if str(owner_id) not in known:
+        raise OrgError(f"unknown owner id {owner_id!r} in {folder}{did_you_mean(str(owner_id), known)}")
+    return Report(cube=cube, owner_id=str(owner_id), run_dir=folder)
+
+
+# ---------------------------------------------------------------- the report
+@dataclass(frozen=True)
+class KpiInfo:
+    """What a report shows about a KPI: label, unit, direction, kind and its one-line definition."""
+
+    id: str
+    label: str
+    unit: str
+    direction: str
+    kind: str
+    definition: str
+
+
+class KpiMeta:
+    """The KPI declarations of a run (stored in cube.json, so custom KPIs show with their labels too)."""
+
+    def __init__(self, cube: Cube) -> None:
+        stored: dict[str, dict[str, str]] = cube.meta.get("kpi_meta") or {}  # type: ignore[assignment]
+        self._info = {i: KpiInfo(id=i, **m) for i, m in stored.items()}
+        for k in registry.REGISTRY.values():
+            self._info.setdefault(k.id, KpiInfo(k.id, k.label, k.unit, k.direction, k.kind, k.definition))
+
+    def get(self, kpi_id: str) -> KpiInfo:
+        """The KPI's info (a neutral one for an id the run does not declare)."""
+        return self._info.get(kpi_id) or KpiInfo(kpi_id, kpi_id.replace("_", " ").capitalize(), "count",
+                                                  "higher", "leading", "")
+
+    def __contains__(self, kpi_id: object) -> bool:
+        return kpi_id in self._info
+
+
+class Report:
+    """One owner's report of one run: each method is one section of the session agenda."""
+
+    def __init__(self, cube: Cube, owner_id: str, run_dir: Path, *, viewer_id: str | None = None) -> None:
+        self.cube = cube
+        self.owner_id = owner_id
+        self.run_dir = run_dir
+        # live (Voila): the verified viewer of the page; None in batch and authoring, where sections stay static
+        self.viewer_id = viewer_id
+        self.live = viewer_id is not None
+        o = cube.owners.set_index("owner_id")
+        self.owner = o.loc[owner_id]
+        self.name = str(self.owner.get("name") or owner_id)
+        self.level = str(self.owner.get("level") or "")
+        self.cadence = str(cube.meta["cadence"])
+        self.as_of = str(cube.meta["as_of"])
+        self.closed = str(cube.meta["closed_period"])
+        self.forward = str(cube.meta["forward_period"])
+        self.currency = str(cube.meta.get("currency", ""))
+        self.kpis = owner_kpis(cube, owner_id)
+        nodim = self.kpis[self.kpis["dim"].isna()]
+        self._by_key = {(kp, pe): i for i, (kp, pe) in enumerate(zip(nodim["kpi"], nodim["period"]))}
+        self._nodim = nodim
+        self.reports = cube.owners[cube.owners["manager_id"] == owner_id].sort_values("owner_id")
+        self.kpi_meta = KpiMeta(cube)
+        self._figures: dict[str, object] = {}
+
+    # ---- helpers
+    def _id(self, section: str) -> str:
+        return html.div_id(self.owner_id, section)
+
+    def kpi(self, kpi_id: str, period: str | None = None, owner_id: str | None = None) -> pd.Series | None:
+        """The KPI row (no breakdown) of this owner (or `owner_id`) for `period` (default: the closed period)."""
+        if owner_id is None or owner_id == self.owner_id:
+            i = self._by_key.get((kpi_id, period or self.closed))
+            return None if i is None else self._nodim.iloc[i]
+        k = owner_kpis(self.cube, owner_id)
+        rows = k[(k["kpi"] == kpi_id) & (k["period"] == (period or self.closed)) & k["dim"].isna()]
+        return None if rows.empty else rows.iloc[0]
+
+    def value(self, kpi_id: str, period: str | None = None) -> float:
+        """The value of a KPI (NaN when absent)."""
+        r = self.kpi(kpi_id, period)
+        return float("nan") if r is None or pd.isna(r["value"]) else float(r["value"])
+
+    def breakdown(self, kpi_id: str, dim: str, period: str | None = None) -> pd.DataFrame:
+        """The KPI rows of one breakdown (dim) of this owner."""
+        k = self.kpis
+        return k[(k["kpi"] == kpi_id) & (k["dim"] == dim) & (k["period"] == (period or self.closed))]
+
+    def _fmt(self, kpi_id: str, value: object) -> str:
+        unit = self.kpi_meta.get(kpi_id).unit
+        return html.fmt_value(value, unit, self.currency)
+
+    def scope_facts(self, owner_id: str | None = None) -> pd.DataFrame:
+        """The as-of deals in this owner's (or `owner_id`'s) scope."""
+        return self.cube.facts.iloc[scope_positions(self.cube, owner_id or self.owner_id)]  # type: ignore[call-overload]
+
+    def _figure(self, key: str, fig: object) -> str:
+        self._figures[key] = fig
+        return html.figure_html(fig, self._id(key))
+
+    def show(self, fig: object, key: str = "custom") -> Html:
+        """Display an analyst's own plotly figure so that it lands in the HTML report like the built-in charts."""
+        n = sum(1 for k in self._figures if k.startswith(key))
+        return Html(str(self._figure(key if n == 0 else f"{key}-{n + 1}", fig)))
+
+    def figures(self) -> dict[str, object]:
+        """The figures drawn so far (for the email's inline images)."""
+        return dict(self._figures)
+
+    def _panel(self, section: str, static: Html) -> Html:
+        """What a section shows around its static HTML: nothing more here; LiveReport adds its interactive panel."""
+        return static
+
+    # ---- 1. header
+    def header(self) -> Html:
+        """Owner, level, cadence, periods, as-of and data freshness."""
+        facts = self.cube.facts
+        fresh = facts["last_modified_date"].max() if "last_modified_date" in facts else None
+        fresh_txt = f"latest CRM change {pd.Timestamp(fresh).date()}" if fresh is not None and pd.notna(fresh) \
+            else "CRM change dates not available"
+        notes = "".join(f"<li>{_esc(n)}</li>" for n in self.cube.meta.get("notes", []))  # type: ignore[union-attr]
+        body = (f'<div class="spm-header"><h1>{_esc(self.name)}</h1>'
+                f'<p class="spm-sub">{_esc(LEVEL_TITLES.get(self.level, self.level))} · '
+                f'{_esc(self.cadence)} session · closed period <b>{_esc(self.closed)}</b> · '
+                f'forward look <b>{_esc(self.forward)}</b> · as of {_esc(self.as_of)} · {_esc(fresh_txt)}</p>'
+                f'<p class="spm-agenda">This session decides: {_esc(CADENCE_FOCUS.get(self.cadence, ""))}.</p>'
+                + (f'<ul class="spm-notes">{notes}</ul>' if notes else "") + "</div>")
+        return Html(body)
+
+    # ---- 2. trust
+    def trust_status(self) -> str:
+        """The worst trust status of this owner's scope: fail, warn or pass."""
+        return owner_trust(self.cube, self.owner_id)
+
+    def offenders(self, limit: int | None = None) -> pd.DataFrame:
+        """Offending open deals in this owner's scope, one row per deal and check, largest first."""
+        in_scope = self.scope_facts()
+        rows = self.cube.trust_rows.merge(in_scope[["opportunity_id"]], on="opportunity_id")
+        t = self.cube.trust[(self.cube.trust["owner_id"] == self.owner_id) & self.cube.trust["status"].isin(
+            ["warn", "fail"])]
+        rows = rows[rows["check"].isin(set(t["check"]))]
+        rows = rows.sort_values(["amount", "opportunity_id"], ascending=[False, True], na_position="last")
+        return rows if limit is None else rows.head(limit)
+
+    def trust(self) -> Html:
+        """The trust checks; a 'fix the data first' banner and the deals to fix when a check fails."""
+        t = self.cube.trust[self.cube.trust["owner_id"] == self.owner_id].copy()
+        status = self.trust_status()
+        parts = []
+        if status == "fail":
+            failing = ", ".join(t.loc[t["status"] == "fail", "label"].astype(str))
+            parts.append(html.banner("error", "Fix the data first",
+                                     f"These checks fail: {_esc(failing)}. Correct the deals below in the CRM "
+                                     "before deciding anything else."))
+        elif status == "warn":
+            parts.append(html.banner("warning", "Check the data", "Some checks warn; review the deals below."))
+        else:
+            parts.append(html.banner("success", "The numbers can be trusted", "Every trust check passes."))
+        t["shown"] = [self._trust_value(r) for r in t.itertuples()]
+        parts.append(html.table_html(
+            t[["label", "status", "shown", "count", "amount", "definition"]],
+            {"label": "Check", "status": "Status", "shown": "Value", "count": "Deals", "amount": "Value of deals",
+             "definition": "What it means"},
+            {"status": _trust_badge, "shown": Markup,
+             "amount": lambda v: html.fmt_value(v, "currency", self.currency),
+             "count": lambda v: html.fmt_value(v, "count", "")}))
+        off = self.offenders()
+        if not off.empty:
+            if self.level == "rep" or self.reports.empty:
+                parts.append(f"<h4>Deals to fix</h4>{self._offender_table(off.head(50))}")
+            else:
+                parts.append(f"<h4>By direct report</h4>{self._offenders_by_report(off)}")
+                top = self._offender_table(self._dedupe(off).head(20))
+                parts.append(f"<h4>The {min(20, off['opportunity_id'].nunique())} largest deals to fix</h4>{top}")
+        q = self.cube.quality
+        if not q.empty:
+            q = q[q["severity"] != "info"]
+            if not q.empty:
+                parts.append("<h4>Data quality of the load</h4>")
+                parts.append(html.table_html(
+                    q[["table", "column", "severity", "count", "message"]],
+                    {"table": "Table", "column": "Column", "severity": "Severity", "count": "Rows",
+                     "message": "Problem"}, {}))
+        return Html("".join(parts))
+
+    def _trust_value(self, r: object) -> str:
+        v = r.value
+        if r.status == "not_available":
+            return _esc(str(r.na_reason or "not available"))
+        unit = r.unit
+        if pd.isna(v):
+            return "—"
+        return f"{v * 100:.0f} % of open value" if unit == "rate" else (
+            f"{v:+.0f} %" if unit == "pct" else f"{int(v)}")
+
+    @staticmethod
+    def _dedupe(off: pd.DataFrame) -> pd.DataFrame:
+        g = off.groupby("opportunity_id", sort=False)
+        first = g.first().reset_index()
+        first["detail"] = g["detail"].agg(lambda s: "; ".join(map(str, s))).to_numpy()
+        return first
+
+    def _offender_table(self, off: pd.DataFrame) -> str:
+        off = self._dedupe(off)
+        names = self.cube.owners.set_index("owner_id")["name"]
+        off = off.assign(owner=off["owner_id"].map(names).fillna(off["owner_id"]))
+        return html.table_html(
+            off[["opportunity_id", "name", "owner", "stage", "amount", "close_date", "detail"]],
+            {"opportunity_id": "Id", "name": "Opportunity", "owner": "Owner", "stage": "Stage", "amount": "Amount",
+             "close_date": "Close date", "detail": "What is wrong"},
+            {"amount": lambda v: html.fmt_value(v, "currency", self.currency),
+             "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())})
+
+    def _offenders_by_report(self, off: pd.DataFrame) -> str:
+        rows = []
+        for r in self.reports.itertuples():
+            mine = off[isin(off["opportunity_id"], self.scope_facts(str(r.owner_id))["opportunity_id"])]
+            d = self._dedupe(mine) if not mine.empty else mine
+            rows.append({"name": r.name, "deals": len(d), "value": d["amount"].sum() if len(d) else 0.0})
+        own = off[off["owner_id"] == self.owner_id]
+        if not own.empty:
+            d = self._dedupe(own)
+            rows.append({"name": f"{self.name} (own deals)", "deals": len(d), "value": d["amount"].sum()})
+        df = pd.DataFrame(rows).sort_values("value", ascending=False)
+        return html.table_html(df, {"name": "Direct report", "deals": "Deals to fix", "value": "Value"},
+                               {"value": lambda v: html.fmt_value(v, "currency", self.currency)})
+
+    # ---- 3. above the line
+    def above_the_line_ids(self) -> list[str]:
+        """The KPIs this level × cadence decides on (config/kpis.yml above_the_line)."""
+        atl: dict[str, dict[str, list[str]]] = self.cube.meta.get("above_the_line") or {}  # type: ignore[assignment]
+        ids = atl.get(self.level, {}).get(self.cadence) or atl.get("default", {}).get(self.cadence) or [
+            "bookings", "quota_attainment", "win_rate", "pipeline_coverage"]
+        return [i for i in ids if i in self.kpi_meta]
+
+    def kpi_rows(self, ids: list[str]) -> pd.DataFrame:
+        """One row per KPI: value, target, attainment, status, unit and definition (closed or forward period)."""
+        rows = []
+        for i in ids:
+            k = self.kpi_meta.get(i)
+            r = self.kpi(i) if self.kpi(i) is not None else self.kpi(i, self.forward)
+            rows.append({"kpi": i, "label": k.label, "unit": k.unit, "definition": k.definition, "kind": k.kind,
+                         "value": r["value"] if r is not None else float("nan"),
+                         "target": r["target"] if r is not None else float("nan"),
+                         "attainment": r["attainment"] if r is not None else float("nan"),
+                         "status": r["status"] if r is not None else "none",
+                         "period": r["period"] if r is not None else "",
+                         "na_reason": (r["na_reason"] if r is not None else "not in this run") or ""})
+        return pd.DataFrame(rows)
+
+    def above_the_line(self) -> Html:
+        """The few KPIs this level × cadence decides on, with target, attainment, status and trend."""
+        rows = self.kpi_rows(self.above_the_line_ids())
+        table = self._kpi_table(rows)
+        with_target = rows[rows["target"].notna() & rows["value"].notna()]
+        chart = self._figure("attainment", charts.attainment_bullets(with_target, self.currency)) \
+            if not with_target.empty else ""
+        trend = self._figure("trend", charts.trend(self.trend_rows("bookings"), "Bookings", "currency",
+                                                   self.currency))
+        return Html(f'<div class="spm-grid">{table}</div>{chart}{trend}')
+
+    def _kpi_table(self, rows: pd.DataFrame) -> str:
+        rows = rows.copy()
+        rows["shown"] = [self._fmt(r.kpi, r.value) if not (isinstance(r.value, float) and math.isnan(r.value))
+                         else _esc(r.na_reason or "—") for r in rows.itertuples()]
+        rows["target_s"] = [self._fmt(r.kpi, r.target) for r in rows.itertuples()]
+        rows["att"] = [html.fmt_value(a * 100 if pd.notna(a) else a, "pct", "") for a in rows["attainment"]]
+        rows["label_h"] = [f'<span title="{_esc(d)}">{_esc(lab)}</span>'
+                           for lab, d in zip(rows["label"], rows["definition"], strict=True)]
+        return html.table_html(
+            rows[["label_h", "kind", "period", "shown", "target_s", "att", "status"]],
+            {"label_h": "KPI", "kind": "Kind", "period": "Period", "shown": "Value", "target_s": "Target",
+             "att": "Attainment", "status": "Status"},
+            {"status": lambda s: html.badge(str(s), {"none": "no target"}.get(str(s), str(s))),
+             "label_h": Markup, "shown": Markup}, classes="spm-kpis")
+
+    def trend_rows(self, kpi_id: str) -> pd.DataFrame:
+        """The trend of a KPI over the cadence's trend periods (value and target)."""
+        k = self.kpis
+        rows = k[(k["kpi"] == kpi_id) & k["dim"].isna() & ~k["period"].isin(["TTM", self.forward])
+                 & ~k["period"].str.endswith("-YTD")]
+        return rows[["period", "value", "target"]].sort_values("period").reset_index(drop=True)
+
+    # ---- 4. forward look
+    def forward_look(self) -> Html:
+        """Forecast vs target, gap, coverage and required run-rate for the forward period."""
+        ids = ["bookings_to_date_q", "pipeline_open_value", "weighted_pipeline", "forecast_expected",
+               "gap_to_target", "pipeline_coverage", "required_run_rate"]
+        rows = pd.DataFrame([self._forward_row(i) for i in ids])
+        booked = self.value("bookings_to_date_q", self.forward)
+        weighted = self.value("weighted_pipeline", self.forward)
+        r = self.kpi("forecast_expected", self.forward)
+        target = float(r["target"]) if r is not None and pd.notna(r["target"]) else None
+        fig = self._figure("forecast", charts.forecast_vs_target(
+            0.0 if math.isnan(booked) else booked, 0.0 if math.isnan(weighted) else weighted, target,
+            self.forward, self.currency))
+        by_stage = self.breakdown("pipeline_open_value", "stage", self.forward)
+        order = {s: i for i, s in enumerate(self.cube.probabilities.sort_values("stage_index")["stage"])}
+        stage_df = by_stage.assign(stage=by_stage["dim_value"], count=float("nan"),
+                                   _o=by_stage["dim_value"].map(order).fillna(99)).sort_values("_o")
+        by_month = self.breakdown("pipeline_open_value", "close_month", self.forward)
+        month_df = by_month.assign(month=by_month["dim_value"]).sort_values("month")
+        stage_fig = self._figure("pipeline-stage", charts.pipeline_by_stage(stage_df[["stage", "value", "count"]],
+                                                                            self.currency))
+        month_fig = self._figure("pipeline-month", charts.pipeline_by_close_month(month_df[["month", "value"]],
+                                                                                 self.currency))
+        table = html.table_html(rows, {"label": "Forward look", "value": "Value", "definition": "Definition"},
+                                {"value": Markup})
+        return self._panel("forward_look", Html(f"{table}{fig}{stage_fig}{month_fig}"))
+
+    def _forward_row(self, kpi_id: str) -> dict[str, str]:
+        k = self.kpi_meta.get(kpi_id)
+        r = self.kpi(kpi_id, self.forward)
+        if r is None or pd.isna(r["value"]):
+            reason = (r["na_reason"] if r is not None else None) or "—"
+            shown = _esc(str(reason))
+        else:
+            shown = _esc(self._fmt(kpi_id, r["value"]))
+        return {"label": k.label, "value": shown, "definition": k.definition}
+
+    # ---- 5. where to focus
+    def findings(self) -> list[str]:
+        """The section's findings in words, computed from the cube."""
+        out = []
+        att = self.value("quota_attainment")
+        if not math.isnan(att):
+            out.append(f"Bookings at {att:.0f} % of target for {self.closed}.")
+        cov = self.value("pipeline_coverage", self.forward)
+        gap = self.value("gap_to_target", self.forward)
+        if not math.isnan(cov):
+            out.append(f"Coverage of the rest of {self.forward}: {cov:.1f}×.")
+        if not math.isnan(gap):
+            word = "short of" if gap > 0 else "ahead of"
+            out.append(f"The expected result is {html.fmt_value(abs(gap), 'currency', self.currency)} {word} "
+                       f"the {self.forward} target.")
+        weak = self.weak_stage()
+        if weak:
+            out.append(f"{weak['stage']} → next stage converts at {weak['rate']:.0f} % against "
+                       f"{weak['benchmark_rate']:.0f} % for {weak['benchmark']}.")
+        t = self.cube.trust[(self.cube.trust["owner_id"] == self.owner_id) & (self.cube.trust["check"] ==
+                                                                             "opps_stale_60d")]
+        if not t.empty and t.iloc[0]["count"] and not pd.isna(t.iloc[0]["count"]):
+            out.append(f"{int(t.iloc[0]['count'])} deals worth "
+                       f"{html.fmt_value(t.iloc[0]['amount'], 'currency', self.currency)} are stale.")
+        return out
+
+    def weak_stage(self) -> dict[str, object] | None:
+        """The stage converting worst against the manager's team (or the org for the top); worked out once."""
+        if "_weak_stage" not in self.__dict__:
+            self.__dict__["_weak_stage"] = self._weak_stage()
+        return self.__dict__["_weak_stage"]  # type: ignore[no-any-return]
+
+    def _weak_stage(self) -> dict[str, object] | None:
+        from spm_lib.engine.forecast import weak_stage
+
+        manager = self.owner.get("manager_id")
+        bench = str(manager) if isinstance(manager, str) and manager else None
+        if bench is None:
+            return None
+        both = pd.concat([owner_kpis(self.cube, self.owner_id), owner_kpis(self.cube, bench)])
+        res = weak_stage(both[(both["kpi"] == "stage_conversion") & (both["dim"] == "stage")], self.owner_id, bench)
+        if res is None:
+            return None
+        return {**res, "benchmark": "the team" if self.level == "rep" else "the organisation above"}
+
+    def focus(self) -> Html:
+        """Findings in words; for managers and up their direct reports ranked; funnel, channels, products."""
+        words = "".join(f"<li>{_esc(s)}</li>" for s in self.findings()) or "<li>No finding stands out.</li>"
+        parts = [f'<ul class="spm-findings">{words}</ul>']
+        if not self.reports.empty:
+            parts.append(f"<h4>Direct reports ranked</h4>{self.team_ranking_html()}")
+        conv = self.breakdown("stage_conversion", "stage")
+        if not conv.empty:
+            mgr = self.owner.get("manager_id")
+            theirs = owner_kpis(self.cube, mgr if isinstance(mgr, str) else self.owner_id)
+            bench = theirs[(theirs["kpi"] == "stage_conversion")
+                           & (theirs["period"] == self.closed)].set_index("dim_value")["value"]
+            order = {s: i for i, s in enumerate(self.cube.probabilities.sort_values("stage_index")["stage"])}
+            df = conv.assign(stage=conv["dim_value"], rate=conv["value"],
+                             benchmark_rate=conv["dim_value"].map(bench),
+                             _o=conv["dim_value"].map(order).fillna(99)).sort_values("_o")
+            weak = self.weak_stage()
+            parts.append(self._figure("funnel", charts.funnel(
+                df[["stage", "rate", "benchmark_rate"]], str(weak["stage"]) if weak else None,
+                benchmark_label=str(weak["benchmark"]) if weak else "the team")))
+        leads = self.breakdown("leads", "channel")
+        if not leads.empty:
+            conv_c = self.breakdown("lead_conversion_rate", "channel").set_index("dim_value")["value"]
+            df = leads.assign(channel=leads["dim_value"], leads=leads["value"],
+                              conversion_rate=leads["dim_value"].map(conv_c))
+            parts.append(self._figure("leads", charts.leads_by_channel(df[["channel", "leads", "conversion_rate"]])))
+        for dim, title in (("product", "Bookings by product"), ("segment", "Bookings by segment")):
+            b = self.breakdown("bookings", dim)
+            if not b.empty:
+                b = b.sort_values("value", ascending=False)
+                parts.append(f"<h4>{title} ({_esc(self.closed)})</h4>")
+                parts.append(html.table_html(
+                    b[["dim_value", "value"]], {"dim_value": dim.capitalize(), "value": "Bookings"},
+                    {"value": lambda v: html.fmt_value(v, "currency", self.currency)}))
+        return self._panel("where_to_focus", Html("".join(parts)))
+
+    def team_rows(self, kpi_id: str = "quota_attainment") -> pd.DataFrame:
+        """The direct reports' rows of one KPI for the closed period, best first."""
+        k = self.cube.kpis
+        ids = self.reports["owner_id"].astype(str).tolist()
+        rows = k[k["owner_id"].isin(ids) & (k["kpi"] == kpi_id) & (k["period"] == self.closed) & k["dim"].isna()]
+        names = self.cube.owners.set_index("owner_id")["name"]
+        rows = rows.assign(name=rows["owner_id"].map(names))
+        return rows.sort_values("value", ascending=False, na_position="last")
+
+    def team_ranking_html(self) -> str:
+        """Direct reports ranked by bookings attainment, with their bookings, win rate and trust status."""
+        b = self.team_rows("bookings")
+        fig = self._figure("team", charts.ranked_team(b[["name", "value", "target", "attainment", "status"]],
+                                                      "Bookings", "currency", self.currency))
+        k = self.cube.kpis
+        sel = k[k["owner_id"].isin(b["owner_id"]) & (k["period"] == self.closed) & k["dim"].isna()]
+        wide = sel.pivot_table(index="owner_id", columns="kpi", values="value", aggfunc="first")
+        trust = self.cube.trust.groupby("owner_id")["status"].agg(
+            lambda s: "fail" if (s == "fail").any() else "warn" if (s == "warn").any() else "pass")
+        t = b[["owner_id", "name", "value", "attainment"]].merge(wide, left_on="owner_id", right_index=True,
+                                                                  how="left", suffixes=("", "_w"))
+        t["trust"] = t["owner_id"].map(trust)
+        cols = {"name": "Direct report", "value": "Bookings", "attainment": "Attainment"}
+        fmts = {"value": lambda v: html.fmt_value(v, "currency", self.currency),
+                "attainment": lambda a: html.fmt_value(a * 100 if pd.notna(a) else a, "pct", ""),
+                "trust": _trust_badge}
+        for extra in ("win_rate", "pipeline_coverage", "activities"):
+            if extra in t:
+                cols[extra] = self.kpi_meta.get(extra).label
+                unit = self.kpi_meta.get(extra).unit
+                fmts[extra] = lambda v, u=unit: html.fmt_value(v, u, self.currency)
+        cols["trust"] = "Trust"
+        return f"{fig}{html.table_html(t[list(cols)], cols, fmts)}"
+
+    # ---- 6. decisions and actions
+    def actions(self) -> Html:
+        """Open actions of this owner and cadence, and those closed since the last session."""
+        return self._panel("actions", Html(actions_html(self)))
+
+    # ---- 7. below the line
+    def below_the_line(self) -> Html:
+        """Drill-down for investigation, collapsed: driver tree, open pipeline, deals won, every KPI."""
+        parts = []
+        tree = self.cube.decomposition[self.cube.decomposition["owner_id"] == self.owner_id]
+        if not tree.empty:
+            parts.append(html.details("Goal decomposition: what the target requires",
+                                      "".join([self._figure("drivers", charts.driver_tree(tree, self.currency)),
+                                               self._tree_table(tree)])))
+        mine = self.scope_facts()
+        open_ = mine[~mine["is_closed"].fillna(False).astype(bool)].sort_values("amount", ascending=False)
+        parts.append(html.details(f"Open pipeline ({len(open_)} deals, largest 50)", self._deals(open_.head(50))))
+        won = mine[mine["is_won"].fillna(False).astype(bool)]
+        p = self.kpi("bookings")
+        if p is not None:
+            won = won.sort_values("close_date", ascending=False).head(50)
+        parts.append(html.details("Latest deals won (50)", self._deals(won)))
+        allk = self.kpis[self.kpis["dim"].isna() & (self.kpis["period"].isin([self.closed, self.forward]))]
+        allk = allk.assign(label=allk["kpi"].map(lambda i: self.kpi_meta.get(i).label))
+        allk = allk.assign(shown=[self._fmt(r.kpi, r.value) if r.available else (r.na_reason or "—")
+                                  for r in allk.itertuples()])
+        parts.append(html.details("Every KPI of this run", html.table_html(
+            allk[["label", "period", "shown", "status"]],
+            {"label": "KPI", "period": "Period", "shown": "Value", "status": "Status"}, {})))
+        return self._panel("below_the_line", Html("".join(parts)))
+
+    def _tree_table(self, tree: pd.DataFrame) -> str:
+        t = tree.assign(req=[html.fmt_value(v, u, self.currency) for v, u in zip(tree["required"], tree["unit"],
+                                                                                  strict=True)],
+                        act=[html.fmt_value(v, u, self.currency) for v, u in zip(tree["actual"], tree["unit"],
+                                                                                  strict=True)])
+        return html.table_html(t[["label", "req", "act", "formula"]],
+                               {"label": "Driver", "req": "Required", "act": "Actual", "formula": "How"}, {})
+
+    def _deals(self, df: pd.DataFrame) -> str:
+        names = self.cube.owners.set_index("owner_id")["name"]
+        df = df.assign(owner=df["owner_id"].map(names))
+        cols = [c for c in ["opportunity_id", "name", "owner", "account_id", "stage", "amount", "close_date"]
+                if c in df]
+        return html.table_html(df[cols], {c: c.replace("_", " ").capitalize() for c in cols},
+                               {"amount": lambda v: html.fmt_value(v, "currency", self.currency),
+                                "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())})
+
+    # ---- cadence-specific agenda items
+    def deals_to_push(self, limit: int = 15) -> Html:
+        """Monthly/weekly: the largest open deals closing in the rest of the forward period, with their win odds."""
+        f = self.scope_facts()
+        open_ = f[~f["is_closed"].fillna(False).astype(bool) & f["close_date"].notna()]
+        first = pd.Timestamp(self.as_of) + pd.Timedelta(days=1)
+        q_end = pd.Timestamp(str(self.cube.meta["forward_end"]))
+        soon = open_[(open_["close_date"] >= first) & (open_["close_date"] <= q_end)]
+        prob = self.cube.probabilities.set_index("stage")["probability"]
+        soon = soon.assign(p=soon["stage"].map(prob), owner=soon["owner_id"].map(
+            self.cube.owners.set_index("owner_id")["name"])).sort_values("amount", ascending=False).head(limit)
+        if soon.empty:
+            return Html('<p class="spm-muted">No open deal closes in the rest of the period.</p>')
+        table = html.table_html(
+            soon[["name", "owner", "stage", "amount", "close_date", "p"]],
+            {"name": "Deal", "owner": "Owner", "stage": "Stage", "amount": "Amount", "close_date": "Close date",
+             "p": "Win probability"},
+            {"amount": lambda v: html.fmt_value(v, "currency", self.currency),
+             "close_date": lambda d: str(pd.Timestamp(d).date()),
+             "p": lambda v: html.fmt_value(v * 100, "pct", "")})
+        mix = self.breakdown("activities", "type")
+        mix_html = ""
+        if not mix.empty:
+            mix_html = "<h4>Activity mix this period</h4>" + str(html.table_html(
+                mix.sort_values("value", ascending=False)[["dim_value", "value"]],
+                {"dim_value": "Type", "value": "Activities"}, {"value": lambda v: html.fmt_value(v, "count", "")}))
+        return Html(f"<p>The largest open deals that can still close in {_esc(self.forward)}: "
+                    f"where a push this {self.cadence[:-2] if self.cadence.endswith('ly') else 'period'} "
+                    f"moves the result.</p>{table}{mix_html}")
+
+    def priorities(self) -> Html:
+        """Quarterly: where bookings came from against the trailing year (products, segments, channels), and
+        for managers and up which direct reports need resources (coverage against attainment)."""
+        parts = []
+        for dim, title in (("product", "Product"), ("segment", "Segment"), ("lead_source", "Lead source")):
+            now = self.breakdown("bookings", dim)
+            ttm = self.breakdown("bookings", dim, "TTM")
+            if now.empty:
+                continue
+            df = now[["dim_value", "value"]].merge(ttm[["dim_value", "value"]], on="dim_value", how="outer",
+                                                    suffixes=("", "_ttm")).fillna(0.0)
+            tot, tot_ttm = df["value"].sum(), df["value_ttm"].sum()
+            df["share"] = df["value"] / tot * 100 if tot else float("nan")
+            df["share_ttm"] = df["value_ttm"] / tot_ttm * 100 if tot_ttm else float("nan")
+            df["shift"] = df["share"] - df["share_ttm"]
+            df = df.sort_values("shift")
+            parts.append(f"<h4>{title}: share of bookings, this period against the trailing year</h4>")
+            parts.append(str(html.table_html(
+                df[["dim_value", "value", "share", "share_ttm", "shift"]],
+                {"dim_value": title, "value": "Bookings", "share": "Share now", "share_ttm": "Share TTM",
+                 "shift": "Shift (points)"},
+                {"value": lambda v: html.fmt_value(v, "currency", self.currency),
+                 "share": lambda v: html.fmt_value(v, "pct", ""), "share_ttm": lambda v: html.fmt_value(v, "pct", ""),
+                 "shift": lambda v: f"{v:+.1f}"})))
+        if not self.reports.empty:
+            cov = self.team_rows("pipeline_coverage")
+            k = self.cube.kpis
+            cov = k[k["owner_id"].isin(self.reports["owner_id"]) & (k["kpi"] == "pipeline_coverage")
+                    & (k["period"] == self.forward) & k["dim"].isna()][["owner_id", "value"]]
+            att = self.team_rows("quota_attainment")[["owner_id", "name", "value"]]
+            df = att.merge(cov, on="owner_id", how="left", suffixes=("_att", "_cov"))
+            df["need"] = [("support: behind with thin pipeline" if (a < 90 and (pd.isna(c) or c < 2)) else
+                           "protect: behind, pipeline there" if a < 90 else "on track")
+                          if pd.notna(a) else "no target" for a, c in zip(df["value_att"], df["value_cov"])]
+            parts.append("<h4>Resources: attainment against coverage of the rest of the period</h4>")
+            parts.append(str(html.table_html(
+                df[["name", "value_att", "value_cov", "need"]],
+                {"name": "Direct report", "value_att": "Attainment", "value_cov": "Coverage", "need": "Reading"},
+                {"value_att": lambda v: html.fmt_value(v, "pct", ""),
+                 "value_cov": lambda v: html.fmt_value(v, "ratio", "")})))
+        return Html("".join(parts) or '<p class="spm-muted">No breakdown available for this period.</p>')
+
+    def targets_and_structure(self) -> Html:
+        """Annual: the year per direct report (attainment, bookings per head), cost of sales, and what next
+        year's target requires (the driver tree below the line)."""
+        parts = []
+        ytd = f"{self.closed}-YTD" if not self.closed.endswith("-YTD") else self.closed
+        rows = []
+        for r in list(self.reports.itertuples()) or [None]:
+            oid = self.owner_id if r is None else str(r.owner_id)
+            heads = len(self._subtree_reps(oid)) or 1
+            bk = self.kpi("bookings", owner_id=oid)
+            rows.append({"name": self.name if r is None else r.name, "reps": heads,
+                         "bookings": bk["value"] if bk is not None else float("nan"),
+                         "attainment": bk["attainment"] * 100 if bk is not None and pd.notna(bk["attainment"])
+                         else float("nan"),
+                         "per_rep": (bk["value"] / heads) if bk is not None and heads else float("nan")})
+        df = pd.DataFrame(rows)
+        parts.append(f"<h4>The year {_esc(self.closed)} by team: productivity per sales executive</h4>")
+        parts.append(str(html.table_html(
+            df, {"name": "Team", "reps": "Sales executives", "bookings": "Bookings", "attainment": "Attainment",
+                 "per_rep": "Bookings per executive"},
+            {"bookings": lambda v: html.fmt_value(v, "currency", self.currency),
+             "attainment": lambda v: html.fmt_value(v, "pct", ""),
+             "per_rep": lambda v: html.fmt_value(v, "currency", self.currency)})))
+        cos = self.kpi("cost_of_sales_pct")
+        if cos is not None and pd.notna(cos["value"]):
+            parts.append(f"<p>Cost of sales: {_esc(html.fmt_value(cos['value'], 'pct', ''))} of bookings "
+                         f"({_esc(ytd)} budget discussion).</p>")
+        return Html("".join(parts))
+
+    def _subtree_reps(self, owner_id: str) -> list[str]:
+        o = self.cube.owners
+        out, frontier = [], [owner_id]
+        while frontier:
+            kids = o[o["manager_id"].isin(frontier)]
+            out += kids.loc[kids["level"] == "rep", "owner_id"].astype(str).tolist()
+            frontier = kids["owner_id"].astype(str).tolist()
+        return out
