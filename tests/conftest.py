@@ -26,3 +26,45 @@ def make_project(folder: Path, *, scale: float = 0.12, end: date = date(2026, 10
 def small_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo project (read-only for tests: copy it before changing anything)."""
     return make_project(tmp_path_factory.mktemp("project"))
+
+
+# ---------------------------------------------------------------- one live server for test_live and test_live_security
+@pytest.fixture(scope="session")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo company with two directors and several managers (the small project has one manager)."""
+    return make_project(tmp_path_factory.mktemp("live-src"), scale=0.4)
+
+
+@pytest.fixture(scope="session")
+def project(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The live project: two preheated kernels; 127.0.0.2 is a trusted proxy (its X-Forwarded-Proto is believed)."""
+    from tests.live_server import LIVE_POOLS, live_project
+
+    return live_project(source, tmp_path_factory.mktemp("live") / "project", LIVE_POOLS, trusted_proxies=["127.0.0.2"])
+
+
+@pytest.fixture(scope="session")
+def server(project: Path):
+    """A real `spm serve` on the live project."""
+    from tests.live_server import LIVE_POOLS, Server, free_port
+
+    srv = Server(project, "127.0.0.1", free_port(), project / "serve.log").start(pools=len(LIVE_POOLS))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def org(server) -> dict[str, str]:  # noqa: ANN001 - tests.live_server.Server
+    """A manager with reps, one of their reps, a rep of another manager (from the live monthly run)."""
+    from spm_lib.report.core import latest_run
+    from tests.live_server import sample_org
+
+    return sample_org(latest_run("monthly", server.project))
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session."""
+    from tests.live_server import chromium
+
+    yield from chromium()

@@ -20,6 +20,7 @@ from pathlib import Path
 from spm_lib.domain import links
 
 SECRET = "Xq7-vR2kLp9sWm4TzB8nHc6JdF3gYa5E_u1NtKo0"  # a random secret (>= 128 bits)
+LIVE_POOLS = {"manager_monthly": 1, "rep_monthly": 1}  # the shared live server's preheated kernels
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-quic", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -205,3 +206,26 @@ def screenshot(page: object, name: str) -> Path:
     path = OUT / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)  # type: ignore
     return path
+
+
+def sample_org(run: Path) -> dict[str, str]:
+    """From a run's owners: a manager with 2+ reps, one of their reps, a rep of another such manager, and the latter."""
+    import pandas as pd
+
+    o = pd.read_parquet(run / "owners.parquet")
+    reps = o[o["level"] == "rep"]
+    counts = reps.groupby("manager_id").size()
+    mine, other = sorted(counts[counts >= 2].index)[:2]
+    return {"manager": mine, "rep": sorted(reps.loc[reps["manager_id"] == mine, "owner_id"])[0],
+            "foreign_rep": sorted(reps.loc[reps["manager_id"] == other, "owner_id"])[0], "other_manager": other,
+            "run": str(run)}
+
+
+def chromium():
+    """A headless Chromium for a test module (yields the browser; a pytest fixture body)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()

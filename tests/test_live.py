@@ -12,19 +12,16 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
-import pytest
 from nbclient import NotebookClient
-from playwright.sync_api import sync_playwright
 
 from spm_lib.report import core as report
 from spm_lib.store.runfolder import ensure_cube
-from tests.conftest import make_project
 from tests.live_server import (
     CHARTS_DRAWN,
+    LIVE_POOLS,
     SECRET,
     Server,
     free_port,
-    launch,
     live_project,
     report_path,
     screenshot,
@@ -32,44 +29,8 @@ from tests.live_server import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-POOLS = {"manager_monthly": 1, "rep_monthly": 1}
 _TD = re.compile(r"<td[^>]*>(.*?)</td>", re.S)
 _TAG = re.compile(r"<[^>]+>")
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo company with two directors and several managers (the small project has one manager)."""
-    src = make_project(tmp_path_factory.mktemp("live-src"), scale=0.4)
-    return live_project(src, tmp_path_factory.mktemp("live") / "project", POOLS)
-
-
-@pytest.fixture(scope="module")
-def server(project: Path) -> Server:
-    srv = Server(project, "127.0.0.1", free_port(), project / "serve.log").start(pools=len(POOLS))
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def org(server: Server) -> dict[str, str]:
-    """A manager with reps, one of their reps, and a rep of another manager (from the live monthly run)."""
-    run = report.latest_run("monthly", server.project)
-    o = pd.read_parquet(run / "owners.parquet")
-    reps = o[o["level"] == "rep"]
-    counts = reps.groupby("manager_id").size()
-    managers = sorted(counts[counts >= 2].index)
-    mine, other = managers[0], managers[1]
-    return {"manager": mine, "rep": sorted(reps.loc[reps["manager_id"] == mine, "owner_id"])[0],
-            "foreign_rep": sorted(reps.loc[reps["manager_id"] == other, "owner_id"])[0], "run": str(run)}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 def _cells(fragment: str) -> list[str]:
@@ -239,7 +200,7 @@ def test_a_kernel_refuses_a_foreign_owner_even_when_asked_directly(server: Serve
 def test_bound_to_another_loopback_address_reports_still_open(project: Path, org: dict[str, str], browser,
                                                              tmp_path: Path) -> None:
     # spm serve sets VOILA_APP_IP to the address it binds: preheated kernels reach it at 127.0.0.2 too
-    srv = Server(project, "127.0.0.2", free_port("127.0.0.2"), tmp_path / "serve2.log").start(pools=len(POOLS))
+    srv = Server(project, "127.0.0.2", free_port("127.0.0.2"), tmp_path / "serve2.log").start(pools=len(LIVE_POOLS))
     try:
         mgr = org["manager"]
         page = _open(browser, srv, report_path("manager", "monthly", token(mgr)), "manager-127.0.0.2")
@@ -293,7 +254,7 @@ def test_an_action_recorded_live_survives_a_restart_and_reaches_the_next_report(
                                                                               browser, tmp_path: Path) -> None:
     mgr = org["manager"]
     text = f"Call the five largest stalled deals ({tmp_path.name})"
-    srv = Server(project, "127.0.0.1", free_port(), tmp_path / "serve.log").start(pools=len(POOLS))
+    srv = Server(project, "127.0.0.1", free_port(), tmp_path / "serve.log").start(pools=len(LIVE_POOLS))
     try:
         page = _open(browser, srv, report_path("manager", "monthly", token(mgr)), "action")
         page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
@@ -309,7 +270,7 @@ def test_an_action_recorded_live_survives_a_restart_and_reaches_the_next_report(
         page.close()
     finally:
         srv.stop()
-    srv = Server(project, "127.0.0.1", free_port(), tmp_path / "serve-again.log").start(pools=len(POOLS))
+    srv = Server(project, "127.0.0.1", free_port(), tmp_path / "serve-again.log").start(pools=len(LIVE_POOLS))
     try:  # after a restart the register still holds it, once
         page = _open(browser, srv, report_path("manager", "monthly", token(mgr)), "action-again")
         page.wait_for_function(CHARTS_DRAWN, timeout=60_000)

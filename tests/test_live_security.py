@@ -19,67 +19,24 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
-import pytest
 import websocket
-from playwright.sync_api import sync_playwright
 
 from spm_lib.config import load_config
 from spm_lib.domain.periods import FiscalCalendar
 from spm_lib.report import core as report
 from spm_lib.store.runfolder import ensure_cube
-from tests.conftest import make_project
 from tests.live_server import (
     CHARTS_DRAWN,
     SECRET,
     Server,
     free_port,
     kernel_id_of,
-    launch,
     live_project,
     report_path,
     token,
 )
 
-POOLS = {"manager_monthly": 1, "rep_monthly": 1}
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo company with several managers (reused by every server of this module)."""
-    return make_project(tmp_path_factory.mktemp("sec-src"), scale=0.4)
-
-
-@pytest.fixture(scope="module")
-def project(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # 127.0.0.2 is a trusted proxy: its X-Forwarded-Proto is believed, 127.0.0.1's is not
-    return live_project(source, tmp_path_factory.mktemp("sec") / "project", POOLS, trusted_proxies=["127.0.0.2"])
-
-
-@pytest.fixture(scope="module")
-def server(project: Path) -> Server:
-    srv = Server(project, "127.0.0.1", free_port(), project / "serve.log").start(pools=len(POOLS))
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def org(server: Server) -> dict[str, str]:
-    run = report.latest_run("monthly", server.project)
-    o = pd.read_parquet(run / "owners.parquet")
-    reps = o[o["level"] == "rep"]
-    managers = sorted(reps.groupby("manager_id").size().loc[lambda s: s >= 2].index)
-    mine = managers[0]
-    return {"manager": mine, "rep": sorted(reps.loc[reps["manager_id"] == mine, "owner_id"])[0],
-            "other_manager": managers[1], "run": str(run)}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 def _open_report(server: Server, level: str, tok: str, owner: str | None = None):

@@ -46,14 +46,9 @@ class TrustError(SpmError):
 
 
 @dataclass(frozen=True)
-class TrustCheck:
-    """One trust check's declaration: what it shows, what data it needs, its default threshold and its computation."""
+class TrustCheck(checks.CheckInfo):
+    """A trust check's declaration (metrics.checks.CheckInfo) with its computation: a per-deal flag or a scope value."""
 
-    id: str
-    label: str
-    definition: str
-    needs: tuple[str, ...]  # 'table' or 'table.column'
-    default: Threshold  # used when config/trust.yml names no threshold for the check
     flag: DealFlag | None = None
     scope_value: ScopeValue | None = None
 
