@@ -295,7 +295,7 @@ def test_an_action_recorded_live_survives_a_restart_and_reaches_the_next_report(
     nxt = cal.shift(cal.period("month", date.fromisoformat(Path(org["run"]).name)), 1).end
     folder = ensure_cube(cfg, "monthly", nxt)
     env = {**os.environ, "SPM_PROJECT_DIR": str(project)}
-    out = subprocess.run([sys.executable, "-c", "from spm_lib import report; import sys; "
+    out = subprocess.run([sys.executable, "-c", "from spm_lib.report import core as report; import sys; "
                           f"print(report.load({mgr!r}, 'monthly', run_dir={str(folder)!r}).actions().body)"],
                          env=env, capture_output=True, text=True, check=True)
     assert text in out.stdout and "overdue" in out.stdout

@@ -19,6 +19,14 @@ from spm_lib.state import revocations
 SECRET = "kS8-wQ3rT6yU1iO4pA7sD0fG2hJ5lZ9xCvBnMm_E"
 
 
+def _run(coro: object) -> object:
+    """Run a coroutine to its end on a thread of its own (the session's Playwright holds this thread's loop)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()  # type: ignore[arg-type]
+
+
 def _claims(owner: str = "rep-001", days: float = 1) -> tuple[links.Claims, str]:
     token = links.sign(SECRET, owner, "monthly", None, datetime.now(UTC) + timedelta(days=days))
     return links.verify_signature(SECRET, token), token
@@ -125,16 +133,16 @@ def test_the_budget_admits_pooled_kernels_then_new_ones_up_to_the_cap() -> None:
     assert budget.admit(nb) is None  # 3 is the cap
     bound: list[str] = []
     first = BudgetedManager(budget, nb, "pool", bound.append)
-    asyncio.run(first.get_rendered_notebook(notebook_name=nb))
+    _run(first.get_rendered_notebook(notebook_name=nb))
     # the pop asked for a refill: 1 handed + 2 admitted new + the refill would make 4 > 3, so the pool stays short
     assert bound == [f"{nb[:-6]}.ipynb-0"] and km.get_pool_size(nb) == 0 and budget.short == [nb]
     second = BudgetedManager(budget, nb, "new", bound.append)
-    asyncio.run(second.start_kernel())
+    _run(second.start_kernel())
     third = BudgetedManager(budget, nb, "new", bound.append)
     third.release()  # that open ended before asking (the viewer went away): its admission is withdrawn
     assert budget.total() == 2 and bound[-1] == "fresh1"
     # a kernel is released: the short pool is refilled (2 - 1 + 1 = 2 <= 3)
-    asyncio.run(km.shutdown_kernel(bound[0]))
+    _run(km.shutdown_kernel(bound[0]))
     assert released == [bound[0]] and km.get_pool_size(nb) == 1 and budget.short == [] and budget.total() == 2
 
 
@@ -152,7 +160,7 @@ def test_a_refill_never_carries_the_previous_request_into_the_next_kernel() -> N
 def test_no_refill_once_the_server_stops() -> None:
     km = Manager({"rep_monthly.ipynb": 1})
     budget = KernelBudget(km, cap=5, notebooks=["rep_monthly.ipynb"], on_shutdown=lambda k: None)
-    asyncio.run(km.shutdown_all())
+    _run(km.shutdown_all())
     km.pools["rep_monthly.ipynb"].clear()
     budget.fill_if_needed(notebook_name="rep_monthly.ipynb")
     assert km.get_pool_size("rep_monthly.ipynb") == 0
