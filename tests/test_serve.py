@@ -11,10 +11,10 @@ import pytest
 
 from spm_lib.config import load_config
 from spm_lib.domain import links
+from spm_lib.engine.trust import worst_by_owner
 from spm_lib.errors import ConfigError
 from spm_lib.live.request import LiveRequestError, parse_request
 from spm_lib.live.serve import check_pools, notebook_of, refusal_reason, url_join, voila_config
-from spm_lib.report.core import worst_trust
 
 SECRET = "pT4wZ9-qLs2Nd7KxVb3Rm8Jf5Hc1Gy6Ea0UoWi_"
 OWNERS = pd.DataFrame({"owner_id": ["ex", "m1", "m2", "r1", "r2", "r3"],
@@ -44,7 +44,7 @@ def test_notebook_of_reads_level_and_cadence_from_a_template_name() -> None:
 def test_worst_trust_per_owner() -> None:
     t = pd.DataFrame({"owner_id": ["a", "a", "a", "b", "b", "c"],
                       "status": ["pass", "warn", "fail", "pass", "warn", "not_available"]})
-    assert worst_trust(t).to_dict() == {"a": "fail", "b": "warn", "c": "pass"}
+    assert worst_by_owner(t).to_dict() == {"a": "fail", "b": "warn", "c": "pass"}
 
 
 def test_refusal_reason_says_why_without_quoting_the_token() -> None:

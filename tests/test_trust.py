@@ -497,6 +497,7 @@ def test_worst_status() -> None:
     assert worst_status(["pass", "warn", "not_available"]) == "warn"
     assert worst_status(["pass", "fail", "warn"]) == "fail"
     assert worst_status([]) == "pass"
+    assert worst_status(["pass", "not_available"]) == "pass"  # an absent check does not make a scope untrusted
 
 
 def test_offenders_for_a_scope_largest_first(result: tuple[pd.DataFrame, pd.DataFrame]) -> None:

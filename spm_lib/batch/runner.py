@@ -148,9 +148,10 @@ def _short(text: str) -> str:
 
 
 def _trust_status(run_dir: str, owner_id: str) -> str:
-    from spm_lib.report.core import load_cube, owner_trust
+    from spm_lib.engine.trust import owner_status
+    from spm_lib.report.core import load_cube
 
-    return owner_trust(load_cube(Path(run_dir)), owner_id)
+    return owner_status(load_cube(Path(run_dir)).trust, owner_id)
 
 
 def _write_offenders_csv(job: Job, cadence: str, as_of: str, run_dir: str) -> None:

@@ -27,8 +27,6 @@ from spm_lib.engine.context import KPI_COLUMNS, CubeContext, build_context, in_b
 from spm_lib.metrics import kpis as registry
 from spm_lib.util.frames import ascending_text, distinct_text_order, map_values, positions, value_ranks
 
-NOT_AVAILABLE = "not available — needs "
-
 
 @dataclass
 class Cube:
@@ -487,7 +485,7 @@ def _complete_grid(long: pd.DataFrame, scopes: list[str], labels: list[str], ids
 
 
 def _reason(missing: list[str]) -> str | None:
-    return NOT_AVAILABLE + ", ".join(missing) if missing else None
+    return registry.not_available(missing) if missing else None
 
 
 def _attach_targets(rows: _Rows, tgt: pd.DataFrame) -> _Rows:

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from spm_lib.engine.context import CubeContext
+from spm_lib.metrics.kpis import not_available
 from spm_lib.util.frames import day_of, join_positions, map_values, positions
 
 MIN_DEALS = 20
-NOT_AVAILABLE = "not available — needs "
 ROW_COLUMNS = ["owner_id", "period", "kpi", "dim", "dim_value", "value", "target", "available", "na_reason"]
 UNKNOWN = "(not set)"
 
@@ -199,7 +199,7 @@ def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.Data
     met_reason = f"the bookings target for {label} is already met: nothing left to cover"
 
     stage_ok = ctx.data.has("opportunities", "stage") or ctx.data.has("opportunity_history", "stage")
-    no_stage = NOT_AVAILABLE + "opportunities.stage"
+    no_stage = not_available(["opportunities.stage"])
 
     def needs_target(values: pd.Series, kpi: str, extra_reason: pd.Series | None = None) -> pd.DataFrame:
         reason = _text_where(no_target, no_target_reason)
@@ -273,7 +273,7 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
     label = str(ctx.windows.closed.label)  # type: ignore[attr-defined]
     scopes = _scopes(ctx)
     if not _has_history(ctx):
-        return _na(scopes, "stage_conversion", label, NOT_AVAILABLE + "opportunity_history")
+        return _na(scopes, "stage_conversion", label, not_available(["opportunity_history"]))
     stages = _open_stage_table(ctx)
     idx = stages.set_index("stage")["stage_index"]
     snap = ctx.snapshot

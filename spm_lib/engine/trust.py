@@ -23,6 +23,7 @@ from spm_lib.config import Threshold
 from spm_lib.data.asof import SortedHistory, first_of_run
 from spm_lib.errors import SpmError, did_you_mean
 from spm_lib.metrics import checks
+from spm_lib.metrics.kpis import not_available
 from spm_lib.util.frames import day_of, isin, join_positions, map_values, positions
 
 if TYPE_CHECKING:
@@ -365,10 +366,6 @@ del _info, _kind, _fn
 
 
 # ---------------------------------------------------------------- computing every check for every scope
-def _not_available(missing: list[str]) -> str:
-    return "not available — needs " + ", ".join(missing)
-
-
 def compute_trust(ctx: CubeContext, bookings_by_month: pd.DataFrame | None = None
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every trust check for every owner scope: (trust, one row per scope and check; trust_rows, offending deals).
@@ -391,7 +388,7 @@ def compute_trust(ctx: CubeContext, bookings_by_month: pd.DataFrame | None = Non
                            amount=np.nan, metric=np.nan, available=True, na_reason=None)
         missing = ctx.data.missing(list(check.needs))
         if missing:
-            part = part.assign(available=False, na_reason=_not_available(missing))
+            part = part.assign(available=False, na_reason=not_available(missing))
         elif check.scope_value is not None:
             sv = check.scope_value(ctx, scopes, bookings_by_month)
             part = part.assign(metric=part["owner_id"].map(sv["value"]).astype("float64"),
@@ -496,11 +493,24 @@ def _offending_rows(check_id: str, deals: pd.DataFrame, detail: pd.Series) -> pd
 
 
 # ---------------------------------------------------------------- helpers for reports
+_SCOPE_RANK = {"fail": 2, "warn": 1}  # a check not available does not make a scope untrusted
+
+
 def worst_status(statuses: Iterable[str]) -> str:
-    """The worst of some statuses: fail > warn > not_available > pass ('pass' when there are none)."""
-    rank = {s: i for i, s in enumerate(STATUS_ORDER)}
-    seen = [s for s in statuses if s in rank]
-    return max(seen, key=rank.__getitem__) if seen else "pass"
+    """The trust of a scope from its checks' statuses: fail > warn > pass (not_available counts as pass)."""
+    return {2: "fail", 1: "warn", 0: "pass"}[max((_SCOPE_RANK.get(s, 0) for s in statuses), default=0)]
+
+
+def worst_by_owner(trust: pd.DataFrame) -> pd.Series:
+    """`worst_status` of every owner's scope in a trust table, indexed by owner id (one vectorised pass)."""
+    rank = trust["status"].map(_SCOPE_RANK).fillna(0)
+    worst = rank.groupby(trust["owner_id"].astype(str)).max()
+    return worst.map({2: "fail", 1: "warn", 0: "pass"})
+
+
+def owner_status(trust: pd.DataFrame, owner_id: str) -> str:
+    """`worst_status` of one owner's scope in a trust table ('pass' when it has no row)."""
+    return str(worst_by_owner(trust[trust["owner_id"] == owner_id]).get(owner_id, "pass"))
 
 
 def offenders_for(trust_rows: pd.DataFrame, facts: pd.DataFrame, owner_id: str, limit: int = 20,

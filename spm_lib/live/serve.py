@@ -41,6 +41,7 @@ from tornado import web
 
 from spm_lib.config import Config, LiveConfig
 from spm_lib.domain import links
+from spm_lib.engine.trust import worst_by_owner
 from spm_lib.errors import ConfigError, SpmError
 from spm_lib.live import log_redact
 from spm_lib.live.kernels import BudgetedManager, KernelBudget, default_max_kernels
@@ -54,7 +55,6 @@ from spm_lib.live.request import (
     query_key,
 )
 from spm_lib.live.sessions import Session, Sessions, link_key
-from spm_lib.report.core import worst_trust
 from spm_lib.state import revocations
 
 SESSION_COOKIE = "spm-session"
@@ -105,7 +105,7 @@ class Runs:
             owners = pd.read_parquet(folder / "owners.parquet")
             owners["owner_id"] = owners["owner_id"].astype(str)
             trust = pd.read_parquet(folder / "trust.parquet", columns=["owner_id", "status"])
-            hit = (stamp, owners, worst_trust(trust))
+            hit = (stamp, owners, worst_by_owner(trust))
             self._cache[folder] = hit
         return folder, hit[1], hit[2]
 

@@ -18,6 +18,14 @@ import pandas as pd
 
 from spm_lib.errors import KpiError, did_you_mean
 
+NOT_AVAILABLE = "not available — needs "  # the one wording of a KPI or check whose data is absent (SPEC §3)
+
+
+def not_available(missing: list[str]) -> str:
+    """What a KPI or check shows when data it needs is absent: 'not available — needs table.column, …'."""
+    return NOT_AVAILABLE + ", ".join(missing)
+
+
 Unit = Literal["currency", "count", "pct", "days", "ratio"]
 Direction = Literal["higher", "lower"]
 Kind = Literal["leading", "lagging"]

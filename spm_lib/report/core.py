@@ -17,6 +17,7 @@ import pandas as pd
 from markupsafe import Markup, escape
 
 from spm_lib.engine.cube import Cube, read_cube
+from spm_lib.engine.trust import owner_status, worst_by_owner
 from spm_lib.errors import OrgError, RunError, did_you_mean
 from spm_lib.metrics import kpis as registry
 from spm_lib.report import charts
@@ -44,18 +45,6 @@ def owner_kpis(cube: Cube, owner_id: str) -> pd.DataFrame:
         _KPIS_BY_OWNER.clear()
         _KPIS_BY_OWNER[id(cube)] = split
     return split.get(owner_id, cube.kpis.iloc[0:0])
-
-
-def worst_trust(trust: pd.DataFrame) -> pd.Series:
-    """The worst trust status (fail, warn, pass) of each owner's scope, indexed by owner id."""
-    rank = trust["status"].map({"fail": 2, "warn": 1}).fillna(0)
-    worst = rank.groupby(trust["owner_id"].astype(str)).max()
-    return worst.map({2: "fail", 1: "warn", 0: "pass"})
-
-
-def owner_trust(cube: Cube, owner_id: str) -> str:
-    """The worst trust status of one owner's scope in a cube: fail, warn or pass."""
-    return str(worst_trust(cube.trust[cube.trust["owner_id"] == owner_id]).get(owner_id, "pass"))
 
 
 TRUST_BADGE = {"pass": "green", "warn": "amber", "fail": "red", "not_available": "none"}
@@ -283,7 +272,7 @@ class Report:
     # ---- 2. trust
     def trust_status(self) -> str:
         """The worst trust status of this owner's scope: fail, warn or pass."""
-        return owner_trust(self.cube, self.owner_id)
+        return owner_status(self.cube.trust, self.owner_id)
 
     def offenders(self, limit: int | None = None) -> pd.DataFrame:
         """Offending open deals in this owner's scope, one row per deal and check, largest first."""
@@ -569,8 +558,7 @@ class Report:
         k = self.cube.kpis
         sel = k[k["owner_id"].isin(b["owner_id"]) & (k["period"] == self.closed) & k["dim"].isna()]
         wide = sel.pivot_table(index="owner_id", columns="kpi", values="value", aggfunc="first")
-        trust = self.cube.trust.groupby("owner_id")["status"].agg(
-            lambda s: "fail" if (s == "fail").any() else "warn" if (s == "warn").any() else "pass")
+        trust = worst_by_owner(self.cube.trust)
         t = b[["owner_id", "name", "value", "attainment"]].merge(wide, left_on="owner_id", right_index=True,
                                                                   how="left", suffixes=("", "_w"))
         t["trust"] = t["owner_id"].map(trust)
