@@ -119,13 +119,13 @@ def _render_images(cfg: Any, owners: dict[str, _Owner]) -> tuple[float, float, i
         t1 = time.perf_counter()
         for o in owners.values():
             token = deliver.message_token(o.rpt, o.rpt.owner_id)
-            drawn = exporter.pngs([Chart(f, deliver.CHART_WIDTH, deliver._figure_height(f), deliver.CHART_SCALE)
+            drawn = exporter.pngs([Chart(f, deliver.CHART_WIDTH, deliver.figure_height(f), deliver.CHART_SCALE)
                                    for f in o.figs.values()])
             for (key, fig), png in zip(o.figs.items(), drawn, strict=True):
                 if not isinstance(png, bytes):
                     raise png
                 cid = deliver.chart_cid(cfg, token, key)
-                o.images[cid], o.alts[cid] = png, deliver._alt(fig, key)
+                o.images[cid], o.alts[cid] = png, deliver.chart_alt(fig, key)
                 n += 1
         per_image = (time.perf_counter() - t1) / max(n, 1)
     finally:
@@ -141,7 +141,7 @@ def _message(cfg: Any, o: _Owner, to: Any) -> bytes:
 
     facts = deliver.read_facts(o.rpt)
     digest = deliver.email_digest(o.rpt, facts, "", o.report, o.figs)
-    msg = deliver.build_message(cfg, o.rpt, to=to, link_url=deliver._link(cfg, o.rpt, BENCH_SECRET),
+    msg = deliver.build_message(cfg, o.rpt, to=to, link_url=deliver.live_link(cfg, o.rpt, BENCH_SECRET),
                                 images=o.images, attachment_html=o.report, alts=o.alts, digest=digest, facts=facts)
     return deliver.message_bytes(msg)
 
@@ -196,7 +196,7 @@ def _send_many(cfg: Any, owners: dict[str, _Owner], n: int) -> tuple[float, dict
 def run(root: Path, emails: int | None = None) -> dict[str, Any]:
     """Time images and emails on the bench run; return the figures for runs/bench/latest.json."""
     from spm_lib.config import SmtpConfig, load_config
-    from spm_lib.deliver.compose import _project_env, make_address
+    from spm_lib.deliver.compose import make_address, project_env
 
     n = emails or int(os.environ.get(EMAILS_ENV, EMAILS))
     run_dir = bench_run(root)
@@ -206,7 +206,7 @@ def run(root: Path, emails: int | None = None) -> dict[str, Any]:
     cfg = cfg.model_copy(update={"delivery": cfg.delivery.model_copy(update={
         "smtp": SmtpConfig(host="127.0.0.1", port=25, security="none", user=None), "attach_report": True,
         "redirect_to": None, "cc_leader": False})})
-    with _project_env(proj):
+    with project_env(proj):
         owners = _prepare(cfg, run_dir)
         startup, per_image, n_images = _render_images(cfg, owners)
         seconds, box = _send_many(cfg, owners, n)

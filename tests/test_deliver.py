@@ -435,7 +435,7 @@ def test_the_wire_bytes_are_what_the_email_package_writes(project: Path, tmp_pat
 
     folder = run_dir(project)
     cfg = make_cfg(project, tmp_path)
-    with deliver._project_env(project):
+    with deliver.project_env(project):
         rpt = load("rep-001", "monthly", run_dir=folder)
     report = (folder / "rep/rep-001.html").read_bytes()
     saved = json.loads((folder / "rep/rep-001.email.json").read_text())  # written by `spm run`

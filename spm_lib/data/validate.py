@@ -23,7 +23,7 @@ from spm_lib.config import Config
 from spm_lib.data.mapping import row_ids
 from spm_lib.data.quality import Finding, Findings
 from spm_lib.domain.contract import CONTRACT, PANDAS_DTYPES, REQUIRED_TABLES
-from spm_lib.domain.org import HierarchyScreen, _overlapping_owners, hierarchy_problems
+from spm_lib.domain.org import HierarchyScreen, hierarchy_problems, overlapping_owners
 from spm_lib.errors import SpmError, did_you_mean, format_ids
 from spm_lib.metrics import checks, kpis
 from spm_lib.util.frames import isin
@@ -272,7 +272,7 @@ def _check_owners(owners: pd.DataFrame, findings: Findings) -> None:
     inverted = df["valid_from"].notna() & df["valid_to"].notna() & (df["valid_from"] > df["valid_to"])
     findings.add("owners", "valid_from", "inverted_validity", "fatal", df.loc[inverted, "owner_id"],
                  "valid_from is after valid_to", "fix the dates (both days are inclusive)")
-    overlap = _overlapping_owners(df[~inverted])
+    overlap = overlapping_owners(df[~inverted])
     findings.add("owners", "owner_id", "duplicate_id", "fatal", overlap,
                  "owner_id appears in several rows valid on the same day",
                  "keep one row per owner, or give the rows non-overlapping valid_from/valid_to "

@@ -402,13 +402,15 @@ def _canonical(fig: dict[str, Any]) -> bytes:
     return json.dumps(fig, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def _alt(fig: dict[str, Any], key: str) -> str:
+def chart_alt(fig: dict[str, Any], key: str) -> str:
+    """The alt text of an email chart: its title, or its key in words."""
     title = fig.get("layout", {}).get("title")
     title = title.get("text") if isinstance(title, dict) else title
     return clean_header(_html.unescape(re.sub(r"<[^>]+>", " ", str(title)))) if title else key.replace("-", " ")
 
 
-def _figure_height(fig: dict[str, Any]) -> int:
+def figure_height(fig: dict[str, Any]) -> int:
+    """The layout height of a plotly figure (300 px when it sets none)."""
     h = fig.get("layout", {}).get("height")
     return int(h) if h else 300
 
@@ -447,7 +449,7 @@ class Summary:
 
 
 @contextmanager
-def _project_env(root: Path) -> Iterator[None]:
+def project_env(root: Path) -> Iterator[None]:
     """SPM_PROJECT_DIR set to `root` while reports are read (Report reads the config of the project)."""
     old = os.environ.get("SPM_PROJECT_DIR")
     os.environ["SPM_PROJECT_DIR"] = str(root)
@@ -489,7 +491,8 @@ def _actions_html(cfg: Config, rpt: Any) -> str:
     return f'<ul style="margin:0;padding-left:20px;">{"".join(items)}</ul>' if items else ""
 
 
-def _link(cfg: Config, rpt: Any, secret: str | None) -> str | None:
+def live_link(cfg: Config, rpt: Any, secret: str | None) -> str | None:
+    """The signed link to the owner's live report that an email carries (None without a secret)."""
     if not secret:
         return None
     from spm_lib.domain import links
@@ -617,14 +620,14 @@ def _prepare(run: _Run, todo: _Todo) -> _Built | str:
     to, cc = _recipients(cfg, run.owners, oid)
     token = message_token(rpt, digest)
     run.exporter.open()
-    drawn = run.exporter.pngs([Chart(f, CHART_WIDTH, _figure_height(f), CHART_SCALE) for f in figs.values()])
+    drawn = run.exporter.pngs([Chart(f, CHART_WIDTH, figure_height(f), CHART_SCALE) for f in figs.values()])
     images, alts = {}, {}
     for (key, fig), png in zip(figs.items(), drawn, strict=True):
         if isinstance(png, ImageError):
             raise ImageError(f"chart {key!r}: {png}")
         cid = chart_cid(cfg, token, key)
-        images[cid], alts[cid] = png, _alt(fig, key)
-    msg = build_message(cfg, rpt, to=to, cc=cc, link_url=_link(cfg, rpt, run.secret), images=images,
+        images[cid], alts[cid] = png, chart_alt(fig, key)
+    msg = build_message(cfg, rpt, to=to, cc=cc, link_url=live_link(cfg, rpt, run.secret), images=images,
                         attachment_html=report, actions_html=actions, alts=alts, digest=digest, facts=facts)
     return _Built(message_bytes(msg), str(msg["Message-ID"]), digest, [a.addr_spec for a in [*to, *cc]])
 
@@ -674,7 +677,7 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
     if not has_cube(run_dir) or not manifest_path.is_file():
         raise RunError(f"{run_dir} holds no rendered run: run `spm run --cadence {run_dir.parent.name} "
                        f"--as-of {run_dir.name}` first")
-    with locked(run_dir), _project_env(cfg.root), _send_log(run_dir):
+    with locked(run_dir), project_env(cfg.root), _send_log(run_dir):
         manifest = json.loads(manifest_path.read_text())
         cube_id = json.loads((run_dir / "cube.json").read_text()).get("run_id")
         if manifest.get("run_id") != cube_id:

@@ -116,7 +116,7 @@ def _normalise(owners: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def _overlapping_owners(df: pd.DataFrame) -> list[str]:
+def overlapping_owners(df: pd.DataFrame) -> list[str]:
     """Owner ids with two rows whose validity intervals overlap (no validity = always valid)."""
     s = df.assign(_vf=df["valid_from"].fillna(_LOW), _vt=df["valid_to"].fillna(_HIGH)).sort_values(
         ["owner_id", "_vf"], kind="stable")
@@ -131,7 +131,7 @@ def _validate(df: pd.DataFrame) -> None:
     if inverted.any():
         raise OrgError(f"table owners: valid_from is after valid_to for owner(s) "
                        f"{format_ids(df.loc[inverted, 'owner_id'])}; fix the dates (both days are inclusive)")
-    overlap = _overlapping_owners(df)
+    overlap = overlapping_owners(df)
     if overlap:
         raise OrgError(f"table owners: owner(s) {format_ids(overlap)} appear in several rows valid on the same day; "
                        "keep one row per owner, or give the rows non-overlapping valid_from/valid_to "

@@ -230,7 +230,7 @@ def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_j
     for k in ks:
         m = k.measure
         assert m is not None
-        num, den = registry._sql_agg(m.agg, f"f.{m.expr}" if m.expr.isidentifier() else m.expr)
+        num, den = registry.sql_agg(m.agg, f"f.{m.expr}" if m.expr.isidentifier() else m.expr)
         where = m.where
         cols.append(f'{num} FILTER (WHERE {where}) AS "{k.id}__n"')
         cols.append(f'{den} FILTER (WHERE {where}) AS "{k.id}__d"' if den else f'NULL AS "{k.id}__d"')

@@ -20,7 +20,7 @@ from spm_lib.live import request as live
 from spm_lib.live import widgets
 from spm_lib.report import charts
 from spm_lib.report import markup as html
-from spm_lib.report.core import Html, Report, _esc, _project_root, latest_run, load_cube, owner_kpis, scope_positions
+from spm_lib.report.core import Html, Report, esc, latest_run, load_cube, owner_kpis, project_root, scope_positions
 from spm_lib.state import revocations
 from spm_lib.store.runfolder import has_cube
 
@@ -55,7 +55,7 @@ class Refusal:
 
     def header(self) -> Html:
         """The refusal notice (the only thing the page shows)."""
-        return Html(html.banner("error", live.REFUSAL_TITLE, f"<p>{_esc(self.reason)}.</p><p>Ask the person who "
+        return Html(html.banner("error", live.REFUSAL_TITLE, f"<p>{esc(self.reason)}.</p><p>Ask the person who "
                                 "sent you the link for a new one.</p>"))
 
     def __getattr__(self, name: str) -> object:
@@ -67,7 +67,7 @@ class Refusal:
 def _live_run(cadence: str, as_of: date | None) -> Path:
     """The run folder a live page reads: the requested or pinned as-of, else the latest run of the cadence."""
     day = as_of or live.pinned_as_of()
-    return _project_root() / "runs" / cadence / day.isoformat() if day else latest_run(cadence)
+    return project_root() / "runs" / cadence / day.isoformat() if day else latest_run(cadence)
 
 
 def warm_up(cadence: str) -> Cube | None:

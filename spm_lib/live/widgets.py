@@ -23,7 +23,7 @@ from spm_lib.engine.decomposition import KPI_INPUTS, MONTHS_PER_YEAR, what_if
 from spm_lib.errors import KpiError, OrgError, SpmError, did_you_mean
 from spm_lib.report import markup as html
 from spm_lib.report.actions_view import actions_html
-from spm_lib.report.core import TRUST_BADGE, Html, Report, _esc
+from spm_lib.report.core import TRUST_BADGE, Html, Report, esc
 from spm_lib.state import actions
 
 ROW_LIMIT = 100  # rows of a deals table shown at once (the count and total cover every deal)
@@ -50,10 +50,10 @@ class Live(Html):
 def _message(kind: str, text: str) -> str:
     """A one-line message in a panel: error (boxed in red), success (a green mark) or info (muted)."""
     if kind == "error":
-        return html.Html(f'<p class="spm-error" role="alert">{_esc(text)}</p>')
+        return html.Html(f'<p class="spm-error" role="alert">{esc(text)}</p>')
     if kind == "success":
-        return html.Html(f'<p>{html.badge("green", "saved")} {_esc(text)}</p>')
-    return html.Html(f'<p class="spm-muted">{_esc(text)}</p>')
+        return html.Html(f'<p>{html.badge("green", "saved")} {esc(text)}</p>')
+    return html.Html(f'<p class="spm-muted">{esc(text)}</p>')
 
 
 def _windows(rpt: Report) -> CadenceWindows:
@@ -87,8 +87,8 @@ def drill_html(rpt: Report, target_id: str) -> str:
     if str(target_id) not in viewer_subtree(rpt):
         return _message("error", REFUSED)
     sub = Report(rpt.cube, str(target_id), rpt.run_dir, viewer_id=rpt.viewer_id)
-    words = "".join(f"<li>{_esc(s)}</li>" for s in sub.findings()) or "<li>No finding stands out.</li>"
-    return html.Html(f"<h4>{_esc(sub.name)}: the KPIs of a {_esc(sub.level)} {_esc(sub.cadence)} session</h4>"
+    words = "".join(f"<li>{esc(s)}</li>" for s in sub.findings()) or "<li>No finding stands out.</li>"
+    return html.Html(f"<h4>{esc(sub.name)}: the KPIs of a {esc(sub.level)} {esc(sub.cadence)} session</h4>"
                      f"{sub._kpi_table(sub.kpi_rows(sub.above_the_line_ids()))}"
                      f'<ul class="spm-findings">{words}</ul>{trust_findings_html(sub)}')
 
@@ -202,7 +202,7 @@ def deals_html(rpt: Report, deals: pd.DataFrame, sort_by: str = "amount", ascend
     df = df.sort_values([sort_by, "opportunity_id"], ascending=[ascending, True], na_position="last")
     shown = f"the first {limit} in this order" if len(df) > limit else "all shown"
     head = (f'<p><b>{len(df)}</b> deals, total '
-            f'<b>{_esc(html.fmt_value(df["amount"].sum(), "currency", rpt.currency))}</b> ({shown}).</p>')
+            f'<b>{esc(html.fmt_value(df["amount"].sum(), "currency", rpt.currency))}</b> ({shown}).</p>')
     cols = {"opportunity_id": "Id", "name": "Opportunity", "owner": "Owner", "account_id": "Account",
             "stage": "Stage", "amount": "Amount", "created_date": "Created", "close_date": "Close date"}
     cols = {c: h for c, h in cols.items() if c in df}
@@ -322,7 +322,7 @@ def what_if_html(rpt: Report, inp: dict[str, Any], **levers: float | None) -> st
             need = _deadline(r["deadline"], r["required"])
         else:
             need = html.fmt_value(r["required"], str(r["unit"]), rpt.currency)
-        rows.append({"label": r["label"], "need": need if pd.notna(r["required"]) else _esc(r["na_reason"]),
+        rows.append({"label": r["label"], "need": need if pd.notna(r["required"]) else esc(r["na_reason"]),
                      "actual": html.fmt_value(r["actual"], str(r["unit"]), rpt.currency)})
     table = html.table_html(pd.DataFrame(rows), {"label": "Driver", "need": "Needed", "actual": "Actual"},
                             {"need": html.Html})
@@ -337,12 +337,12 @@ def what_if_html(rpt: Report, inp: dict[str, Any], **levers: float | None) -> st
         gap = target - expected
         word = "short of" if gap > 0 else "ahead of"
         pace = html.fmt_value(inp["opps_created_ttm"] / MONTHS_PER_YEAR, "count")
-        verdict = (f'<p>At the current pace of {_esc(pace)} opportunities created a month, '
-                   f"expected result for {_esc(rpt.forward)}: "
-                   f"<b>{_esc(html.fmt_value(expected, 'currency', rpt.currency))}</b> against a target of "
-                   f"<b>{_esc(html.fmt_value(target, 'currency', rpt.currency))}</b> "
-                   f"({_esc(html.fmt_value(expected / target * 100, 'pct'))}): "
-                   f"{_esc(html.fmt_value(abs(gap), 'currency', rpt.currency))} {word} target.</p>")
+        verdict = (f'<p>At the current pace of {esc(pace)} opportunities created a month, '
+                   f"expected result for {esc(rpt.forward)}: "
+                   f"<b>{esc(html.fmt_value(expected, 'currency', rpt.currency))}</b> against a target of "
+                   f"<b>{esc(html.fmt_value(target, 'currency', rpt.currency))}</b> "
+                   f"({esc(html.fmt_value(expected / target * 100, 'pct'))}): "
+                   f"{esc(html.fmt_value(abs(gap), 'currency', rpt.currency))} {word} target.</p>")
     return html.Html(verdict + table)
 
 
@@ -468,7 +468,7 @@ class ActionForm(w.VBox):
             if aid not in self._rows:
                 pick = w.Dropdown(options=list(actions.STATUSES), value=str(r["status"]), layout=self._narrow)
                 pick.observe(lambda ch, aid=aid: self.set_status(aid, ch["new"]), "value")
-                self._rows[aid] = w.HBox([pick, w.HTML(f"{_esc(r['text'])} <span class='spm-muted'>(due "
+                self._rows[aid] = w.HBox([pick, w.HTML(f"{esc(r['text'])} <span class='spm-muted'>(due "
                                                        f"{pd.Timestamp(r['due_date']).date()})</span>")])
         shown = [self._rows[int(a)] for a in df["action_id"]]
         self.statuses.children = shown or [w.HTML('<p class="spm-muted">No action to update.</p>')]

@@ -281,7 +281,7 @@ for _k in _builtins():
     register(_k)
 
 
-def _sql_agg(agg: str, expr: str) -> tuple[str, str | None]:
+def sql_agg(agg: str, expr: str) -> tuple[str, str | None]:
     """SQL for a measure's numerator and (for means) denominator."""
     if agg == "sum":
         return f"sum({expr})", None

@@ -51,7 +51,8 @@ TRUST_BADGE = {"pass": "green", "warn": "amber", "fail": "red", "not_available":
 TRUST_BANNER = {"pass": "success", "warn": "warning", "fail": "error"}
 
 
-def _esc(text: object) -> str:
+def esc(text: object) -> str:
+    """`text` as HTML-escaped text."""
     return str(escape(str(text)))
 
 
@@ -74,7 +75,8 @@ class Html:
 
 
 # ---------------------------------------------------------------- locating the run
-def _project_root() -> Path:
+def project_root() -> Path:
+    """The project folder reports read their runs from."""
     from spm_lib.project import project_dir
 
     return project_dir()
@@ -84,7 +86,7 @@ def latest_run(cadence: str, root: Path | None = None) -> Path:
     """The newest run folder of `cadence` that holds a cube."""
     from spm_lib.store.runfolder import has_cube
 
-    base = (root or _project_root()) / "runs" / cadence
+    base = (root or project_root()) / "runs" / cadence
     runs = sorted(p for p in base.glob("????-??-??") if has_cube(p)) if base.is_dir() else []
     if not runs:
         raise RunError(f"no {cadence} run in {base}: run `spm run --cadence {cadence}` (or `make demo`) first")
@@ -127,7 +129,7 @@ def load(owner_id: str | None = None, cadence: str | None = None, as_of: str | d
     if run_dir is not None:
         folder = Path(run_dir)
     elif as_of is not None:
-        folder = _project_root() / "runs" / cadence / str(as_of)
+        folder = project_root() / "runs" / cadence / str(as_of)
     else:
         folder = latest_run(cadence)
     from spm_lib.store.runfolder import has_cube
@@ -260,12 +262,12 @@ class Report:
         fresh = facts["last_modified_date"].max() if "last_modified_date" in facts else None
         fresh_txt = f"latest CRM change {pd.Timestamp(fresh).date()}" if fresh is not None and pd.notna(fresh) \
             else "CRM change dates not available"
-        notes = "".join(f"<li>{_esc(n)}</li>" for n in self.cube.meta.get("notes", []))  # type: ignore[union-attr]
-        body = (f'<div class="spm-header"><h1>{_esc(self.name)}</h1>'
-                f'<p class="spm-sub">{_esc(LEVEL_TITLES.get(self.level, self.level))} · '
-                f'{_esc(self.cadence)} session · closed period <b>{_esc(self.closed)}</b> · '
-                f'forward look <b>{_esc(self.forward)}</b> · as of {_esc(self.as_of)} · {_esc(fresh_txt)}</p>'
-                f'<p class="spm-agenda">This session decides: {_esc(CADENCE_FOCUS.get(self.cadence, ""))}.</p>'
+        notes = "".join(f"<li>{esc(n)}</li>" for n in self.cube.meta.get("notes", []))  # type: ignore[union-attr]
+        body = (f'<div class="spm-header"><h1>{esc(self.name)}</h1>'
+                f'<p class="spm-sub">{esc(LEVEL_TITLES.get(self.level, self.level))} · '
+                f'{esc(self.cadence)} session · closed period <b>{esc(self.closed)}</b> · '
+                f'forward look <b>{esc(self.forward)}</b> · as of {esc(self.as_of)} · {esc(fresh_txt)}</p>'
+                f'<p class="spm-agenda">This session decides: {esc(CADENCE_FOCUS.get(self.cadence, ""))}.</p>'
                 + (f'<ul class="spm-notes">{notes}</ul>' if notes else "") + "</div>")
         return Html(body)
 
@@ -292,7 +294,7 @@ class Report:
         if status == "fail":
             failing = ", ".join(t.loc[t["status"] == "fail", "label"].astype(str))
             parts.append(html.banner("error", "Fix the data first",
-                                     f"These checks fail: {_esc(failing)}. Correct the deals below in the CRM "
+                                     f"These checks fail: {esc(failing)}. Correct the deals below in the CRM "
                                      "before deciding anything else."))
         elif status == "warn":
             parts.append(html.banner("warning", "Check the data", "Some checks warn; review the deals below."))
@@ -328,7 +330,7 @@ class Report:
     def _trust_value(self, r: object) -> str:
         v = r.value
         if r.status == "not_available":
-            return _esc(str(r.na_reason or "not available"))
+            return esc(str(r.na_reason or "not available"))
         unit = r.unit
         if pd.isna(v):
             return "—"
@@ -404,10 +406,10 @@ class Report:
     def _kpi_table(self, rows: pd.DataFrame) -> str:
         rows = rows.copy()
         rows["shown"] = [self._fmt(r.kpi, r.value) if not (isinstance(r.value, float) and math.isnan(r.value))
-                         else _esc(r.na_reason or "—") for r in rows.itertuples()]
+                         else esc(r.na_reason or "—") for r in rows.itertuples()]
         rows["target_s"] = [self._fmt(r.kpi, r.target) for r in rows.itertuples()]
         rows["att"] = [html.fmt_value(a * 100 if pd.notna(a) else a, "pct", "") for a in rows["attainment"]]
-        rows["label_h"] = [f'<span title="{_esc(d)}">{_esc(lab)}</span>'
+        rows["label_h"] = [f'<span title="{esc(d)}">{esc(lab)}</span>'
                            for lab, d in zip(rows["label"], rows["definition"], strict=True)]
         return html.table_html(
             rows[["label_h", "kind", "period", "shown", "target_s", "att", "status"]],
@@ -455,9 +457,9 @@ class Report:
         r = self.kpi(kpi_id, self.forward)
         if r is None or pd.isna(r["value"]):
             reason = (r["na_reason"] if r is not None else None) or "—"
-            shown = _esc(str(reason))
+            shown = esc(str(reason))
         else:
-            shown = _esc(self._fmt(kpi_id, r["value"]))
+            shown = esc(self._fmt(kpi_id, r["value"]))
         return {"label": k.label, "value": shown, "definition": k.definition}
 
     # ---- 5. where to focus
@@ -507,7 +509,7 @@ class Report:
 
     def focus(self) -> Html:
         """Findings in words; for managers and up their direct reports ranked; funnel, channels, products."""
-        words = "".join(f"<li>{_esc(s)}</li>" for s in self.findings()) or "<li>No finding stands out.</li>"
+        words = "".join(f"<li>{esc(s)}</li>" for s in self.findings()) or "<li>No finding stands out.</li>"
         parts = [f'<ul class="spm-findings">{words}</ul>']
         if not self.reports.empty:
             parts.append(f"<h4>Direct reports ranked</h4>{self.team_ranking_html()}")
@@ -535,7 +537,7 @@ class Report:
             b = self.breakdown("bookings", dim)
             if not b.empty:
                 b = b.sort_values("value", ascending=False)
-                parts.append(f"<h4>{title} ({_esc(self.closed)})</h4>")
+                parts.append(f"<h4>{title} ({esc(self.closed)})</h4>")
                 parts.append(html.table_html(
                     b[["dim_value", "value"]], {"dim_value": dim.capitalize(), "value": "Bookings"},
                     {"value": lambda v: html.fmt_value(v, "currency", self.currency)}))
@@ -648,7 +650,7 @@ class Report:
             mix_html = "<h4>Activity mix this period</h4>" + str(html.table_html(
                 mix.sort_values("value", ascending=False)[["dim_value", "value"]],
                 {"dim_value": "Type", "value": "Activities"}, {"value": lambda v: html.fmt_value(v, "count", "")}))
-        return Html(f"<p>The largest open deals that can still close in {_esc(self.forward)}: "
+        return Html(f"<p>The largest open deals that can still close in {esc(self.forward)}: "
                     f"where a push this {self.cadence[:-2] if self.cadence.endswith('ly') else 'period'} "
                     f"moves the result.</p>{table}{mix_html}")
 
@@ -710,7 +712,7 @@ class Report:
                          else float("nan"),
                          "per_rep": (bk["value"] / heads) if bk is not None and heads else float("nan")})
         df = pd.DataFrame(rows)
-        parts.append(f"<h4>The year {_esc(self.closed)} by team: productivity per sales executive</h4>")
+        parts.append(f"<h4>The year {esc(self.closed)} by team: productivity per sales executive</h4>")
         parts.append(str(html.table_html(
             df, {"name": "Team", "reps": "Sales executives", "bookings": "Bookings", "attainment": "Attainment",
                  "per_rep": "Bookings per executive"},
@@ -719,8 +721,8 @@ class Report:
              "per_rep": lambda v: html.fmt_value(v, "currency", self.currency)})))
         cos = self.kpi("cost_of_sales_pct")
         if cos is not None and pd.notna(cos["value"]):
-            parts.append(f"<p>Cost of sales: {_esc(html.fmt_value(cos['value'], 'pct', ''))} of bookings "
-                         f"({_esc(ytd)} budget discussion).</p>")
+            parts.append(f"<p>Cost of sales: {esc(html.fmt_value(cos['value'], 'pct', ''))} of bookings "
+                         f"({esc(ytd)} budget discussion).</p>")
         return Html("".join(parts))
 
     def _subtree_reps(self, owner_id: str) -> list[str]:
