@@ -483,7 +483,7 @@ class Report:
                        f"{weak['benchmark_rate']:.0f} % for {weak['benchmark']}.")
         t = self.cube.trust[(self.cube.trust["owner_id"] == self.owner_id) & (self.cube.trust["check"] ==
                                                                              "opps_stale_60d")]
-        if not t.empty and t.iloc[0]["count"] and not pd.isna(t.iloc[0]["count"]):
+        if not t.empty and pd.notna(t.iloc[0]["count"]) and t.iloc[0]["count"]:  # NA: the check is not available
             out.append(f"{int(t.iloc[0]['count'])} deals worth "
                        f"{html.fmt_value(t.iloc[0]['amount'], 'currency', self.currency)} are stale.")
         return out
