@@ -146,7 +146,9 @@ def trust_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None
             click.echo(f"\nOpportunities to fix ({len(deals)}):")
             click.echo(deals.to_string(index=False, max_rows=200))
     else:
-        _emit(checks.merge(deals, on="check", how="left") if not deals.empty else checks, fmt)
+        scope = checks.rename(columns={"owner_id": "scope_owner_id", "amount": "flagged_amount"})
+        deal = deals.rename(columns={"owner_id": "deal_owner_id", "amount": "deal_amount"})
+        _emit(scope.merge(deal, on="check", how="left") if not deals.empty else scope, fmt)
 
 
 @cli.command("run")
@@ -397,7 +399,9 @@ def _emit(df: object, fmt: str) -> None:
 
     assert isinstance(df, pd.DataFrame)
     if fmt == "csv":
-        click.echo(df.to_csv(index=False), nl=False)
+        from spm_lib.util.spreadsheet import to_safe_csv
+
+        click.echo(to_safe_csv(df), nl=False)
     elif fmt == "json":
         click.echo(df.to_json(orient="records", date_format="iso", indent=1))
     else:

@@ -22,6 +22,7 @@ from typing import Any
 
 from spm_lib.config import Config
 from spm_lib.errors import OrgError, RunError, did_you_mean
+from spm_lib.util.spreadsheet import to_safe_csv
 
 log = logging.getLogger("spm.run")
 
@@ -164,7 +165,7 @@ def _write_offenders_csv(job: Job, cadence: str, as_of: str, run_dir: str) -> No
         return
     off = rpt.offenders()
     if not off.empty:
-        write_atomic(Path(job.html).with_suffix(".trust.csv"), off.to_csv(index=False))
+        write_atomic(Path(job.html).with_suffix(".trust.csv"), to_safe_csv(off))
 
 
 def _write_email_figures(job: Job, cadence: str, as_of: str, run_dir: str) -> None:

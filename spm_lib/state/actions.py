@@ -30,12 +30,12 @@ from spm_lib.domain.periods import CADENCE_GRAIN, FiscalCalendar, as_date, check
 from spm_lib.errors import PeriodError, SpmError, did_you_mean
 from spm_lib.metrics import kpis as registry
 from spm_lib.state import db as state
+from spm_lib.util.spreadsheet import to_safe_csv
 
 STATUSES = ("open", "done", "dropped")
 FORMATS = ("csv", "json")
 MAX_TEXT = 2000
 MAX_KEY = 200
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads such a CSV cell as a formula
 
 ACTIONS = sa.Table(
     "actions", state.METADATA,
@@ -292,7 +292,4 @@ def export(cfg: Any, owner_id: str | None = None, fmt: Literal["csv", "json"] | 
     out = df.astype("object").where(df.notna(), None)
     if fmt == "json":
         return json.dumps(out.to_dict(orient="records"), ensure_ascii=False, indent=2) + "\n"
-    # prefix free text a spreadsheet would run as a formula with ' (shown, never run)
-    for c in ("form_key", "owner_id", "text", "support_asked", "recorded_by", "updated_by"):
-        out[c] = out[c].map(lambda v: f"'{v}" if isinstance(v, str) and v[:1] in FORMULA_STARTS else v)
-    return str(out.to_csv(index=False, lineterminator="\n"))
+    return to_safe_csv(out)  # free text a spreadsheet would run as a formula is prefixed with ' (shown, never run)
