@@ -102,6 +102,7 @@ def cube_cmd(ctx: click.Context, as_of: object, cadence: str, force: bool) -> No
     day = _as_of(as_of, cfg, cadence)
     folder = ensure_cube(cfg, cadence, day, force=force)
     click.echo(f"Cube for {cadence} as of {day} in {folder} ({time.perf_counter() - t0:.1f} s)")
+    _warn_data_end(folder)
 
 
 @cli.command("kpis")
@@ -175,6 +176,7 @@ def run_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, 
     folder = cfg.root / "runs" / cadence / day.isoformat()
     click.echo(f"{manifest['rendered']} reports rendered this time; {ok} of {len(owners)} owners have a report "
                f"in {folder} (cube {manifest['cube_s']} s, rendering {manifest['render_s']} s).")
+    _warn_data_end(folder)
     trust_fail = sum(1 for o in owners.values() if o.get("trust_status") == "fail")
     if trust_fail:
         click.echo(f"{trust_fail} reports open with 'fix the data first'.")
@@ -184,6 +186,17 @@ def run_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, 
             click.echo(f"  {oid}: {owners[oid]['error']}", err=True)
         click.echo("Fix the cause, then `spm run --resume` re-renders only those.", err=True)
         sys.exit(1)
+
+
+def _warn_data_end(folder: Path) -> None:
+    """Say it when the run's data ends before its closed period (the note the cube recorded)."""
+    import json
+
+    meta = folder / "cube.json"
+    notes = json.loads(meta.read_text()).get("notes", []) if meta.is_file() else []
+    for note in notes:
+        if str(note).startswith("The data ends on"):
+            click.echo(f"WARNING: {note}", err=True)
 
 
 @cli.group()

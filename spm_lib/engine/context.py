@@ -128,6 +128,33 @@ def as_of_date(value: date | str) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
+def latest_change(opportunities: pd.DataFrame, history: pd.DataFrame | None) -> date | None:
+    """The latest day anything changed: a deal created, modified or closed (`is_closed` known), or a history entry."""
+    days = []
+    for column in ("created_date", "last_modified_date", "close_date"):
+        if column not in opportunities:
+            continue
+        values = pd.to_datetime(opportunities[column], errors="coerce")
+        if column == "close_date":  # an open deal's close date is a plan, not a change
+            values = values[opportunities["is_closed"].fillna(False).astype(bool)] if "is_closed" in opportunities \
+                else values.iloc[0:0]
+        if values.notna().any():
+            days.append(values.max().date())
+    if history is not None and "changed_at" in history and history["changed_at"].notna().any():
+        days.append(pd.to_datetime(history["changed_at"], errors="coerce").max().date())
+    return max(days) if days else None
+
+
+def data_end_note(opportunities: pd.DataFrame, history: pd.DataFrame | None, closed_start: date,
+                  as_of: date) -> str | None:
+    """A note when the data ends before the run's closed period begins (every figure would be 0), None otherwise."""
+    last = latest_change(opportunities, history)
+    if last is None or last >= closed_start:
+        return None
+    return (f"The data ends on {last}: the latest deal change is before this run's closed period, so its figures "
+            f"are empty. Pass --as-of {last} (or another day inside the data) instead of {as_of}.")
+
+
 def build_context(cfg: Config, data: Dataset, cadence: str, as_of: date) -> CubeContext:
     """Prepare the shared inputs of one cube run and register them as DuckDB views."""
     from spm_lib.data.asof import snapshot, sort_history
@@ -146,6 +173,9 @@ def build_context(cfg: Config, data: Dataset, cadence: str, as_of: date) -> Cube
         notes.append("No owner validity dates: the current hierarchy applies to all periods.")
     sorted_history = sort_history(history, as_of) if history is not None and not history.empty else None
     snap = snapshot(data.table("opportunities"), history, as_of, cfg.stages, sorted_history=sorted_history)
+    ended = data_end_note(snap, history, windows.closed.start, as_of)
+    if ended:
+        notes.insert(0, ended)
     last_activity = in_background(last_activity_day, snap, data, as_of)  # in DuckDB, beside what follows
     account_codes = _account_codes(snap)
     snap = _enrich_snapshot(snap, data, account_codes)
