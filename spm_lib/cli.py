@@ -299,7 +299,7 @@ def link_cmd(ctx: click.Context, owner: str | None, cadence: str, as_of: object,
     cfg = _config(ctx.obj["project"])
     secret = secret_from_env()
     if revoke is not None:
-        claims = revocations.link_id_of(revoke, secret)
+        claims = revocations.claims_of(revoke, secret)
         revocations.revoke_link(cfg, claims.link_id)
         who = f" of {claims.owner_id} ({claims.cadence})" if claims.owner_id else ""
         click.echo(f"revoked link {claims.link_id}{who}: the live server refuses it within "

@@ -197,8 +197,8 @@ def test_revoking_one_link_or_every_link_of_an_owner(small_project: Path, tmp_pa
     cfg = load_config(project)
     (a, ta), (b, _), (other, _) = _claims("rep-001"), _claims("rep-001"), _claims("rep-002")
     assert not revocations.read(cfg).revoked(a)
-    assert revocations.link_id_of(f"https://spm.example.com/?t={ta}", SECRET).link_id == a.link_id
-    assert revocations.link_id_of(a.link_id, SECRET).link_id == a.link_id
+    assert revocations.claims_of(f"https://spm.example.com/?t={ta}", SECRET).link_id == a.link_id
+    assert revocations.claims_of(a.link_id, SECRET).link_id == a.link_id
     revocations.revoke_link(cfg, a.link_id)
     now = revocations.read(cfg)
     assert now.revoked(a) and not now.revoked(b) and not now.revoked(other)
@@ -210,7 +210,7 @@ def test_revoking_one_link_or_every_link_of_an_owner(small_project: Path, tmp_pa
     with pytest.raises(links.LinkError, match="carries no link id"):
         revocations.revoke_link(cfg, "")
     with pytest.raises(links.LinkError, match="not valid"):
-        revocations.link_id_of(ta[:-3] + "xyz", SECRET)
+        revocations.claims_of(ta[:-3] + "xyz", SECRET)
 
 
 def test_the_cached_list_is_reread_after_its_ttl() -> None:

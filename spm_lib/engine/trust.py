@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from spm_lib.engine.context import CubeContext
 
 Unit = Literal["count", "rate", "pct"]
-STATUS_ORDER = ["pass", "not_available", "warn", "fail"]  # worst last
 TRUST_COLUMNS = ["owner_id", "level", "check", "status", "value", "count", "amount", "open_count", "open_value",
                  "warn", "fail", "unit", "available", "na_reason", "label", "definition"]
 TRUST_ROW_COLUMNS = ["check", "opportunity_id", "owner_id", "name", "account_id", "stage", "amount", "close_date",

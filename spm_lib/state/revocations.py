@@ -67,7 +67,7 @@ def read(cfg: Any) -> Revocations:
     return Revocations(link_ids=ids, owners=owners)
 
 
-def link_id_of(text: str, secret: str) -> links.Claims:
+def claims_of(text: str, secret: str) -> links.Claims:
     """The claims of a link given as a full URL, a token, or a bare link id (then only `link_id` is meaningful)."""
     text = text.strip()
     token = (parse_qs(urlsplit(text).query).get("t") or [""])[0] if "?" in text else text
