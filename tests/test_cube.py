@@ -129,6 +129,47 @@ def test_missing_data_is_not_available_never_zero(cube):
     assert not gm.available and "opportunities.margin" in gm.na_reason
 
 
+def _with_leads(data: Dataset, with_owner: bool) -> Dataset:
+    # three leads in Oct: two by R1 (one converted to o8), one by R2; one in Sep by R2
+    leads = pd.DataFrame({"lead_id": ["l1", "l2", "l3", "l4"], "channel": ["web", "web", "event", "web"],
+                          "created_date": ["2026-10-03", "2026-10-09", "2026-10-20", "2026-09-12"],
+                          "converted_opportunity_id": ["o8", None, None, None]})
+    if with_owner:
+        leads["owner_id"] = ["R1", "R1", "R2", "R2"]
+    return Dataset(tables=data.tables | {"leads": typed("leads", leads)})
+
+
+def test_leads_without_owner_are_not_available_below_the_top_never_zero():
+    c = compute_cube(_cfg(), _with_leads(company(), with_owner=False), "monthly", AS_OF)
+    for owner in ("R1", "R2", "M"):
+        for kpi_id in ("leads", "lead_conversion_rate"):
+            row = kpi(c, owner, kpi_id)
+            assert not row.available and math.isnan(row.value), (owner, kpi_id)
+            assert row.na_reason == "not available — needs leads.owner_id"
+    top = kpi(c, "E", "leads")  # the top's scope holds every lead: 3 in Oct, 1 converted
+    assert top.available and top.value == 3
+    assert kpi(c, "E", "lead_conversion_rate").value == pytest.approx(100 / 3)
+
+
+def test_leads_with_owner_are_credited_up_the_hierarchy():
+    c = compute_cube(_cfg(), _with_leads(company(), with_owner=True), "monthly", AS_OF)
+    assert kpi(c, "R1", "leads").value == 2 and kpi(c, "R1", "leads").available
+    assert kpi(c, "R1", "lead_conversion_rate").value == pytest.approx(50.0)
+    assert kpi(c, "R2", "leads").value == 1
+    assert kpi(c, "M", "leads").value == 3 and kpi(c, "E", "leads").value == 3
+
+
+def test_quota_attainment_without_a_target_has_no_target_of_100(cube):
+    # R1 and R2 have October targets: 100 (%) is their goal; E's comes from M; nobody has a September target
+    assert kpi(cube, "R1", "quota_attainment").target == 100
+    sep = kpi(cube, "R1", "quota_attainment", "2026-09")
+    assert math.isnan(sep.value) and math.isnan(sep.target)
+    c = compute_cube(_cfg(), Dataset(tables={k: v for k, v in company().tables.items() if k != "targets"}),
+                     "monthly", AS_OF)
+    row = kpi(c, "R1", "quota_attainment")
+    assert not row.available and math.isnan(row.target) and "targets" in row.na_reason
+
+
 def test_forward_look_of_the_quarter(cube):
     # Q = FY2026-Q4 (Oct-Dec); remaining Nov 1 - Dec 31: R1 o6 400 (Nov 20) + o9 70 (Nov 15); o8 closes in Jan
     assert kpi(cube, "R1", "pipeline_open_value", "FY2026-Q4").value == 470

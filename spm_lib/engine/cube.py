@@ -374,7 +374,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     q_targets = targets.resolve_targets(ctx, "bookings", [q]) if "bookings" in target_metrics else tgt.iloc[0:0]
     fwd = forecast.forward_look(ctx, q_targets, probs)
     conv = forecast.stage_conversion(ctx)
-    allk = _finish(base, [fwd, conv], ctx)
+    allk = _top_only_unattributed(_finish(base, [fwd, conv], ctx), ctx)
 
     trust_df, trust_rows = trust.compute_trust(ctx, bookings_by_month=_month_bookings(ctx, periods, base))
     decomp = decomposition.decompose(ctx, allk, pd.concat([tgt, q_targets], ignore_index=True))
@@ -543,8 +543,8 @@ def _formula(w: pd.DataFrame, k: registry.Kpi, missing: list[str]) -> tuple[pd.S
     with np.errstate(divide="ignore", invalid="ignore"):
         value = k.formula(w) if not missing else pd.Series(np.nan, index=w.index)  # type: ignore[misc]
     w[k.id] = value
-    if k.fixed_target is not None:
-        return value, k.fixed_target
+    if k.fixed_target is not None:  # no value, no target: a fixed 100 % beside "not available" would read as a goal
+        return value, np.where(value.isna().to_numpy(), np.nan, k.fixed_target)
     return value, w[f"{k.id}__target"].to_numpy() if f"{k.id}__target" in w.columns else np.nan
 
 
@@ -598,6 +598,25 @@ def _finish(rows: _Rows, extra: list[pd.DataFrame], ctx: CubeContext) -> pd.Data
     for c in KPI_COLUMNS:  # one column at a time: no copy into blocks of several columns
         out[c] = cols[c]
     return out
+
+
+def _top_only_unattributed(allk: pd.DataFrame, ctx: CubeContext) -> pd.DataFrame:
+    """KPIs over a table that cannot credit its rows to owners (e.g. leads without owner_id) made "not available"
+    below the top, where they would read 0 (every row is counted at the top, which stays available)."""
+    reasons = {}
+    for kpi_id in allk["kpi"].unique():
+        missing = ctx.data.missing(registry.attribution_needs(kpi_id)) if kpi_id in registry.REGISTRY else []
+        if missing:
+            reasons[kpi_id] = registry.not_available(missing)
+    if not reasons:
+        return allk
+    top = ctx.org.top_ids()[0]  # type: ignore[attr-defined]  # where _register_views counts unattributed rows
+    hit = allk["kpi"].isin(list(reasons)).to_numpy() & allk["owner_id"].ne(top).to_numpy()
+    allk.loc[hit, ["value", "target", "attainment"]] = np.nan
+    allk.loc[hit, "status"] = "none"
+    allk.loc[hit, "available"] = False
+    allk.loc[hit, "na_reason"] = allk.loc[hit, "kpi"].map(reasons)
+    return allk
 
 
 class _Order(NamedTuple):

@@ -356,6 +356,21 @@ def formula_order(ids: list[str]) -> list[str]:
     return out
 
 
+# What credits a fact table's rows to owners below the top; without it every row counts at the top only, so a KPI
+# over the table is "not available" below the top, never a 0 (SPEC §3: absent is not zero).
+OWNER_ATTRIBUTION: dict[str, str] = {"leads": "leads.owner_id", "surveys": "accounts"}
+
+
+def attribution_needs(kpi_id: str) -> list[str]:
+    """What KPI `kpi_id` (or any KPI it reads) needs to be credited to owners below the top (see OWNER_ATTRIBUTION)."""
+    k = REGISTRY[kpi_id]
+    out = {OWNER_ATTRIBUTION[k.measure.view]} if k.measure is not None and k.measure.view in OWNER_ATTRIBUTION \
+        else set()
+    for dep in k.inputs:
+        out.update(attribution_needs(dep))
+    return sorted(out)
+
+
 def metadata() -> pd.DataFrame:
     """One row per declared KPI: id, label, unit, direction, kind, definition, needs, hidden."""
     return pd.DataFrame([{"kpi": k.id, "label": k.label, "unit": k.unit, "direction": k.direction, "kind": k.kind,
