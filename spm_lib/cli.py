@@ -112,10 +112,14 @@ def cube_cmd(ctx: click.Context, as_of: object, cadence: str, force: bool) -> No
 @click.option("--level", default=None, help="Only owners of this level (rep, manager, director, executive).")
 @click.option("--period", "which", type=click.Choice(["closed", "all"]), default="closed", show_default=True,
               help="closed: the period just closed and the forward look; all: every period of the cube.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--dims", is_flag=True, help="Add the breakdowns (rows per stage, channel, product, segment, ...).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file instead of printing (needed for --format parquet).")
 @click.pass_context
 def kpis_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None, level: str | None,
-             which: str, fmt: str) -> None:
+             which: str, dims: bool, fmt: str, output: str | None) -> None:
     """Print or export the KPIs of the cube."""
     from spm_lib.engine.cube import read_cube
     from spm_lib.store.runfolder import ensure_cube
@@ -123,7 +127,7 @@ def kpis_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None,
 
     cfg = _config(ctx.obj["project"])
     cube = read_cube(ensure_cube(cfg, cadence, _as_of(as_of, cfg, cadence)))
-    _emit(kpi_listing(cube, owner=owner, level=level, closed_only=which == "closed"), fmt)
+    _emit(kpi_listing(cube, owner=owner, level=level, closed_only=which == "closed", dims=dims), fmt, output)
 
 
 @cli.command("trust")
@@ -407,19 +411,31 @@ def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
     return run_fn, send_fn, done
 
 
-def _emit(df: object, fmt: str) -> None:
+def _emit(df: object, fmt: str, output: str | None = None) -> None:
+    """Print `df` as a table, CSV or JSON, or write it to `output` (Parquet needs a file)."""
     import pandas as pd
 
     assert isinstance(df, pd.DataFrame)
+    if fmt == "parquet":
+        if output is None:
+            raise click.UsageError("--format parquet writes a file: add --output FILE.parquet")
+        df.to_parquet(output, index=False)
+        click.echo(f"{len(df)} rows written to {output}", err=True)
+        return
     if fmt == "csv":
         from spm_lib.util.spreadsheet import to_safe_csv
 
-        click.echo(to_safe_csv(df), nl=False)
+        text = to_safe_csv(df)
     elif fmt == "json":
-        click.echo(df.to_json(orient="records", date_format="iso", indent=1))
+        text = df.to_json(orient="records", date_format="iso", indent=1) + "\n"
     else:
         with pd.option_context("display.width", 160, "display.max_columns", 20):
-            click.echo(df.to_string(index=False, max_rows=500) if not df.empty else "(no rows)")
+            text = (df.to_string(index=False, max_rows=500) if not df.empty else "(no rows)") + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"{len(df)} rows written to {output}", err=True)
 
 
 def main() -> None:

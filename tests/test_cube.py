@@ -157,6 +157,12 @@ def test_leads_with_owner_are_credited_up_the_hierarchy():
     assert kpi(c, "R1", "lead_conversion_rate").value == pytest.approx(50.0)
     assert kpi(c, "R2", "leads").value == 1
     assert kpi(c, "M", "leads").value == 3 and kpi(c, "E", "leads").value == 3
+    # breakdowns for every period of the trend, not only the closed month: M's leads by channel in Oct and Sep
+    k = c.kpis
+    by = k[(k.owner_id == "M") & (k.kpi == "leads") & (k.dim == "channel")].set_index(["period", "dim_value"])
+    months = by[by.index.get_level_values("period").isin(["2026-09", "2026-10"])]
+    assert months["value"].to_dict() == {("2026-10", "web"): 2, ("2026-10", "event"): 1, ("2026-09", "web"): 1}
+    assert by.loc[("TTM", "web"), "value"] == 3 and by.loc[("FY2026-YTD", "event"), "value"] == 1
 
 
 def test_quota_attainment_without_a_target_has_no_target_of_100(cube):

@@ -171,17 +171,13 @@ def _closed_states(ctx: CubeContext) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _sql_str(s: str) -> str:
-    return "'" + str(s).replace("'", "''") + "'"
-
-
 # ---------------------------------------------------------------- measures
 def _view_available(ctx: CubeContext, kpi: registry.Kpi) -> list[str]:
     return ctx.data.missing(list(kpi.needs))
 
 
 def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
-    """Every measure KPI in `ids`, per scope owner and period (and per dim value for the closed period P)."""
+    """Every measure KPI in `ids`, per scope owner and period, and per dim value (every period of the trend too)."""
     groups: dict[tuple[str, str | None], list[registry.Kpi]] = {}
     for kpi_id in ids:
         k = registry.REGISTRY[kpi_id]
@@ -189,7 +185,6 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
             continue
         groups.setdefault((k.measure.view, k.measure.date), []).append(k)
     frames = []
-    p_label = ctx.windows.closed.label  # type: ignore[attr-defined]
     for (view, date_col), ks in groups.items():
         if view == "won_lost":
             period_join = "JOIN periods p ON p.label = f.period"
@@ -203,8 +198,6 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
             period_join = f"JOIN periods p ON f.{date_col} BETWEEN p.start AND p.asof_end"
             when = f"f.{date_col}"
             pre = _PreSum(date_col, _day_buckets(ctx, view, date_col, periods))
-        in_p = periods[periods["label"] == p_label]  # rows per dim value are of P only: so are their facts
-        pre_p = pre.within(in_p["start"].min(), in_p["asof_end"].max() + pd.Timedelta(days=1))
         frames.append(_measure_query(ctx, view, ks, period_join, when, None, None, pre_by=pre))
         dims = sorted({d for k in ks for d in k.measure.dims})  # type: ignore[union-attr]
         for dim in dims:
@@ -213,16 +206,14 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
             if not ctx.con.execute(f"SELECT EXISTS (SELECT 1 FROM {view} f WHERE f.{expr} IS NOT NULL)"
                                    ).fetchall()[0][0]:  # fetch all: no unfinished result left on con
                 continue
-            frames.append(_measure_query(ctx, view, with_dim, period_join, when, dim, f"f.{expr}",
-                                         only_period=p_label, pre_by=pre_p))
+            frames.append(_measure_query(ctx, view, with_dim, period_join, when, dim, f"f.{expr}", pre_by=pre))
     if not frames:
         return pd.DataFrame(columns=["owner_id", "period", "kpi", "dim", "dim_value", "value"])
     return pd.concat(frames, ignore_index=True)
 
 
 def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_join: str, when: str,
-                   dim: str | None, dim_expr: str | None, only_period: str | None = None,
-                   pre_by: _PreSum | None = None) -> pd.DataFrame:
+                   dim: str | None, dim_expr: str | None, pre_by: _PreSum | None = None) -> pd.DataFrame:
     """Measures of `ks` per scope, period (and dim value). `pre_by`: how the facts may first be summed (per
     owner and day, bucket of days, or period) before they are joined to scopes (and periods) (far fewer rows to
     join), done only when every aggregate adds up."""
@@ -236,7 +227,6 @@ def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_j
         cols.append(f'{den} FILTER (WHERE {where}) AS "{k.id}__d"' if den else f'NULL AS "{k.id}__d"')
     dim_sel = f", CAST({dim_expr} AS VARCHAR) AS dim_value" if dim_expr else ", NULL AS dim_value"
     dim_group = ", dim_value" if dim_expr else ""
-    where_period = f"WHERE p.label = {_sql_str(only_period)}" if only_period else ""
     source = f"{view} f"
     if pre_by is not None and all(k.measure.agg != "count_distinct" for k in ks):  # type: ignore[union-attr]
         each_period = "CROSS JOIN periods p" if pre_by.column is None else ""
@@ -249,7 +239,6 @@ def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_j
         SELECT a.scope_id AS owner_id, p.label AS period{dim_sel}, {', '.join(cols)}
         FROM {source} {period_join}
         {ctx.scope_join('f', when)}
-        {where_period}
         GROUP BY a.scope_id, p.label{dim_group}"""
     wide = ctx.con.execute(sql).df()
     out = []
@@ -282,13 +271,6 @@ class _PreSum:
         if not self.edges:
             return f"{keys}f.{self.column}"
         return f"{keys}{_bucket_sql(f'f.{self.column}', self.edges, 0, len(self.edges) - 1)} AS {self.column}"
-
-    def within(self, start: pd.Timestamp, end: pd.Timestamp) -> _PreSum:
-        """This pre-sum keeping only the buckets between days `start` and `end` (edges, or NaT: all kept), for
-        the facts of a period starting at `start` and ending the day before `end`."""
-        if not self.edges or pd.isna(start) or pd.isna(end):
-            return self
-        return _PreSum(self.column, [e for e in self.edges if start <= e <= end], self.keys)
 
     def where(self) -> str:
         """The WHERE clause keeping the facts inside the buckets."""

@@ -17,8 +17,9 @@ def check_owner(cube: Cube, owner: str) -> None:
 
 
 def kpi_listing(cube: Cube, *, owner: str | None = None, level: str | None = None,
-                closed_only: bool = True) -> pd.DataFrame:
-    """KPI rows without breakdowns, for one owner, one level or everyone; by default the closed and forward periods."""
+                closed_only: bool = True, dims: bool = False) -> pd.DataFrame:
+    """KPI rows for one owner, one level or everyone; by default the closed and forward periods, and without the
+    breakdowns (`dims`: with the rows per dim value too, e.g. leads by channel, and columns dim, dim_value)."""
     k = cube.kpis
     if owner is not None:
         check_owner(cube, owner)
@@ -28,13 +29,15 @@ def kpi_listing(cube: Cube, *, owner: str | None = None, level: str | None = Non
         if level not in levels:
             raise OrgError(f"unknown level {level!r}{did_you_mean(level, levels)}; allowed: {', '.join(levels)}")
         k = k[k["level"] == level]
-    k = k[k["dim"].isna()]
+    if not dims:
+        k = k[k["dim"].isna()]
     if closed_only:
         k = k[k["period"].isin([cube.meta["closed_period"], cube.meta["forward_period"]])
               | k["period"].str.endswith("-YTD")]
     labels = {i: kd.label for i, kd in registry.REGISTRY.items()}
     out = k.assign(label=k["kpi"].map(labels))
-    cols = ["owner_id", "level", "period", "kpi", "label", "value", "target", "attainment", "status", "na_reason"]
+    cols = ["owner_id", "level", "period", "kpi", "label", *(["dim", "dim_value"] if dims else []), "value", "target",
+            "attainment", "status", "na_reason"]
     return out[cols].reset_index(drop=True)
 
 
