@@ -411,6 +411,25 @@ def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
     return run_fn, send_fn, done
 
 
+@cli.command("backtest")
+@click.option("--cadence", type=click.Choice(["weekly", "monthly", "quarterly", "annual"]), default="quarterly",
+              show_default=True, help="Periods replayed: the cadence's own (quarterly: fiscal quarters).")
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="First period starting on or after this day (default: the first with enough history).")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Last period ending on or before this day (default: the end of the data).")
+@click.pass_context
+def backtest_cmd(ctx: click.Context, cadence: str, start: object, end: object) -> None:
+    """Replay the forecast at each past period's start and middle against what was booked (and two baselines)."""
+    from spm_lib.engine.backtest import backtest_and_write
+
+    cfg = _config(ctx.obj["project"])
+    text, folder = backtest_and_write(cfg, cadence, start.date() if start else None,  # type: ignore[attr-defined]
+                                      end.date() if end else None)  # type: ignore[attr-defined]
+    click.echo(text)
+    click.echo(f"Rows, summary and chart in {folder}")
+
+
 def _emit(df: object, fmt: str, output: str | None = None) -> None:
     """Print `df` as a table, CSV or JSON, or write it to `output` (Parquet needs a file)."""
     import pandas as pd

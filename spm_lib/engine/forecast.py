@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spm_lib.config import StagesConfig
 from spm_lib.engine.context import CubeContext
 from spm_lib.metrics.kpis import not_available
 from spm_lib.util.frames import day_of, join_positions, map_values, positions
@@ -127,23 +128,37 @@ def _furthest(ctx: CubeContext) -> pd.Series:
 
 # ---------------------------------------------------------------- win probabilities
 def win_probabilities(ctx: CubeContext, min_deals: int = MIN_DEALS) -> pd.DataFrame:
-    """Win probability per open stage, calibrated at org level (one table for the whole company).
+    """Win probability per open stage, calibrated at org level (one table for the whole company): see
+    `stage_win_probabilities`, on the run's snapshot."""
+    return stage_win_probabilities(ctx.snapshot, _has_history(ctx), ctx.cfg.stages, ctx.as_of, min_deals,
+                                   furthest=_furthest(ctx))
+
+
+def stage_win_probabilities(snap: pd.DataFrame, from_history: bool, stages_cfg: StagesConfig, as_of: date,
+                            min_deals: int = MIN_DEALS, furthest: pd.Series | None = None) -> pd.DataFrame:
+    """Win probability per open stage from an as-of snapshot (`from_history`: it was reconstructed from history).
 
     probability = won / n over the deals closed in the 12 months up to as_of that had reached the stage; the
     configured probability (stages.yml) is used when fewer than `min_deals` such deals exist or there is no history.
     Columns: stage, stage_index, probability, source ("calibrated" | "config"), n (closed deals that reached it).
+    `furthest`: each deal's furthest stage index (-1: none) when the caller has it already.
     """
-    stages = _open_stage_table(ctx)
-    snap = ctx.snapshot
-    start = pd.Timestamp(_one_year_before(ctx.as_of) + timedelta(days=1))
-    in_year = _flag(snap["is_closed"]) & _between(snap["close_date"], (start, pd.Timestamp(ctx.as_of)))
+    from spm_lib.data.asof import furthest_reached
+
+    st = stages_cfg.stages
+    stages = pd.DataFrame({"stage": [s.name for s in st], "stage_index": range(len(st)),
+                           "config_probability": [float(s.probability) for s in st]})
+    if furthest is None:
+        furthest = furthest_reached(snap, from_history, stages_cfg).fillna(-1).astype("int64")
+    start = pd.Timestamp(_one_year_before(as_of) + timedelta(days=1))
+    in_year = _flag(snap["is_closed"]) & _between(snap["close_date"], (start, pd.Timestamp(as_of)))
     closed = snap[["is_won"]][in_year]  # the one column needed: no copy of the snapshot's text columns
-    furthest = _furthest(ctx)[closed.index].to_numpy()
+    reached = furthest[closed.index].to_numpy()
     won = _flag(closed["is_won"]).to_numpy()
     out = stages.copy()
-    out["n"] = _reached_counts(furthest, len(stages))
-    out["won"] = _reached_counts(furthest[won], len(stages))
-    calibrated = (out["n"] >= min_deals) & (out["n"] > 0) & _has_history(ctx)
+    out["n"] = _reached_counts(reached, len(stages))
+    out["won"] = _reached_counts(reached[won], len(stages))
+    calibrated = (out["n"] >= min_deals) & (out["n"] > 0) & from_history
     out["probability"] = np.where(calibrated, out["won"] / out["n"].where(out["n"] > 0), out["config_probability"])
     out["source"] = np.where(calibrated, "calibrated", "config")
     return out[["stage", "stage_index", "probability", "source", "n"]].reset_index(drop=True)

@@ -1,0 +1,468 @@
+"""The calibrated forecast (SPEC §5 `forecast_expected`): the probability that an open deal is won within the rest
+of a period, learnt from the company's own history, plus the bookings of deals not yet created.
+
+How it learns: at training points t' (the day before each past period starts, then every `step_days`), the deals
+open as they stood at t' (as-of reconstruction) are labelled won when, as known at the cut-off, they were won with a
+close date in (t', end of that period]. Their win rate is estimated per cell of a feature hierarchy (stage, then
+where the close date falls, days left, activity recency, times pushed, age in stage, amount band), each cell's
+rate shrunk toward its parent's with `prior` pseudo-deals (empirical Bayes: a cell with few deals keeps about
+its parent's rate, one with many its own). A feature whose column is absent is left out. Deals not yet created:
+per deal owner, the bookings of deals created after t' and won by the period end, per band of days left, shrunk
+toward the company's per-seller rate. Without enough history (fewer than `min_periods` past periods or
+`min_won` won outcomes) the forecast is today's stage weighting, and `Calibration.method` says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spm_lib.config import StagesConfig
+from spm_lib.data.asof import snapshot
+from spm_lib.domain.contract import Dataset
+
+CALIBRATED, STAGE = "calibrated", "stage weighting"
+FEATURES = ("stage", "close", "horizon", "recency", "pushes", "age", "size")
+Z90 = 1.2815515655446004  # the standard normal's 90th percentile: P10/P90 = mean -/+ Z90 sigma
+HORIZON_EDGES = (30, 60, 100, 190)      # days left in the period
+RECENCY_EDGES = (14, 45, 90)            # days since the deal's last activity or change
+AGE_EDGES = (30, 90)                    # days in the current stage
+PUSH_EDGES = (0, 1, 2)                  # times the close date moved later
+NEW_EDGES = (15, 45, 75, 105, 135, 195, 255, 315)  # days left, for deals not yet created
+NEXT_DAYS = 90                          # a close date up to this many days after the period end is "next"
+ACTIVE_DAYS = 180                       # a seller is active at t' with a deal created in the days before
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much history calibration needs and how strongly it shrinks (defaults suit a few years of CRM data)."""
+
+    prior: float = 20.0        # pseudo-deals a cell's rate borrows from its parent cell
+    new_prior: float = 2.0     # pseudo-points a seller's new-deal rate borrows from the company's per-seller rate
+    min_periods: int = 4       # past periods (ended by the cut-off) needed
+    min_won: int = 30          # won outcomes among the training deals needed
+    step_days: int = 15        # a training point every this many days inside each past period
+
+
+DEFAULTS = Settings()
+
+
+# ---------------------------------------------------------------- the data, as it stood on any day
+class DealHistory:
+    """Opportunities, their history and activities, with the as-of snapshot of any day (each day built once)."""
+
+    def __init__(self, opportunities: pd.DataFrame, history: pd.DataFrame | None,
+                 activities: pd.DataFrame | None, stages: StagesConfig) -> None:
+        self.opportunities = opportunities
+        self.history = history if history is not None and not history.empty else None
+        self.stages = stages
+        self.ids = pd.Index(opportunities["opportunity_id"].astype("string").unique())
+        self._touch = self._touches(activities)
+        self._snapshots: dict[date, pd.DataFrame] = {}
+        self._features: dict[tuple[date, date, tuple[str, ...]], pd.DataFrame] = {}
+        closed = opportunities["is_closed"].astype("boolean").fillna(False).astype(bool) \
+            if "is_closed" in opportunities else pd.Series(False, index=opportunities.index)
+        close = pd.to_datetime(opportunities["close_date"]) if "close_date" in opportunities \
+            else pd.Series(pd.NaT, index=opportunities.index)
+        first = close[closed].min()
+        self.first_close: date | None = None if pd.isna(first) else first.date()
+
+    @classmethod
+    def from_dataset(cls, data: Dataset, stages: StagesConfig) -> DealHistory:
+        """The deal history of a loaded dataset."""
+        return cls(data.table("opportunities"), data.tables.get("opportunity_history"),
+                   data.tables.get("activities"), stages)
+
+    @property
+    def available(self) -> set[str]:
+        """The features the data can feed (FEATURES minus those whose columns are absent)."""
+        o = self.opportunities
+        out = {"horizon"}
+        if "stage" in o or (self.history is not None and "stage" in self.history):
+            out.add("stage")
+        if "close_date" in o:
+            out.add("close")
+        if len(self._touch[0]):
+            out.add("recency")
+        if self.history is not None and "close_date" in self.history:
+            out.add("pushes")
+        if self.history is not None or "created_date" in o:
+            out.add("age")
+        if "amount" in o:
+            out.add("size")
+        return out
+
+    def _touches(self, activities: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
+        """(deal code, day as int64 ns) of every logged activity on a deal and every history change, by day."""
+        codes, days = [], []
+        if activities is not None and {"opportunity_id", "date"} <= set(activities.columns):
+            codes.append(self.ids.get_indexer(activities["opportunity_id"].astype("string")))
+            days.append(pd.to_datetime(activities["date"]).to_numpy(dtype="datetime64[ns]"))
+        if self.history is not None and "changed_at" in self.history:
+            codes.append(self.ids.get_indexer(self.history["opportunity_id"].astype("string")))
+            days.append(pd.to_datetime(self.history["changed_at"]).to_numpy(dtype="datetime64[ns]"))
+        if not codes:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        code, day = np.concatenate(codes), np.concatenate(days).astype("datetime64[D]").view("int64")
+        keep = (code >= 0) & (day != np.iinfo(np.int64).min)
+        order = np.argsort(day[keep], kind="stable")
+        return code[keep][order], day[keep][order]
+
+    def features(self, day: date, end: date, use: list[str]) -> pd.DataFrame:
+        """`open_deal_features` of the deals open at the end of `day` for the period ending `end` (built once;
+        the size band is left to the caller, who knows the edges)."""
+        key = (day, end, tuple(use))
+        if key not in self._features:
+            self._features[key] = open_deal_features(self.snapshot(day), day, end, use)
+        return self._features[key]
+
+    def snapshot(self, day: date) -> pd.DataFrame:
+        """The deals as they stood at the end of `day`, with `last_touch` (day of the last activity or change)."""
+        if day not in self._snapshots:
+            snap = snapshot(self.opportunities, self.history, day, self.stages)
+            code, touched = self._touch
+            n = int(np.searchsorted(touched, (day - date(1970, 1, 1)).days, side="right"))
+            last = np.full(len(self.ids), np.iinfo(np.int64).min, dtype=np.int64)
+            np.maximum.at(last, code[:n], touched[:n])
+            at = self.ids.get_indexer(snap["opportunity_id"].astype("string"))
+            days = np.where(at >= 0, last[np.maximum(at, 0)], np.iinfo(np.int64).min)
+            snap["last_touch"] = pd.Series(days.astype("datetime64[D]"), index=snap.index).astype("datetime64[ns]")
+            self._snapshots[day] = snap
+        return self._snapshots[day]
+
+
+# ---------------------------------------------------------------- features
+def _band(values: pd.Series, edges: tuple[float, ...], missing: str = "none") -> pd.Series:
+    """The band label of each value: "<=e" for the first edge e it does not exceed, ">last" above all."""
+    labels = [f"<={e:g}" for e in edges] + [f">{edges[-1]:g}"]
+    v = values.astype("float64").to_numpy()
+    at = np.searchsorted(np.asarray(edges, dtype="float64"), v, side="left")
+    out = np.asarray(labels, dtype=object)[np.minimum(at, len(edges))]
+    return pd.Series(np.where(np.isnan(v), missing, out), index=values.index, dtype=object)
+
+
+def open_deal_features(snap: pd.DataFrame, day: date, end: date, use: list[str],
+                       amount_edges: tuple[float, ...] = ()) -> pd.DataFrame:
+    """Per deal open at the end of `day`: its feature bands (columns `use`), owner_id, opportunity_id, amount."""
+    is_open = ~snap["is_closed"].astype("boolean").fillna(False).astype(bool)
+    o = snap[is_open]
+    t, e = pd.Timestamp(day), pd.Timestamp(end)
+    out = pd.DataFrame({"opportunity_id": o["opportunity_id"].astype("string"),
+                        "owner_id": o["owner_id"].astype("string"),
+                        "amount": o["amount"].astype("float64") if "amount" in o else np.nan}, index=o.index)
+    close = pd.to_datetime(o["close_date"]) if "close_date" in o else pd.Series(pd.NaT, index=o.index)
+    for f in use:
+        if f == "stage":
+            out[f] = o["stage"].astype("string").fillna("none").astype(object) if "stage" in o else "all"
+        elif f == "close":
+            out[f] = np.select([close.isna(), close <= t, close <= e, close <= e + pd.Timedelta(days=NEXT_DAYS)],
+                               ["none", "past", "in", "next"], "later")
+        elif f == "horizon":
+            out[f] = _band(pd.Series(float((end - day).days), index=o.index), HORIZON_EDGES)
+        elif f == "recency":
+            out[f] = _band((t - o["last_touch"]).dt.days, RECENCY_EDGES, "never")
+        elif f == "pushes":
+            out[f] = _band(o["pushes"].astype("Float64").fillna(np.nan), PUSH_EDGES)
+        elif f == "age":
+            age = o["days_in_stage"].astype("Float64").astype("float64")
+            if age.isna().all() and "created_date" in o:  # no history: days since the deal was created
+                age = (t - pd.to_datetime(o["created_date"])).dt.days.astype("float64")
+            out[f] = _band(age, AGE_EDGES)
+        elif f == "size":
+            out[f] = _band(out["amount"], amount_edges) if amount_edges else "all"
+    return out
+
+
+# ---------------------------------------------------------------- the models
+@dataclass(frozen=True)
+class WinModel:
+    """Win rates per cell of the feature hierarchy `features` (level i keys on the first i features), shrunk.
+
+    `values[f]` lists the values feature f had in training; `cells[i]` maps the integer key of a level-(i+1) cell
+    (the value codes of its first i+1 features, mixed-radix) to its rate."""
+
+    features: list[str]
+    values: dict[str, list[Any]]
+    base: float
+    cells: list[dict[int, float]]
+    amount_edges: tuple[float, ...]
+    drift: float  # booked amount / amount at the training point, over the deals won in their window
+
+    def codes(self, feats: pd.DataFrame) -> list[np.ndarray]:
+        """Per feature, the code of each row's value among the training values (-1: unseen)."""
+        return [pd.Index(self.values[f]).get_indexer(feats[f].astype(object)) for f in self.features]
+
+    def predict(self, feats: pd.DataFrame) -> np.ndarray:
+        """The win probability of each row of `open_deal_features`: the rate of its deepest known cell."""
+        p = np.full(len(feats), self.base)
+        key = np.zeros(len(feats), dtype=np.int64)
+        alive = np.ones(len(feats), dtype=bool)
+        for f, code, table in zip(self.features, self.codes(feats), self.cells, strict=True):
+            key = key * (len(self.values[f]) + 1) + code
+            alive &= code >= 0
+            found = pd.Series(key).map(table).to_numpy(dtype="float64", na_value=np.nan)
+            alive &= ~np.isnan(found)
+            p = np.where(alive, found, p)
+        return p
+
+
+def fit_win_model(rows: pd.DataFrame, features: list[str], prior: float, amount_edges: tuple[float, ...],
+                  drift: float = 1.0) -> WinModel:
+    """Win rates per cell from labelled rows (feature columns and `won`), each shrunk toward its parent cell:
+    rate = (won + prior x parent rate) / (deals + prior)."""
+    won = rows["won"].to_numpy(dtype="float64")
+    base = float(won.mean()) if len(rows) else 0.0
+    values = {f: sorted(pd.unique(rows[f].astype(object)).tolist(), key=str) for f in features}
+    model = WinModel(features=features, values=values, base=base, cells=[], amount_edges=amount_edges, drift=drift)
+    parent = np.full(len(rows), base)
+    key = np.zeros(len(rows), dtype=np.int64)
+    for f, code in zip(features, model.codes(rows), strict=True):
+        key = key * (len(values[f]) + 1) + code
+        cell, at = np.unique(key, return_inverse=True)
+        n = np.bincount(at, minlength=len(cell)).astype("float64")
+        w = np.bincount(at, weights=won, minlength=len(cell))
+        first = np.zeros(len(cell), dtype=np.int64)
+        first[at[::-1]] = np.arange(len(at))[::-1]  # one row of each cell: its parent rate
+        rate = (w + prior * parent[first]) / (n + prior)
+        model.cells.append(dict(zip(cell.tolist(), rate.tolist(), strict=True)))
+        parent = rate[at]
+    return model
+
+
+@dataclass(frozen=True)
+class NewDealModel:
+    """Expected bookings of deals not yet created, per seller and band of days left (NEW_EDGES)."""
+
+    per_seller: dict[tuple[str, str], float]   # (owner_id, band) -> expected bookings
+    company: dict[str, float]                 # band -> per active seller
+    size_ratio: float                         # E[a^2] / E[a] of new deals' booked amounts (for the variance)
+
+    def expected(self, owners: pd.Series, days_left: int) -> pd.Series:
+        """Per seller in `owners`, the expected bookings of deals created after the day and won by the end."""
+        band = str(_band(pd.Series([float(days_left)]), NEW_EDGES).iloc[0])
+        fallback = self.company.get(band, 0.0)
+        return pd.Series([self.per_seller.get((str(o), band), fallback) for o in owners], index=owners.index,
+                         dtype="float64")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the forecast at one cut-off learnt: the method used, why, and the models (None under stage weighting)."""
+
+    method: str
+    reason: str
+    grain: str
+    cutoff: date
+    periods: int
+    won: int
+    win: WinModel | None = None
+    new: NewDealModel | None = None
+    stage_probabilities: dict[str, float] = field(default_factory=dict)
+    model_error: float = 0.0  # relative spread of the company's remaining bookings around the model's, in training
+
+
+def training_points(calendar: Any, grain: str, first: date, cutoff: date, step_days: int) -> list[tuple[date, date]]:
+    """(t', period end) pairs: the day before each `grain` period that starts on or after `first` and ends by
+    `cutoff`, then every `step_days` inside it."""
+    out: list[tuple[date, date]] = []
+    period = calendar.period(grain, first)
+    if period.start < first:
+        period = calendar.shift(period, 1)
+    while period.end <= cutoff:
+        day = period.start - timedelta(days=1)
+        while day < period.end:
+            out.append((day, period.end))
+            day += timedelta(days=step_days)
+        period = calendar.shift(period, 1)
+    return out
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """The won deals as known at a cut-off: id, owner, created day, close day and booked amount (arrays)."""
+
+    ids: pd.Index
+    owner: np.ndarray
+    created: np.ndarray
+    close: np.ndarray
+    amount: np.ndarray
+
+    @classmethod
+    def of(cls, known: pd.DataFrame) -> Outcomes:
+        """The won deals of the snapshot `known`."""
+        w = known[known["is_won"].astype("boolean").fillna(False).astype(bool)]
+        created = (pd.to_datetime(w["created_date"]) if "created_date" in w
+                   else pd.Series(pd.NaT, index=w.index, dtype="datetime64[ns]"))
+        return cls(ids=pd.Index(w["opportunity_id"].astype("string")), owner=w["owner_id"].astype(str).to_numpy(),
+                   created=created.to_numpy(dtype="datetime64[ns]"),
+                   close=pd.to_datetime(w["close_date"]).to_numpy(dtype="datetime64[ns]"),
+                   amount=w["amount"].astype("float64").fillna(0.0).to_numpy())
+
+    def won_in(self, ids: pd.Series, start: date, end: date) -> tuple[np.ndarray, np.ndarray]:
+        """For deals `ids`: won with a close date in (start, end], and their booked amount (0 if not)."""
+        at = self.ids.get_indexer(pd.Index(ids.astype("string")))
+        close = np.where(at >= 0, self.close[np.maximum(at, 0)], np.datetime64("NaT"))
+        hit = (at >= 0) & (close > np.datetime64(start)) & (close <= np.datetime64(end))
+        return hit, np.where(hit, self.amount[np.maximum(at, 0)], 0.0)
+
+    def new_deal_rows(self, active: np.ndarray, day: date, end: date) -> pd.DataFrame:
+        """Per seller in `active` (and any seller who booked): bookings of deals created after `day` and won with a
+        close date up to `end`, with the band of days left."""
+        hit = (self.created >= np.datetime64(day + timedelta(days=1))) & (self.close <= np.datetime64(end))
+        booked = pd.Series(self.amount[hit]).groupby(self.owner[hit]).sum()
+        values = booked.reindex(pd.Index(active).union(booked.index), fill_value=0.0)
+        band = str(_band(pd.Series([float((end - day).days)]), NEW_EDGES).iloc[0])
+        return pd.DataFrame({"owner_id": values.index.astype(str), "band": band,
+                             "booked": values.to_numpy(dtype="float64")})
+
+
+def active_sellers(snap: pd.DataFrame, day: date) -> np.ndarray:
+    """The owners with a deal created in the ACTIVE_DAYS up to `day` (all owners of deals without created_date)."""
+    if "created_date" not in snap:
+        return snap["owner_id"].astype(str).unique()
+    recent = pd.to_datetime(snap["created_date"]) > pd.Timestamp(day) - pd.Timedelta(days=ACTIVE_DAYS)
+    return snap.loc[recent, "owner_id"].astype(str).unique()
+
+
+def calibrate(deals: DealHistory, calendar: Any, grain: str, cutoff: date, stage_probabilities: dict[str, float],
+              settings: Settings = DEFAULTS) -> Calibration:
+    """Learn the win model and the new-deal model from the data known at the end of `cutoff`, for periods of
+    `grain`; stage weighting (with the reason) when the history is too short."""
+    def stage_only(reason: str, periods: int = 0, won: int = 0) -> Calibration:
+        return Calibration(method=STAGE, reason=reason, grain=grain, cutoff=cutoff, periods=periods, won=won,
+                           stage_probabilities=stage_probabilities)
+
+    if deals.history is None:
+        return stage_only("no opportunity history: stage probabilities only")
+    if deals.first_close is None:
+        return stage_only("no closed deal yet: stage probabilities only")
+    points = training_points(calendar, grain, deals.first_close, cutoff, settings.step_days)
+    n_periods = len({end for _, end in points})
+    known = Outcomes.of(deals.snapshot(cutoff))
+    use = [f for f in FEATURES if f in deals.available]
+    rows, new_rows = [], []
+    for i, (day, end) in enumerate(points):
+        snap = deals.snapshot(day)
+        feats = deals.features(day, end, use)
+        won, booked = known.won_in(feats["opportunity_id"], day, end)
+        rows.append(feats.assign(won=won, booked=booked, point=i))
+        new_rows.append(known.new_deal_rows(active_sellers(snap, day), day, end).assign(point=i))
+    train = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    n_won = int(train["won"].sum()) if len(train) else 0
+    if n_periods < settings.min_periods or n_won < settings.min_won:
+        reason = (f"{n_periods} past periods and {n_won} won deals in the history up to {cutoff}; calibration "
+                  f"needs {settings.min_periods} periods and {settings.min_won} won deals: stage probabilities only")
+        return stage_only(reason, n_periods, n_won)
+    amounts = train["amount"].dropna()
+    edges = tuple(float(x) for x in np.unique(np.quantile(amounts, [1 / 3, 2 / 3]))) if len(amounts) else ()
+    if "size" in use:  # the bands need the edges, known only now
+        train["size"] = _band(train["amount"], edges) if edges else "all"
+    won_rows = train[train["won"]]
+    at_point = won_rows["amount"].sum()
+    drift = float(won_rows["booked"].sum() / at_point) if at_point > 0 else 1.0
+    win = fit_win_model(train, use, settings.prior, edges, drift)
+    new_train = pd.concat(new_rows, ignore_index=True)
+    new = _fit_new_deals(new_train, settings.new_prior)
+    error = _model_error(win, new, train, new_train)
+    reason = (f"calibrated on {n_periods} past {grain}s up to {cutoff} ({len(train):,} open-deal snapshots, "
+              f"{n_won:,} won in their period); features: {', '.join(use)}")
+    return Calibration(method=CALIBRATED, reason=reason, grain=grain, cutoff=cutoff, periods=n_periods, won=n_won,
+                       win=win, new=new, stage_probabilities=stage_probabilities, model_error=error)
+
+
+def _model_error(win: WinModel, new: NewDealModel, train: pd.DataFrame, new_train: pd.DataFrame) -> float:
+    """The standard deviation over training points of (booked / expected - 1) for the company's bookings after the
+    point: the error every deal shares (seasons, a market), which the per-deal variance leaves out."""
+    expected = pd.Series(win.predict(train) * train["amount"].fillna(0.0).to_numpy() * win.drift).groupby(
+        train["point"].to_numpy()).sum()
+    keys = zip(new_train["owner_id"], new_train["band"], strict=True)
+    new_expected = pd.Series([new.per_seller.get(k, 0.0) for k in keys]).groupby(new_train["point"].to_numpy()).sum()
+    booked = train.groupby("point")["booked"].sum().add(new_train.groupby("point")["booked"].sum(), fill_value=0.0)
+    total = expected.add(new_expected, fill_value=0.0)
+    ratio = (booked / total.where(total > 0)).dropna()
+    return float(ratio.std()) if len(ratio) > 1 else 0.0
+
+
+def _fit_new_deals(rows: pd.DataFrame, prior: float) -> NewDealModel:
+    """Per seller and band, mean bookings of new deals, shrunk toward the company's per-seller mean."""
+    company = rows.groupby("band")["booked"].mean()
+    g = rows.groupby(["owner_id", "band"])["booked"].agg(["sum", "size"])
+    comp = company.reindex(g.index.get_level_values("band")).to_numpy()
+    rate = (g["sum"] + prior * comp) / (g["size"] + prior)
+    b = rows["booked"]
+    ratio = float((b ** 2).sum() / b.sum()) if b.sum() > 0 else 0.0
+    return NewDealModel(per_seller={(str(k[0]), str(k[1])): float(v) for k, v in zip(rate.index, rate, strict=True)},
+                        company={str(k): float(v) for k, v in company.items()}, size_ratio=ratio)
+
+
+# ---------------------------------------------------------------- forecasting
+def deal_forecast(cal: Calibration, deals: DealHistory, day: date, end: date) -> pd.DataFrame:
+    """Per deal open at the end of `day`: owner_id, opportunity_id, amount, probability of being won by `end`,
+    expected bookings and their variance. Stage weighting counts only deals dated in (day, end]."""
+    snap = deals.snapshot(day)
+    if cal.win is not None:
+        feats = open_deal_features(snap, day, end, cal.win.features, cal.win.amount_edges)
+        p = cal.win.predict(feats)
+        scale = cal.win.drift
+    else:
+        feats = open_deal_features(snap, day, end, ["stage", "close"])
+        p = feats["stage"].map(cal.stage_probabilities).astype("float64").fillna(0.0).to_numpy()
+        p = np.where(feats["close"].to_numpy() == "in", p, 0.0)
+        scale = 1.0
+    amount = feats["amount"].fillna(0.0).to_numpy()
+    return pd.DataFrame({"owner_id": feats["owner_id"].to_numpy(), "opportunity_id": feats["opportunity_id"]
+                         .to_numpy(), "amount": amount, "probability": p, "expected": amount * p * scale,
+                         "variance": (amount * scale) ** 2 * p * (1 - p)})
+
+
+def booked_between(snap: pd.DataFrame, start: date, end: date) -> pd.Series:
+    """Bookings per deal owner (index owner_id) of deals won in `snap` with a close date in [start, end]."""
+    won = snap["is_won"].astype("boolean").fillna(False).astype(bool)
+    close = pd.to_datetime(snap["close_date"])
+    w = snap[won & (close >= pd.Timestamp(start)) & (close <= pd.Timestamp(end))]
+    return w.groupby(w["owner_id"].astype("string"))["amount"].sum().astype("float64")
+
+
+def per_scope(values: pd.DataFrame, ancestors: pd.DataFrame) -> pd.DataFrame:
+    """Sum the columns of `values` (indexed by deal owner id) into every scope each owner counts in (index:
+    scope owner id); `ancestors` holds the (owner_id, scope_id) pairs valid on the day."""
+    a = ancestors[["owner_id", "scope_id"]].astype(str)
+    v = values.copy()
+    v.index = v.index.astype(str)
+    joined = a.merge(v, left_on="owner_id", right_index=True, how="inner")
+    out = joined.drop(columns="owner_id").groupby("scope_id").sum()
+    return out.reindex(pd.Index(a["scope_id"].unique(), name="owner_id"), fill_value=0.0)
+
+
+def scope_forecast(cal: Calibration, deals: DealHistory, day: date, period_start: date, end: date,
+                   ancestors: pd.DataFrame) -> pd.DataFrame:
+    """Per scope (index owner_id): to_date (booked from `period_start` to `day`), open_expected, new_expected,
+    expected, p10, p90 and method, for the period ending `end` forecast at the end of `day`."""
+    per_deal = deal_forecast(cal, deals, day, end)
+    by_owner = per_deal.groupby("owner_id")[["expected", "variance"]].sum()
+    to_date = booked_between(deals.snapshot(day), period_start, day) if day >= period_start else pd.Series(
+        dtype="float64")
+    sellers = pd.Index(by_owner.index.union(to_date.index).astype(str))
+    if cal.new is not None:
+        sellers = sellers.union(pd.Index(active_sellers(deals.snapshot(day), day)))
+        new = cal.new.expected(pd.Series(sellers, index=sellers), (end - day).days)
+        new_var = new * cal.new.size_ratio
+    else:
+        new = new_var = pd.Series(0.0, index=sellers)
+    leaf = pd.DataFrame({"to_date": to_date.reindex(sellers, fill_value=0.0),
+                         "open_expected": by_owner["expected"].reindex(sellers, fill_value=0.0),
+                         "new_expected": new.reindex(sellers, fill_value=0.0),
+                         "variance": by_owner["variance"].reindex(sellers, fill_value=0.0)
+                         + new_var.reindex(sellers, fill_value=0.0)}, index=sellers)
+    out = per_scope(leaf, ancestors)
+    out["expected"] = out["to_date"] + out["open_expected"] + out["new_expected"]
+    shared = cal.model_error * (out["open_expected"] + out["new_expected"])
+    sigma = np.sqrt(out.pop("variance") + shared ** 2)
+    out["p10"] = np.maximum(out["expected"] - Z90 * sigma, out["to_date"])
+    out["p90"] = out["expected"] + Z90 * sigma
+    out["method"] = cal.method
+    return out
