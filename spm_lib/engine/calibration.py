@@ -46,6 +46,7 @@ class Settings:
     min_periods: int = 4       # past periods (ended by the cut-off) needed
     min_won: int = 30          # won outcomes among the training deals needed
     step_days: int = 15        # a training point every this many days inside each past period
+    features: tuple[str, ...] = FEATURES  # the hierarchy, in order (those the data cannot feed are left out)
 
 
 DEFAULTS = Settings()
@@ -343,7 +344,7 @@ def calibrate(deals: DealHistory, calendar: Any, grain: str, cutoff: date, stage
     points = training_points(calendar, grain, deals.first_close, cutoff, settings.step_days)
     n_periods = len({end for _, end in points})
     known = Outcomes.of(deals.snapshot(cutoff))
-    use = [f for f in FEATURES if f in deals.available]
+    use = [f for f in settings.features if f in deals.available]
     rows, new_rows = [], []
     for i, (day, end) in enumerate(points):
         snap = deals.snapshot(day)
