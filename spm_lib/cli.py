@@ -63,7 +63,30 @@ def data_check(ctx: click.Context) -> None:
     text, ok = check_report(cfg)
     click.echo(text)
     if not ok:
-        sys.exit(1)
+        sys.exit(2)  # bad input, like every other error in the data or the config
+
+
+@cli.command("init")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--example", type=click.Choice(["maven_crm", "salesforce"]), default=None,
+              help="Start from a shipped CRM mapping (config/examples/) instead of the commented default.")
+@click.option("--copy-templates", is_flag=True,
+              help="Copy the report templates into FOLDER/templates to customise them (default: the packaged ones "
+                   "are used); on an existing project, copy only them.")
+def init_cmd(folder: str, example: str | None, copy_templates: bool) -> None:
+    """Create a project folder (config/, data/, state/, runs/) ready for `spm data check`."""
+    from spm_lib.project import init_project, templates_dir
+
+    root = Path(folder).expanduser().resolve()
+    written = init_project(root, example, copy_templates)
+    click.echo(f"Project {root}:")
+    for path in written:
+        click.echo(f"  {path.relative_to(root)}{'/' if path.is_dir() else ''}")
+    click.echo(f"Report templates: {templates_dir(root)}"
+               + ("" if copy_templates else " (packaged; `spm init DIR --copy-templates` copies them to edit)"))
+    if (root / "config" / "source.yml").is_file():
+        click.echo(f"Next: put the export files where config/source.yml `path` says, then\n"
+                   f"  spm --project {root} data check")
 
 
 def _as_of(value: object, cfg: object = None, cadence: str = "monthly") -> date:
@@ -457,10 +480,10 @@ def _emit(df: object, fmt: str, output: str | None = None) -> None:
         click.echo(f"{len(df)} rows written to {output}", err=True)
 
 
-def main() -> None:
-    """Run the CLI, turning SpmError into a readable message and exit code 2."""
+def main(args: list[str] | None = None) -> None:
+    """Run the CLI (on `args`, default: the command line), turning SpmError into a readable message and exit 2."""
     try:
-        cli(standalone_mode=True)
+        cli(args=args, standalone_mode=True)
     except SpmError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -134,14 +134,22 @@ class OwnersFromHierarchy(Strict):
     top: SyntheticTop | None = None
 
 
+class DataChecks(Strict):
+    """Thresholds of `spm data check` beyond the contract itself."""
+
+    amount_ceiling: float | None = Field(None, gt=0)  # amounts above it are implausible (a warning with the ids)
+    amount_ceiling_factor: float = Field(1000, gt=1)  # without amount_ceiling: this × the 99th percentile of amounts
+
+
 class SourceConfig(Strict):
     """Where the CRM data lives and how each table maps onto the data contract."""
 
     kind: Literal["duckdb", "folder", "sql"] = "duckdb"
-    path: str | None = None  # duckdb file or folder, relative to the project root
+    path: str | None = None  # duckdb file or folder, relative to the project root; ${VAR} is expanded
     url: str | None = None  # SQLAlchemy URL; ${VAR} is expanded from the environment
     tables: dict[str, TableMapping] = Field(default_factory=dict)
     owners_from_hierarchy: OwnersFromHierarchy | None = None
+    checks: DataChecks = Field(default_factory=DataChecks)
 
     @model_validator(mode="after")
     def _location(self) -> SourceConfig:
@@ -162,13 +170,19 @@ class SourceConfig(Strict):
         assert self.url is not None
         return expand_env(self.url, "config/source.yml: url")
 
+    def resolved_path(self) -> str:
+        """Return `path` with ${VAR} (and ~) taken from the environment."""
+        assert self.path is not None
+        return expand_env(self.path, "config/source.yml: path")
+
 
 def expand_env(text: str, where: str) -> str:
     """`text` with every ${VAR} taken from the environment (ConfigError naming `where` when one is not set)."""
 
     def env(m: re.Match[str]) -> str:
         if m.group(1) not in os.environ:
-            raise ConfigError(f"{where} uses ${{{m.group(1)}}} but that variable is not set")
+            raise ConfigError(f"{where} uses ${{{m.group(1)}}} but the environment variable {m.group(1)} is not set: "
+                              f"set it (export {m.group(1)}=…) or write the value into the config")
         return os.environ[m.group(1)]
 
     return re.sub(r"\$\{(\w+)\}", env, text)
@@ -196,16 +210,30 @@ class StagesConfig(Strict):
     )
     won: list[str] = Field(default_factory=lambda: ["Closed Won"])
     lost: list[str] = Field(default_factory=lambda: ["Closed Lost"])
+    # closed stages whose outcome is the deal's is_won flag (the contract's canonical `Closed`)
+    closed: list[str] = Field(default_factory=lambda: ["Closed"])
 
     @model_validator(mode="after")
     def _unique(self) -> StagesConfig:
-        names = [s.name for s in self.stages] + self.won + self.lost
+        names = [s.name for s in self.stages] + self.won + self.lost + self.closed
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"stage names must be unique; repeated: {', '.join(dup)}")
         if not self.stages:
             raise ValueError("at least one open stage is needed")
+        if self.closed and not (self.won and self.lost):
+            raise ValueError("`closed` stages need a `won` and a `lost` label (their deals are shown under them)")
         return self
+
+    @property
+    def closed_names(self) -> list[str]:
+        """The labels of closed deals: won, lost and the generic closed stages."""
+        return self.won + self.lost + self.closed
+
+    @property
+    def all_names(self) -> list[str]:
+        """Every configured stage label: open in process order, then the closed ones."""
+        return self.open_names + self.closed_names
 
     @property
     def open_names(self) -> list[str]:
@@ -482,7 +510,8 @@ def load_config(root: Path | None = None) -> Config:
     root = (root or project_dir()).resolve()
     folder = root / "config"
     if not folder.is_dir():
-        raise ConfigError(f"{folder} does not exist: a project needs a config/ folder")
+        raise ConfigError(f"{root} has no config/ folder, so it is not an SPM project: create one with "
+                          f"`spm init {root}`, or pass --project the folder that holds config/")
     for f in sorted(folder.glob("*.yml")) + sorted(folder.glob("*.yaml")):
         if f.stem not in SECTIONS and f.stem not in EXTRA_SECTIONS:
             raise ConfigError(f"{f}: unknown config file{did_you_mean(f.stem, SECTIONS)}; "
@@ -496,7 +525,8 @@ def load_config(root: Path | None = None) -> Config:
             raw = _merge(raw, _read_yaml(local))
         if not base.is_file() and not local.is_file():
             if name == "source":
-                raise ConfigError(f"{base} is missing: it says where the CRM data is (see README, 'Map your CRM')")
+                raise ConfigError(f"{base} is missing: it says where the CRM data is (README, 'Map your CRM'); "
+                                  f"`spm init DIR` writes a commented one into a new folder")
             continue
         try:
             values[name] = model.model_validate(raw)

@@ -153,11 +153,11 @@ def test_unknown_stage_is_fatal_with_the_nearest_stage(cfg: Config) -> None:
 
 
 # ---------------------------------------------------------------- warnings: dropped rows
-def test_duplicate_opportunity_keeps_the_latest_modified_row(cfg: Config) -> None:
+def test_duplicate_opportunity_is_fatal_and_the_checks_see_the_latest_modified_row(cfg: Config) -> None:
     o = opps(opportunity_id=["O1", "O1", "O1"], last_modified_date=["2026-02-10", "2026-01-01", None])
     out, findings = run(cfg, owners=owners(), opportunities=o)
     f = only(findings, "duplicate_id", "opportunities")
-    assert (f.severity, f.column, f.ids, f.n) == ("warning", "opportunity_id", ("O1",), 2)
+    assert (f.severity, f.column, f.ids, f.n) == ("fatal", "opportunity_id", ("O1",), 2)
     assert out["opportunities"]["amount"].tolist() == [100.0]  # the row modified on 2026-02-10
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from spm_lib.config import Config
 from spm_lib.errors import OrgError, RunError, did_you_mean
+from spm_lib.project import templates_dir
 from spm_lib.util.spreadsheet import to_safe_csv
 
 log = logging.getLogger("spm.run")
@@ -62,8 +63,8 @@ def safe_name(owner_id: str) -> str:
 
 
 def template_path(cfg: Config, level: str, cadence: str) -> Path:
-    """The template of a level × cadence: templates/<level>_<cadence>.ipynb."""
-    return cfg.root / "templates" / f"{level}_{cadence}.ipynb"
+    """The template of a level × cadence: templates/<level>_<cadence>.ipynb (the packaged one without templates/)."""
+    return templates_dir(cfg.root) / f"{level}_{cadence}.ipynb"
 
 
 def plan(cfg: Config, run_dir: Path, cadence: str, *, level: str | None = None,
@@ -102,7 +103,7 @@ def _worker_init(project: str) -> None:
     from spm_lib.batch.warm import WarmKernel
 
     os.environ["SPM_PROJECT_DIR"] = project
-    _WARM = WarmKernel(Path(project) / "templates", {"SPM_PROJECT_DIR": project})
+    _WARM = WarmKernel(templates_dir(Path(project)), {"SPM_PROJECT_DIR": project})
     import atexit
 
     atexit.register(_WARM.shutdown)

@@ -129,6 +129,8 @@ def map_table(table: str, raw: pd.DataFrame, mapping: TableMapping, cfg: Config,
                           f"{key}.lookups.{col}", where)
     for col, value_map in mapping.values.items():
         _need(df, col, f"{key}.values.{col}", where)
+        if col == "stage":
+            _check_stage_targets(value_map, cfg, f"{key}.values.stage")
         df[col] = _map_values(df[col], value_map)
     df = _parse(df, table, mapping, cfg, findings)
     for col, value in mapping.defaults.items():
@@ -142,11 +144,12 @@ def map_table(table: str, raw: pd.DataFrame, mapping: TableMapping, cfg: Config,
 def finish(table: str, df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """Complete contract defaults (flags from stages, owner names) and keep only contract columns."""
     if table == "opportunities" and "stage" in df.columns:
-        won, lost = cfg.stages.won, cfg.stages.won + cfg.stages.lost
-        if "is_won" not in df.columns:
-            df["is_won"] = derive_flag(df["stage"], won)
+        stages = cfg.stages
+        if "is_won" not in df.columns:  # unknown (missing) on a generic closed stage: its outcome is is_won's
+            generic = clean_strings(df["stage"]).isin(stages.closed).to_numpy(dtype=bool)
+            df["is_won"] = derive_flag(df["stage"], stages.won).mask(generic)
         if "is_closed" not in df.columns:
-            df["is_closed"] = derive_flag(df["stage"], lost)
+            df["is_closed"] = derive_flag(df["stage"], stages.closed_names)
     if table == "owners" and "owner_id" in df.columns:
         df["name"] = df["name"].fillna(df["owner_id"]) if "name" in df.columns else df["owner_id"]
     cols = [c.name for c in CONTRACT[table].columns if c.name in df.columns]
@@ -202,6 +205,17 @@ def _suggest(column: str, real: list[str]) -> str:
     low = column.lower()
     near = [c for c in real if low in c.lower() or (c and c.lower() in low)]
     return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _check_stage_targets(value_map: dict[Any, Any], cfg: Config, key: str) -> None:
+    """MappingError naming the config key when a label is mapped to a stage config/stages.yml does not have."""
+    allowed = cfg.stages.all_names
+    wrong = [(raw, target) for raw, target in value_map.items() if target is not None and str(target) not in allowed]
+    if wrong:
+        shown = "; ".join(f"{raw!r}: {target!r}{did_you_mean(str(target), allowed)}" for raw, target in wrong)
+        raise MappingError(f"{key}: maps labels to stages that config/stages.yml does not have ({shown}); "
+                           f"correct the spelling in {key} or add the stage to config/stages.yml; "
+                           f"configured stages: {', '.join(allowed)}")
 
 
 def _rename(df: pd.DataFrame, table: str, mapping: TableMapping, key: str, where: str) -> pd.DataFrame:
@@ -279,12 +293,29 @@ def _parse(df: pd.DataFrame, table: str, mapping: TableMapping, cfg: Config, fin
         else:
             out, bad = clean_strings(s), pd.Series(False, index=s.index)
             what, fix = "text", ""
+            if col.name.endswith("_id"):
+                _count_trimmed(table, col.name, s, out, findings)
         if bool(bad.any()):
             samples = format_ids(clean_strings(s)[bad].drop_duplicates().head(5).map(repr), limit=5)
             findings.add(table, col.name, "unparseable", "warning", row_ids(df, table)[bad],
                          f"{int(bad.sum())} values are not {what} and were left empty, e.g. {samples}", fix)
         df[col.name] = out.astype(PANDAS_DTYPES[col.dtype])  # type: ignore[call-overload]
     return df
+
+
+def _count_trimmed(table: str, column: str, raw: pd.Series, clean: pd.Series, findings: Findings) -> None:
+    """Info: how many ids of `column` had white space around them (trimmed, so ' A1' and 'A1' are one owner)."""
+    if not (pd.api.types.is_string_dtype(raw) or pd.api.types.is_object_dtype(raw)):
+        return
+    text = raw.astype("string")
+    if trimmed_already(text):  # the usual case: no cell starts or ends with white space
+        return
+    trimmed = (text.notna() & clean.notna() & (text != clean)).fillna(False).to_numpy(dtype=bool)
+    if trimmed.any():
+        examples = format_ids([repr(v) for v in text[trimmed].drop_duplicates().head(3)], 3)
+        findings.add(table, column, "ids_trimmed", "info", [], f"{int(trimmed.sum())} ids had white space around "
+                     f"them and were trimmed, e.g. {examples}", "nothing to do (clean the export to silence this)",
+                     count=int(trimmed.sum()))
 
 
 def _fill(df: pd.DataFrame, table: str, col: str, value: Any, cfg: Config) -> pd.Series:

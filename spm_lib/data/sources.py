@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from spm_lib.config import Config, TableMapping
+from spm_lib.config import Config, TableMapping, expand_env
 from spm_lib.data.mapping import clean_strings, map_table, owners_from_hierarchy
 from spm_lib.data.quality import Findings
 from spm_lib.domain.contract import CONTRACT
@@ -91,11 +91,12 @@ class FolderSource:
 
     def __init__(self, cfg: Config) -> None:
         assert cfg.source.path is not None
-        self.folder = cfg.path(cfg.source.path)
+        self.folder = cfg.path(cfg.source.resolved_path())
         self.location = str(self.folder)
         if not self.folder.is_dir():
-            raise SourceError(f"config/source.yml: path {cfg.source.path!r} is not a folder ({self.folder}); "
-                              f"point `path` at the folder holding the exported files")
+            raise SourceError(f"config/source.yml: path {cfg.source.path!r} is not a folder ({self.folder}): "
+                              f"create it and put the exported files there, or point `path` at the folder "
+                              f"that holds them")
 
     def file(self, name: str) -> Path | None:
         """The file holding table `name` (`name` itself, or `name` + .csv/.parquet/.xlsx)."""
@@ -148,7 +149,7 @@ class DuckDbSource:
         import duckdb
 
         assert cfg.source.path is not None
-        path = cfg.path(cfg.source.path)
+        path = cfg.path(cfg.source.resolved_path())
         self.location = str(path)
         if not path.is_file():
             raise SourceError(f"config/source.yml: path {cfg.source.path!r} does not exist ({path}); "
@@ -268,6 +269,9 @@ class _Reader:
             self.pending[cache_key] = self.pool.submit(self._read, name, options)
 
     def _read(self, name: str, options: TableMapping) -> pd.DataFrame | None:
+        if options.source and "${" in options.source:
+            where = f"config/source.yml tables.{name}.source" if name in self.cfg.source.tables else name
+            options = options.model_copy(update={"source": expand_env(options.source, where)})
         with self.lock:
             return self.source.read(name, options)
 
@@ -286,6 +290,7 @@ class _Reader:
 
     def other(self, name: str, key: str) -> pd.DataFrame:
         """A source table named in config beside `tables` (a lookup table, the hierarchy export)."""
+        name = expand_env(name, key)
         label, options = self._options_for(name)
         df = self.raw(name, options, label)
         if df is None:
@@ -311,7 +316,7 @@ class _Reader:
         if rows is not None:
             still[:] = False
             still[rows] = True
-        blank = pd.Series(still, index=df.index)
+        blank = pd.Series(still, index=df.index, dtype=bool)
         self.findings.add(label, None, "empty_rows_dropped", "info", [f"row {i}" for i in df.index[blank]],
                           f"{int(blank.sum())} empty rows dropped from {self._where(options, label)}",
                           "nothing to do")
@@ -352,6 +357,12 @@ def read_contract_tables(cfg: Config, findings: Findings) -> dict[str, pd.DataFr
             if raw is None:
                 _absent(name, mapping, source.location, findings)
                 continue
+            hint = layout_hint(raw, mapping)
+            if hint is not None:
+                findings.add(name, None, "unreadable_layout", "fatal", [],
+                             f"{source.location} ({mapping.source or name}) {hint[0]}",
+                             f"set {hint[1]} in config/source.yml tables.{name}", count=1)
+                continue
             out[name] = map_table(name, raw, mapping, cfg, findings, reader.other,
                                   f"{source.location} ({mapping.source or name})")
         if spec.owners_from_hierarchy is not None:
@@ -364,12 +375,50 @@ def read_contract_tables(cfg: Config, findings: Findings) -> dict[str, pd.DataFr
     return {name: out[name] for name in CONTRACT if name in out}
 
 
+DELIMITERS = (";", "\t", "|", ",")
+UNNAMED = "Unnamed: "  # pandas' name of a column whose header cell is empty
+
+
+def layout_hint(raw: pd.DataFrame, mapping: TableMapping) -> tuple[str, str] | None:
+    """(what is wrong, the option to set) when a file was read with the wrong delimiter or a title row as its header:
+    one column whose name holds another delimiter, or a header of one name and empty cells."""
+    names = [str(c) for c in raw.columns]
+    if len(names) == 1:
+        other = [d for d in DELIMITERS if d != mapping.delimiter and d in names[0]]
+        if other:
+            shown = names[0] if len(names[0]) <= 60 else names[0][:57] + "…"
+            return (f"was read as one column {shown!r}: its values are separated by {other[0]!r}, "
+                    f"not {mapping.delimiter!r}", f"`delimiter: {other[0]!r}`")
+    unnamed = sum(n.startswith(UNNAMED) for n in names)
+    if names and not names[0].startswith(UNNAMED) and (len(names) == 1 or unnamed * 2 >= len(names)):
+        if len(names) == 1:
+            return (f"was read as one column {names[0]!r}: a title line above the header?",
+                    "`skip_rows:` to the number of lines above the header (or `delimiter:` to the character between "
+                    "the values)")
+        above = _lines_above_header(raw, mapping.skip_rows)
+        lines = "" if above is None else f" (the header looks like line {above + 1})"
+        return (f"has a title row as its header: {names[0]!r} and {unnamed} unnamed columns{lines}",
+                "`skip_rows:` to the number of lines above the header"
+                + ("" if above is None else f" (`skip_rows: {above}`)"))
+    return None
+
+
+def _lines_above_header(raw: pd.DataFrame, skip_rows: int) -> int | None:
+    """Lines above the real header: the first of the top rows with as many filled cells as the widest of them (raw
+    rows are numbered from 1 below the header that was read)."""
+    top = raw.head(20).astype("string").apply(lambda column: column.str.strip())  # 20 rows, column by column
+    filled = (top.fillna("") != "").sum(axis=1)
+    if filled.empty or filled.max() < 2:
+        return None
+    return skip_rows + int(filled.idxmax())
+
+
 def _absent(name: str, mapping: TableMapping, location: str, findings: Findings) -> None:
     """A configured table the source does not have: an error when required, else an info finding."""
     target = mapping.source or name
     if CONTRACT[name].required:
-        raise SourceError(f"{location}: required table {name!r} not found (looked for {target!r}); "
-                          f"set tables.{name}.source in config/source.yml to the table/file that holds it")
+        raise SourceError(f"{location}: required table {name!r} not found (looked for {target!r}); put the export "
+                          f"there, or set tables.{name}.source in config/source.yml to the table/file that holds it")
     findings.add(name, None, "table_absent", "info", [], f"table {target!r} is not in {location}; "
                  f"without it there is no {ENABLES.get(name, CONTRACT[name].description)}",
                  f"add {target!r} to the source, or remove tables.{name} from config/source.yml", count=1)

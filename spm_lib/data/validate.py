@@ -20,6 +20,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from spm_lib.config import Config
+from spm_lib.data import consistency
 from spm_lib.data.mapping import row_ids
 from spm_lib.data.quality import Finding, Findings
 from spm_lib.domain.contract import CONTRACT, PANDAS_DTYPES, REQUIRED_TABLES
@@ -40,7 +41,8 @@ ALSO_NEEDED_BY: dict[str, tuple[str, ...]] = {
     "accounts": ("account names/segments",),
 }
 # findings about a whole table or column, not about rows: the report shows no row count for them
-STRUCTURAL_CHECKS = frozenset({"table_missing", "table_absent", "column_missing", "column_absent", "no_top_owner"})
+STRUCTURAL_CHECKS = frozenset({"table_missing", "table_absent", "table_empty", "unreadable_layout", "unreadable",
+                               "column_missing", "column_absent", "no_top_owner"})
 REPORT_WIDTH = 100
 SOURCE_FIX = "config/source.yml"
 
@@ -57,6 +59,7 @@ def validate(tables: dict[str, pd.DataFrame], cfg: Config, findings: Findings) -
             for name, df in out.items():
                 if name in CONTRACT:
                     _check_columns(name, df, findings)
+                    consistency.check_finite(name, df, findings)
             _check_rows(out, known, cfg, findings, ahead)
         finally:
             ahead.cancel()
@@ -80,6 +83,8 @@ def _check_rows(out: dict[str, pd.DataFrame], known: set[str] | None, cfg: Confi
     if "opportunity_history" in out and "opportunities" in out:
         out["opportunity_history"] = _drop_unknown_opportunities(out["opportunity_history"], out["opportunities"],
                                                                  findings, ahead)
+        out["opportunity_history"] = consistency.relabel_history(out["opportunity_history"], out["opportunities"],
+                                                                 cfg.stages)
     if "surveys" in out and "score" in out["surveys"].columns:
         out["surveys"] = _drop_bad_scores(out["surveys"], findings)
     if owners is not None and "opportunities" in out:
@@ -161,7 +166,7 @@ def _typed(name: str, df: pd.DataFrame, findings: Findings) -> pd.DataFrame:
 
 
 @cache
-def _coerced(dtype: str) -> object:
+def _coerced(dtype: str) -> np.dtype[Any] | pd.api.extensions.ExtensionDtype:
     """The dtype pandera's coercion gives a column of dtype `dtype` (pandas 3: "string" becomes `str`)."""
     empty = pd.DataFrame({"x": pd.Series([], dtype=dtype)})
     schema = pa.DataFrameSchema({"x": pa.Column(dtype, nullable=True, required=False, coerce=True)})
@@ -181,8 +186,12 @@ def _has_dtype(column: pd.Series, dtype: str) -> bool:
 
 def _check_tables_present(tables: dict[str, pd.DataFrame], findings: Findings) -> None:
     """Fatal for a required table that is missing, info (with what it enables) for an absent optional one."""
-    reported = {f.table for f in findings.items if f.check == "table_absent"}
+    reported = {f.table for f in findings.items if f.check in ("table_absent", "unreadable_layout")}
     for name in CONTRACT:
+        if name in tables and name in REQUIRED_TABLES and tables[name].empty:
+            findings.add(name, None, "table_empty", "fatal", [], f"required table {name} has no rows",
+                         f"export its rows; if the file has them, check skip_rows and drop_rows_matching in "
+                         f"{SOURCE_FIX} tables.{name} (they may drop every row)", count=1)
         if name in tables or name in reported:
             continue
         if name in REQUIRED_TABLES:
@@ -305,6 +314,8 @@ def _check_owners(owners: pd.DataFrame, findings: Findings) -> None:
         findings.add("owners", "manager_id", "no_top_owner", "fatal", [],
                      "every owner has a manager, so no owner sees the whole company", fix_manager,
                      count=len(current))
+    consistency.check_single_top(current, findings)
+    consistency.check_emails(owners, findings)
 
 
 def _with_validity(owners: pd.DataFrame) -> pd.DataFrame:
@@ -339,6 +350,8 @@ def _check_opportunities(opps: pd.DataFrame, known: set[str] | None, cfg: Config
     ids = row_ids(opps, t)
     if "stage" in opps.columns:
         _check_stages(opps, ids, cfg, findings)
+        opps = consistency.settle_stage_flags(opps, ids, cfg.stages, findings)
+    consistency.check_plausible_amounts(opps, ids, cfg, findings)
     closed, won = _closed_won(opps, cfg)
     amount = opps["amount"] if "amount" in opps.columns else None
     close = opps["close_date"] if "close_date" in opps.columns else None
@@ -373,7 +386,8 @@ def _check_opportunities(opps: pd.DataFrame, known: set[str] | None, cfg: Config
 
 
 def _drop_duplicate_opportunities(opps: pd.DataFrame, findings: Findings) -> pd.DataFrame:
-    """Keep one row per opportunity_id: the latest last_modified_date, else the last row (dropped rows counted)."""
+    """Fatal for duplicate opportunity ids; one row per id is kept (the latest last_modified_date, else the last
+    row) so the other checks count each deal once."""
     if opps["opportunity_id"].is_unique:  # the usual case, found in one hashing pass
         return opps
     rows = np.flatnonzero(opps["opportunity_id"].duplicated(keep=False).to_numpy(dtype=bool))  # only these sort
@@ -386,16 +400,18 @@ def _drop_duplicate_opportunities(opps: pd.DataFrame, findings: Findings) -> pd.
     drop = np.zeros(len(opps), dtype=bool)
     drop[order.loc[order.duplicated("opportunity_id", keep="last"), "_pos"].to_numpy()] = True
     dup_ids = sorted(opps.loc[drop, "opportunity_id"].astype(str).unique())
-    findings.add("opportunities", "opportunity_id", "duplicate_id", "warning", dup_ids,
-                 f"opportunity_id appears in several rows; kept the row with the latest last_modified_date "
-                 f"(else the last row) and dropped {int(drop.sum())} rows",
-                 "remove the duplicates from the export", count=int(drop.sum()))
+    findings.add("opportunities", "opportunity_id", "duplicate_id", "fatal", dup_ids,
+                 f"opportunity_id appears in several rows: a deal must have one row, else its amount counts twice "
+                 f"or an old version of it is used ({int(drop.sum())} duplicate rows dropped for the other checks, "
+                 f"keeping the latest last_modified_date, else the last row)",
+                 f"remove the duplicates from the export, or map opportunity_id in {SOURCE_FIX} "
+                 f"tables.opportunities.columns to the column that is unique per deal", count=int(drop.sum()))
     return opps[~drop] if len(rows) else opps
 
 
 def _check_stages(opps: pd.DataFrame, ids: pd.Series, cfg: Config, findings: Findings) -> None:
     """Fatal for each stage value that is not a configured stage, with the nearest configured one."""
-    allowed = cfg.stages.open_names + cfg.stages.won + cfg.stages.lost
+    allowed = cfg.stages.all_names
     stage = opps["stage"]
     bad = stage.notna() & ~stage.isin(allowed)
     for value in sorted(stage[bad].astype(str).unique()):
@@ -409,7 +425,7 @@ def _closed_won(opps: pd.DataFrame, cfg: Config) -> tuple[pd.Series, pd.Series]:
     """(closed, won) as plain booleans: the flags when present, else derived from the configured stages."""
     stage = opps["stage"] if "stage" in opps.columns else pd.Series(pd.NA, index=opps.index, dtype="string")
     won = opps["is_won"] if "is_won" in opps.columns else stage.isin(cfg.stages.won)
-    closed = opps["is_closed"] if "is_closed" in opps.columns else stage.isin(cfg.stages.won + cfg.stages.lost)
+    closed = opps["is_closed"] if "is_closed" in opps.columns else stage.isin(cfg.stages.closed_names)
     won = won.astype("boolean").fillna(False).astype(bool)
     return closed.astype("boolean").fillna(False).astype(bool) | won, won
 
@@ -521,7 +537,11 @@ def source_label(cfg: Config) -> str:
         from spm_lib.data.sources import mask_url
 
         return f"sql {mask_url(s.url)}"
-    return f"{s.kind} {cfg.path(s.path or '')}"
+    try:
+        path = s.resolved_path() if s.path else ""
+    except SpmError:  # an unset ${VAR}: the findings say which
+        path = s.path or ""
+    return f"{s.kind} {cfg.path(path)}"
 
 
 def render_report(source: str, loaded: dict[str, int], kept: dict[str, int], findings: Findings) -> tuple[str, bool]:

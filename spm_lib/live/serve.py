@@ -55,6 +55,7 @@ from spm_lib.live.request import (
     query_key,
 )
 from spm_lib.live.sessions import Session, Sessions, link_key
+from spm_lib.project import templates_dir
 from spm_lib.state import revocations
 
 SESSION_COOKIE = "spm-session"
@@ -683,9 +684,7 @@ def serve(cfg: Config, *, host: str | None = None, port: int | None = None, as_o
     """Start the live server (blocks until stopped); refuses to start without a strong SPM_LINK_SECRET."""
     secret = links.secret_from_env()
     root = cfg.root
-    templates = root / "templates"
-    if not templates.is_dir():
-        raise ServeError(f"there is no templates/ folder in {root}: live pages are the project's templates")
+    templates = templates_dir(root)  # the project's templates/, else the packaged ones
     check_pools(cfg, templates)
     cap = max_kernels(cfg.live, templates)
     ensure_runs(cfg, as_of, echo)
