@@ -39,6 +39,7 @@ PARTS: dict[str, str] = {
     "batch": "benchmarks.batch:run",
     "email": "benchmarks.email:run",
     "live": "benchmarks.live:run",
+    "backtest": "benchmarks.backtest:run",
 }
 
 
