@@ -53,8 +53,8 @@ templates: $(BIN)/.installed  ## regenerate templates/*.ipynb from scripts/make_
 bench: $(BIN)/.installed  ## benchmarks; figures in runs/bench/latest.json
 	$(BIN)/python -m benchmarks
 
-lint: $(BIN)/.installed
-	$(BIN)/ruff check spm_lib tests
+lint: $(BIN)/.installed  ## ruff (project rules and complexity) on the package, tests and benchmarks; mypy on the package
+	$(BIN)/ruff check spm_lib tests benchmarks
 	$(BIN)/mypy spm_lib
 
 clean:  ## remove runs (never state/)

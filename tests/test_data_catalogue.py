@@ -256,3 +256,21 @@ def test_plausibility_ceiling_ignores_one_outlier_among_few_deals() -> None:
     amounts = pd.Series([1000.0, 2000.0, 1e20, 1500.0, None, -50.0, float("inf")])
     assert amount_ceiling(amounts, cfg)[0] == 2_000_000.0  # 1000 × 2000: the 99th percentile, lower value
     assert amount_ceiling(pd.Series([None], dtype="float64"), cfg) == (None, "")
+
+
+def test_history_on_the_closed_stage_follows_its_deal(tmp_path: Path) -> None:
+    """A history row on `Closed` is shown under the won / lost label of its deal, so as-of numbers count it right."""
+    opportunities = """opportunity_id,owner_id,stage,amount,close_date,is_won
+O1,R1,Closed,1000,2026-02-10,true
+O2,R2,Closed,2000,2026-02-11,false
+"""
+    history = """opportunity_id,changed_at,stage
+O1,2026-01-05,Prospecting
+O1,2026-02-10,Closed
+O2,2026-02-11,Closed
+"""
+    source = {**SOURCE, "tables": {**SOURCE["tables"], "opportunity_history": {"source": "history.csv"}}}
+    write_project(tmp_path, {"owners.csv": OWNERS, "opportunities.csv": opportunities, "history.csv": history},
+                  source)
+    data = load_dataset(load_config(tmp_path))
+    assert data.tables["opportunity_history"]["stage"].tolist() == ["Prospecting", "Closed Won", "Closed Lost"]

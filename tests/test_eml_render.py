@@ -19,7 +19,7 @@ from playwright.sync_api import sync_playwright
 
 from spm_lib.batch.runner import run
 from spm_lib.config import StateConfig, load_config
-from spm_lib.deliver.compose import _fmt as email_format
+from spm_lib.deliver.compose import format_value as email_format
 from spm_lib.deliver.compose import send_all
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -235,7 +235,7 @@ def test_drill_down_shows_the_reps_numbers_and_the_deals_behind_a_number(server:
     for kpi_id in batch_rep.above_the_line_ids():  # the rep's own values, as their batch report shows them
         row = batch_rep.kpi(kpi_id)
         if row is not None and pd.notna(row["value"]):
-            assert batch_rep._fmt(kpi_id, row["value"]) in text, kpi_id
+            assert batch_rep.fmt(kpi_id, row["value"]) in text, kpi_id
     # the deals behind the manager's bookings of the closed month: every deal won in the month, by id
     mine = report.load(mgr, "monthly", run_dir=org["run"])
     f = mine.scope_facts()

@@ -72,7 +72,7 @@ class ReportExporter(HTMLExporter):
     applies to spm_report) and costs ~85 % of a report's export time (a 1 MB body re-parsed).
     """
 
-    def from_notebook_node(self, nb: NotebookNode, resources: dict[str, Any] | None = None,  # type: ignore[override]
+    def from_notebook_node(self, nb: NotebookNode, resources: dict[str, Any] | None = None,  # type: ignore[override] # narrower kw
                            **kw: Any) -> tuple[str, dict[str, Any]]:
         """Render `nb` with the template (the filters HTMLExporter registers, then the template itself)."""
         resources = self._init_resources(resources)

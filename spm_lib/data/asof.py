@@ -59,7 +59,7 @@ class SortedHistory:
 
     def codes_of(self, ids: pd.Series) -> np.ndarray:
         """The code of each of `ids` (-1: the opportunity has no history row at all)."""
-        return self.ids.get_indexer(ids.astype("string"))
+        return self.ids.get_indexer(pd.Index(ids.astype("string")))
 
     def rows_of(self, codes: np.ndarray) -> np.ndarray:
         """The last row up to as_of of each opportunity code in `codes` (-1: none)."""
@@ -205,7 +205,7 @@ def _from_history(opps: pd.DataFrame, h: SortedHistory, stages: StagesConfig, as
         "max_stage_index": h.per_deal_max(row_index, row_index >= 0, -1),
     }
 
-    def lookup(name: str, missing: object) -> np.ndarray:
+    def lookup(name: str, missing: float | np.generic) -> np.ndarray:
         values = per_code[name]
         return np.where(code >= 0, values[np.maximum(code, 0)] if n else missing, missing)
 

@@ -20,7 +20,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -30,18 +31,24 @@ from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pandas as pd
 from markupsafe import escape
+from tqdm import tqdm
 
+from spm_lib.batch.runner import plan, safe_name
 from spm_lib.config import Config
+from spm_lib.deliver.images import Chart, Exporter, ImageError, png_size
 from spm_lib.deliver.smtp import DeliveryError, Pace, SendFailed, SmtpSender, message_bytes
 from spm_lib.domain import links
 from spm_lib.errors import RunError
 from spm_lib.report import markup as html
+from spm_lib.report.core import Report, load
 from spm_lib.report.figures import EMAIL_CHARTS, figures_json, figures_path
 from spm_lib.state import ledger
+from spm_lib.store.runfolder import has_cube, locked
+from spm_lib.util.atomic import write_atomic
 
 log = logging.getLogger("spm.send")
 T = TypeVar("T")
@@ -98,27 +105,28 @@ def _domain(cfg: Config) -> str:
 
 
 # ---------------------------------------------------------------- what the email says
-def _fmt(value: object, unit: str, currency: str) -> str:
-    return html.fmt_value(value, unit if unit in html.UNITS else "count", currency)
+def format_value(value: object, unit: object, currency: str) -> str:
+    """`value` as an email shows it, in `unit` (an unknown unit reads as a count) and `currency`."""
+    return html.fmt_value(value, unit if isinstance(unit, str) and unit in html.UNITS else "count", currency)
 
 
-def _attainment(value: object) -> str:
-    return html.fmt_value(value * 100 if not html.is_missing(value) else value, "pct")  # type: ignore[operator]
+def _attainment(value: Any) -> str:
+    return html.fmt_value(float(value) * 100 if not html.is_missing(value) else value, "pct")
 
 
-def headline(rpt: Any) -> str:
+def headline(rpt: Report) -> str:
     """The subject's headline: bookings against target, and 'fix the data first' when a trust check fails."""
     att = rpt.value("quota_attainment")
     words = f"bookings at {att:.0f} % of target" if att == att else "no bookings target for the period"
     return f"{words} · fix the data first" if rpt.trust_status() == "fail" else words
 
 
-def subject(rpt: Any) -> str:
+def subject(rpt: Report) -> str:
     """The email's subject line: owner, cadence, period and headline."""
     return clean_header(f"{rpt.name} · {rpt.cadence} report {rpt.closed}: {headline(rpt)}")
 
 
-def _offenders(rpt: Any) -> pd.DataFrame:
+def _offenders(rpt: Report) -> pd.DataFrame:
     """The largest offending deals of the owner's scope, one row per deal, at most OFFENDERS_SHOWN."""
     off = rpt.offenders()
     t = rpt.cube.trust
@@ -136,7 +144,7 @@ def _offenders(rpt: Any) -> pd.DataFrame:
     return first.head(OFFENDERS_SHOWN)
 
 
-def _failing_checks(rpt: Any) -> list[str]:
+def _failing_checks(rpt: Report) -> list[str]:
     t = rpt.cube.trust
     return t.loc[(t["owner_id"] == rpt.owner_id) & (t["status"] == "fail"), "label"].astype(str).tolist()
 
@@ -152,7 +160,7 @@ class Facts:
     currency: str
 
 
-def read_facts(rpt: Any) -> Facts:
+def read_facts(rpt: Report) -> Facts:
     """The facts of an owner's email, from their report."""
     status = rpt.trust_status()
     failing = status == "fail"
@@ -177,7 +185,7 @@ def _trust_html(f: Facts) -> str:
     rows = "".join(
         f'<tr><td style="{_TD}">{_e(r.name)}<br><span style="color:#6b6b6b;">{_e(r.opportunity_id)} · '
         f'{_e(r.owner)}</span></td><td style="{_TD}text-align:right;white-space:nowrap;">'
-        f'{_e(_fmt(r.amount, "currency", f.currency))}</td><td style="{_TD}">{_e(r.detail)}</td></tr>'
+        f'{_e(format_value(r.amount, "currency", f.currency))}</td><td style="{_TD}">{_e(r.detail)}</td></tr>'
         for r in off.itertuples())
     table = (f'<table role="presentation" cellpadding="0" cellspacing="0" style="{_FONT}font-size:13px;'
              f'border-collapse:collapse;width:100%;margin-top:8px;background:#ffffff;"><tr>'
@@ -194,11 +202,12 @@ def _kpi_html(f: Facts) -> str:
     body = []
     for r in f.kpis.itertuples():
         colour = STATUS_COLOURS.get(str(r.status), STATUS_COLOURS["none"])
-        value = _fmt(r.value, r.unit, f.currency) if not html.is_missing(r.value) else (r.na_reason or "—")
+        value = format_value(r.value, r.unit, f.currency) if not html.is_missing(r.value) else (r.na_reason or "—")
         body.append(
             f'<tr><td style="{_TD}">{_e(r.label)}</td>'
             f'<td style="{_TD}text-align:right;white-space:nowrap;"><b>{_e(value)}</b></td>'
-            f'<td style="{_TD}text-align:right;white-space:nowrap;">{_e(_fmt(r.target, r.unit, f.currency))}</td>'
+            f'<td style="{_TD}text-align:right;white-space:nowrap;">'
+            f'{_e(format_value(r.target, r.unit, f.currency))}</td>'
             f'<td style="{_TD}text-align:right;white-space:nowrap;">{_e(_attainment(r.attainment))}</td>'
             f'<td style="{_TD}"><span style="display:inline-block;padding:2px 8px;border-radius:10px;'
             f'background:{colour};color:#ffffff;font-size:12px;white-space:nowrap;">'
@@ -212,8 +221,9 @@ def _kpi_html(f: Facts) -> str:
 
 def _kpi_text(f: Facts) -> str:
     return "\n".join(
-        f"- {r.label}: {_fmt(r.value, r.unit, f.currency) if not html.is_missing(r.value) else r.na_reason or '—'}"
-        f" (target {_fmt(r.target, r.unit, f.currency)}, attainment {_attainment(r.attainment)}, "
+        f"- {str(r.label)}: "
+        f"{format_value(r.value, r.unit, f.currency) if not html.is_missing(r.value) else str(r.na_reason or '—')}"
+        f" (target {format_value(r.target, r.unit, f.currency)}, attainment {_attainment(r.attainment)}, "
         f"{STATUS_WORDS.get(str(r.status), str(r.status))})" for r in f.kpis.itertuples())
 
 
@@ -225,8 +235,8 @@ def _trust_text(f: Facts) -> str:
         return "Check the data: some trust checks warn; the deals are listed in the attached report."
     lines = [f"FIX THE DATA FIRST. These checks fail: {', '.join(f.failing)}.",
              "Correct these deals in the CRM before deciding anything else:"]
-    lines += [f"- {r.name} ({r.opportunity_id}, {r.owner}), {_fmt(r.amount, 'currency', f.currency)}: {r.detail}"
-              for r in f.offenders.itertuples()]
+    lines += [f"- {r.name} ({r.opportunity_id}, {r.owner}), "
+              f"{format_value(r.amount, 'currency', f.currency)}: {r.detail}" for r in f.offenders.itertuples()]
     return "\n".join(lines)
 
 
@@ -239,7 +249,7 @@ def _html_to_text(fragment: str) -> str:
     return "\n".join(ln.strip() for ln in text.splitlines() if ln.strip())
 
 
-def plain_text(rpt: Any, *, link_url: str | None, actions_html: str = "", attached: bool = True,
+def plain_text(rpt: Report, *, link_url: str | None, actions_html: str = "", attached: bool = True,
                facts: Facts | None = None) -> str:
     """The plain-text alternative of the email."""
     f = facts or read_facts(rpt)
@@ -255,11 +265,9 @@ def plain_text(rpt: Any, *, link_url: str | None, actions_html: str = "", attach
     return "\n".join(parts) + "\n"
 
 
-def html_body(rpt: Any, *, link_url: str | None, images: Mapping[str, bytes], actions_html: str = "",
+def html_body(rpt: Report, *, link_url: str | None, images: Mapping[str, bytes], actions_html: str = "",
               alts: Mapping[str, str] | None = None, attached: bool = True, facts: Facts | None = None) -> str:
     """The HTML body: inline styles only, charts as cid: images, no script and no remote content."""
-    from spm_lib.deliver.images import png_size
-
     f = facts or read_facts(rpt)
     charts = []
     for cid, png in images.items():
@@ -307,14 +315,14 @@ def _as_bytes(data: str | bytes | None) -> bytes:
     return b"" if data is None else data.encode("utf-8") if isinstance(data, str) else bytes(data)
 
 
-def email_digest(rpt: Any, facts: Facts, actions_html: str, report: bytes | None,
+def email_digest(rpt: Report, facts: Facts, actions_html: str, report: bytes | None,
                  figs: Mapping[str, dict[str, Any]]) -> str:
     """The content hash of an owner's email: what it says, the report it attaches, the charts it shows."""
     text = plain_text(rpt, link_url=None, actions_html=actions_html, attached=report is not None, facts=facts)
     return content_hash(text, report, [_canonical(f) for f in figs.values()])
 
 
-def message_token(rpt: Any, digest: str) -> str:
+def message_token(rpt: Report, digest: str) -> str:
     """A stable token of (run folder, owner, content): the Message-ID's and the content ids' local part."""
     return hashlib.sha256(f"{rpt.cadence}/{rpt.as_of}\0{rpt.owner_id}\0{digest}".encode()).hexdigest()[:32]
 
@@ -325,8 +333,9 @@ def chart_cid(cfg: Config, token: str, key: str) -> str:
 
 
 def _encoded_part(data: bytes, content_type: str, *, disposition: str, filename: str,
-                  cid: str | None = None) -> MIMEPart:
-    """A MIME part holding `data` base64-encoded in one C call (the email package encodes 57 bytes at a time)."""
+                  cid: str | None = None) -> EmailMessage:
+    """A MIME part holding `data` base64-encoded in one C call (the email package encodes 57 bytes at a time);
+    a plain MIMEPart (no MIME-Version header), typed as the EmailMessage that typeshed's `attach` asks for."""
     part = MIMEPart(policy=policy.SMTP)
     part["Content-Type"] = content_type
     part.add_header("Content-Disposition", disposition, filename=filename)
@@ -334,10 +343,10 @@ def _encoded_part(data: bytes, content_type: str, *, disposition: str, filename:
         part["Content-ID"] = f"<{cid}>"
     part["Content-Transfer-Encoding"] = "base64"
     part.set_payload(base64.encodebytes(data).decode("ascii").replace("\n", policy.SMTP.linesep))
-    return part
+    return cast(EmailMessage, part)
 
 
-def build_message(cfg: Config, rpt: Any, *, to: Address | str | Sequence[Address | str],
+def build_message(cfg: Config, rpt: Report, *, to: Address | str | Sequence[Address | str],
                   cc: Sequence[Address | str] = (), link_url: str | None, images: Mapping[str, bytes],
                   attachment_html: str | bytes | None, actions_html: str = "",
                   alts: Mapping[str, str] | None = None, digest: str | None = None,
@@ -367,7 +376,7 @@ def build_message(cfg: Config, rpt: Any, *, to: Address | str | Sequence[Address
     msg.set_content(text)
     msg.add_alternative(html_body(rpt, link_url=link_url, images=images, actions_html=actions_html, alts=alts,
                                   attached=attach is not None, facts=f), subtype="html")
-    body = msg.get_payload()[1]  # type: ignore[index]
+    body = msg.get_payload()[1]  # type: ignore[index] # multipart: a list of parts (typeshed: also str)
     assert isinstance(body, EmailMessage)
     if images:
         body.make_related()
@@ -375,8 +384,6 @@ def build_message(cfg: Config, rpt: Any, *, to: Address | str | Sequence[Address
             body.attach(_encoded_part(png, "image/png", disposition="inline", cid=cid,
                                       filename=f"{cid.split('.', 1)[0]}.png"))
     if attach is not None:
-        from spm_lib.batch.runner import safe_name
-
         msg.make_mixed()
         msg.attach(_encoded_part(_as_bytes(attach), 'text/html; charset="utf-8"', disposition="attachment",
                                  filename=f"{safe_name(rpt.owner_id)}-{rpt.cadence}-{rpt.as_of}.html"))
@@ -386,7 +393,7 @@ def build_message(cfg: Config, rpt: Any, *, to: Address | str | Sequence[Address
 
 
 # ---------------------------------------------------------------- the charts of an email
-def read_figures(rpt: Any, report_html: str | Path) -> dict[str, dict[str, Any]]:
+def read_figures(rpt: Report, report_html: str | Path) -> dict[str, dict[str, Any]]:
     """The owner's email charts saved by `spm run` (drawn from the report when the run predates that file)."""
     path = figures_path(report_html)
     text = path.read_text(encoding="utf-8") if path.is_file() else figures_json(rpt)
@@ -477,10 +484,10 @@ def _send_log(run_dir: Path) -> Iterator[None]:
         handler.close()
 
 
-def _actions_html(cfg: Config, rpt: Any) -> str:
+def _actions_html(cfg: Config, rpt: Report) -> str:
     """The owner's open actions as a small inline-styled list ('' when there are none)."""
     try:
-        from spm_lib.state import actions
+        from spm_lib.state import actions  # optional: needs SQLAlchemy, which a send without actions can lack
     except ImportError:
         return ""
     df = actions.for_report(cfg, rpt.owner_id, rpt.cadence, rpt.as_of)
@@ -491,12 +498,10 @@ def _actions_html(cfg: Config, rpt: Any) -> str:
     return f'<ul style="margin:0;padding-left:20px;">{"".join(items)}</ul>' if items else ""
 
 
-def live_link(cfg: Config, rpt: Any, secret: str | None) -> str | None:
+def live_link(cfg: Config, rpt: Report, secret: str | None) -> str | None:
     """The signed link to the owner's live report that an email carries (None without a secret)."""
     if not secret:
         return None
-    from spm_lib.domain import links
-
     expires = datetime.now(UTC) + timedelta(days=cfg.live.link_days)
     token = links.sign(secret, rpt.owner_id, rpt.cadence, date.fromisoformat(rpt.as_of), expires)
     return links.link_url(cfg, token)
@@ -605,9 +610,6 @@ class _Run:
 
 def _prepare(run: _Run, todo: _Todo) -> _Built | str:
     """Build one owner's email (charts drawn from the figures `spm run` saved); a str says why it is not needed."""
-    from spm_lib.deliver.images import Chart, ImageError
-    from spm_lib.report.core import load
-
     cfg, oid = run.cfg, todo.job.owner_id
     rpt = load(oid, run.cadence, run_dir=run.run_dir)
     facts = read_facts(rpt)
@@ -632,14 +634,12 @@ def _prepare(run: _Run, todo: _Todo) -> _Built | str:
     return _Built(message_bytes(msg), str(msg["Message-ID"]), digest, [a.addr_spec for a in [*to, *cc]])
 
 
-def ahead(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[T, R | Exception]]:
+def ahead(fn: Callable[[T], R], items: Sequence[T]) -> Generator[tuple[T, R | Exception]]:
     """(item, fn(item) or the exception it raised) for each item; fn runs one item ahead in a background thread.
 
     The caller hands one email to the server while the next is prepared. Close the iterator (`closing`) when
     stopping early: that waits for the item being prepared.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-send-prepare")
     try:
         pending: Future[R] | None = pool.submit(fn, items[0]) if items else None
@@ -656,8 +656,6 @@ def ahead(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[T, R | Exc
 
 
 def _write_eml(path: Path, raw: bytes) -> str:
-    from spm_lib.batch.export import write_atomic
-
     return str(write_atomic(path, raw.decode("utf-8", "surrogateescape")))
 
 
@@ -666,12 +664,6 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
              progress: bool = True, on_sent: Callable[[str], None] | None = None,
              pace: Pace | None = None) -> Summary:
     """Email every owner of a run their report (or one owner / one level); never twice; a dry run writes .eml files."""
-    from tqdm import tqdm
-
-    from spm_lib.batch.runner import plan, safe_name
-    from spm_lib.deliver.images import Exporter, ImageError
-    from spm_lib.store.runfolder import has_cube, locked
-
     run_dir = Path(run_dir)
     manifest_path = run_dir / "manifest.json"
     if not has_cube(run_dir) or not manifest_path.is_file():
@@ -688,9 +680,7 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
         generation, run_id = int(manifest.get("generation", 1)), str(manifest["run_id"])
         summary = Summary(run_key, generation, dry_run)
         jobs = plan(cfg, run_dir, cadence, level=level, owner=owner)
-        owners = pd.read_parquet(run_dir / "owners.parquet").astype({"owner_id": "str"}).set_index("owner_id")
-        if "active" in owners:  # True / False / None (unknown counts as active)
-            owners["active"] = owners["active"].astype(object).where(owners["active"].notna(), None)
+        owners = _run_owners(run_dir)
         history = ledger.rows(cfg, run_key)
         secret = links.check_secret(os.environ["SPM_LINK_SECRET"]) if os.environ.get("SPM_LINK_SECRET") else None
         if secret is None:
@@ -699,7 +689,8 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
                            resend_unknown=resend_unknown, resend_changed=resend_changed)
         out_dir = run_dir / "email"
         sender = None if dry_run else SmtpSender(cfg)
-        pace = pace or Pace(cfg.delivery.rate_per_minute)
+        delivery = _Delivery(cfg, summary, run_key, generation, run_id, out_dir, sender,
+                             pace or Pace(cfg.delivery.rate_per_minute), on_sent)
         exporter = Exporter()
         run = _Run(cfg, run_dir, cadence, owners, secret, exporter, ledger.last_sent(cfg, run_key))
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{cadence} emails", unit="email",
@@ -707,30 +698,8 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
         try:
             with closing(ahead(lambda t: _prepare(run, t), todo)) as prepared:
                 for item, built in prepared:
-                    oid = item.job.owner_id
                     bar.update(1)
-                    if isinstance(built, str):
-                        summary.skipped[oid] = built
-                        continue
-                    if isinstance(built, DeliveryError | ImageError):
-                        summary.failed[oid] = str(built)
-                        log.error("%s not sent: %s", oid, built)
-                        if not dry_run:  # an invalid address stays refused until it changes; a bad image is retried
-                            ledger.plan(cfg, run_key, generation, oid, run_id=run_id, message_id="", content_hash="",
-                                        recipients=item.recipients)
-                            ledger.mark_failed(cfg, run_key, generation, oid, str(built),
-                                               permanent=not isinstance(built, ImageError))
-                        continue
-                    if isinstance(built, Exception):
-                        raise built
-                    if dry_run:
-                        summary.written.append(_write_eml(out_dir / f"{safe_name(oid)}.eml", built.raw))
-                        summary.sent.append(oid)
-                        continue
-                    assert sender is not None
-                    if _send_one(cfg, sender, pace, summary, item, built, run_key, generation, run_id) \
-                            and on_sent is not None:
-                        on_sent(oid)
+                    _deliver(delivery, item, built)
             _operator_summary(cfg, summary, sender, out_dir)
         finally:
             bar.close()
@@ -739,6 +708,57 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
                 sender.close()
         log.info("%s", summary.text())
         return summary
+
+
+def _run_owners(run_dir: Path) -> pd.DataFrame:
+    """The run's owners indexed by owner_id; `active` True / False / None (unknown counts as active)."""
+    owners = pd.read_parquet(run_dir / "owners.parquet").astype({"owner_id": "str"}).set_index("owner_id")
+    if "active" in owners:
+        owners["active"] = owners["active"].astype(object).where(owners["active"].notna(), None)
+    return owners
+
+
+@dataclass
+class _Delivery:
+    """Where each prepared email of a send goes: the ledger's run and generation, the summary, the server (None
+    in a dry run, whose emails are written as .eml files to `out_dir`)."""
+
+    cfg: Config
+    summary: Summary
+    run_key: str
+    generation: int
+    run_id: str
+    out_dir: Path
+    sender: SmtpSender | None
+    pace: Pace
+    on_sent: Callable[[str], None] | None
+
+
+def _deliver(d: _Delivery, item: _Todo, built: _Built | str | Exception) -> None:
+    """Send (or write, in a dry run) one prepared email; a skip or a failure goes to the summary (and the ledger)."""
+    oid = item.job.owner_id
+    if isinstance(built, str):
+        d.summary.skipped[oid] = built
+        return
+    if isinstance(built, DeliveryError | ImageError):
+        d.summary.failed[oid] = str(built)
+        log.error("%s not sent: %s", oid, built)
+        if not d.summary.dry_run:  # an invalid address stays refused until it changes; a bad image is retried
+            ledger.plan(d.cfg, d.run_key, d.generation, oid, run_id=d.run_id, message_id="", content_hash="",
+                        recipients=item.recipients)
+            ledger.mark_failed(d.cfg, d.run_key, d.generation, oid, str(built),
+                               permanent=not isinstance(built, ImageError))
+        return
+    if isinstance(built, Exception):
+        raise built
+    if d.summary.dry_run:
+        d.summary.written.append(_write_eml(d.out_dir / f"{safe_name(oid)}.eml", built.raw))
+        d.summary.sent.append(oid)
+        return
+    assert d.sender is not None
+    if _send_one(d.cfg, d.sender, d.pace, d.summary, item, built, d.run_key, d.generation, d.run_id) \
+            and d.on_sent is not None:
+        d.on_sent(oid)
 
 
 def _plan_sends(cfg: Config, jobs: Sequence[Any], owners: pd.DataFrame, manifest: Mapping[str, Any],

@@ -80,7 +80,7 @@ def _kaleido_class() -> type:
     """kaleido.Kaleido, reloading a tab after every RELOAD_EVERY images rather than after each one."""
     import kaleido
 
-    class Kaleido(kaleido.Kaleido):  # type: ignore[misc]
+    class Kaleido(kaleido.Kaleido):  # type: ignore[misc] # kaleido is untyped: its class is Any
         spm_failed = False
 
         async def _return_kaleido_tab(self, tab: Any) -> None:
@@ -287,6 +287,16 @@ def _unfilter(kind: int, raw: bytes, prev: bytes, bpp: int) -> bytes:
 
 def check_png(data: bytes) -> None:
     """Raise ImageError when `data` is empty, not a well-formed PNG, or blank (every pixel the same colour)."""
+    chunks, (width, height, bpp, colour) = _png_layout(data)
+    pixels = _png_pixels(chunks, width, height, bpp)
+    if colour == 3 and b"PLTE" not in dict(chunks):
+        raise ImageError("invalid PNG: a palette image without a PLTE chunk")
+    _check_not_blank(pixels, width, height, bpp)
+
+
+def _png_layout(data: bytes) -> tuple[list[tuple[bytes, bytes]], tuple[int, int, int, int]]:
+    """The chunks of PNG `data` and its (width, height, bytes per pixel, colour type); ImageError when it is not a
+    PNG of the layout Chromium writes."""
     if not data:
         raise ImageError("the chart image is empty (0 bytes)")
     if not data.startswith(PNG_SIGNATURE):
@@ -302,19 +312,25 @@ def check_png(data: bytes) -> None:
     if colour not in _CHANNELS or depth not in (8, 16) or interlace:
         raise ImageError(f"unsupported PNG layout (colour type {colour}, bit depth {depth}, interlace {interlace}): "
                          "expected the 8/16-bit non-interlaced PNG Chromium writes")
+    return chunks, (width, height, _CHANNELS[colour] * depth // 8, colour)
+
+
+def _png_pixels(chunks: list[tuple[bytes, bytes]], width: int, height: int, bpp: int) -> bytes:
+    """The decompressed scanlines of a PNG (each a filter byte and width × bpp bytes); ImageError when corrupt."""
     try:
         pixels = zlib.decompress(b"".join(p for k, p in chunks if k == b"IDAT"))
     except zlib.error as e:
         raise ImageError(f"invalid PNG: the image data cannot be decompressed ({e})") from None
-    bpp = _CHANNELS[colour] * depth // 8
     stride = width * bpp
     if len(pixels) != height * (stride + 1):
         raise ImageError(f"invalid PNG: {len(pixels)} bytes of pixels for {width}×{height}, "
                          f"expected {height * (stride + 1)}")
-    if colour == 3:
-        palette = dict(chunks).get(b"PLTE")
-        if palette is None:
-            raise ImageError("invalid PNG: a palette image without a PLTE chunk")
+    return pixels
+
+
+def _check_not_blank(pixels: bytes, width: int, height: int, bpp: int) -> None:
+    """ImageError when every pixel of the scanlines `pixels` has the same colour."""
+    stride = width * bpp
     prev = bytes(stride)
     first: bytes | None = None
     for y in range(height):  # stops at the first scanline that is not the blank colour

@@ -183,11 +183,11 @@ class _Generator(BytesGenerator):
     def _handle_text(self, msg: Any) -> None:
         payload = msg.get_payload()
         if isinstance(payload, str) and str(msg.get("Content-Transfer-Encoding", "")).lower() == "base64":
-            if "\r\n" not in payload[:100] or self._NL != "\r\n":  # type: ignore[attr-defined]
-                payload = payload.replace("\r\n", "\n").replace("\n", self._NL)  # type: ignore[attr-defined]
-            self._fp.write(payload.encode("ascii"))  # type: ignore[attr-defined]
+            if "\r\n" not in payload[:100] or self._NL != "\r\n":  # type: ignore[attr-defined] # Generator's own
+                payload = payload.replace("\r\n", "\n").replace("\n", self._NL)  # type: ignore[attr-defined] # as above
+            self._fp.write(payload.encode("ascii"))  # type: ignore[attr-defined] # Generator's output file, unstubbed
             return
-        super()._handle_text(msg)  # type: ignore[misc]
+        super()._handle_text(msg)  # type: ignore[misc] # private in typeshed, overridden here on purpose
 
 
 def message_bytes(msg: EmailMessage) -> bytes:

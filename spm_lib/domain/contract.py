@@ -9,7 +9,8 @@ import pandas as pd
 
 DType = Literal["str", "float", "int", "date", "datetime", "bool"]
 
-PANDAS_DTYPES: dict[str, str] = {
+PandasDtype = Literal["string", "float64", "Int64", "datetime64[ns]", "boolean"]
+PANDAS_DTYPES: dict[str, PandasDtype] = {
     "str": "string",
     "float": "float64",
     "int": "Int64",

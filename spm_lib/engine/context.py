@@ -6,7 +6,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar, cast
 
 import duckdb
 import numpy as np
@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spm_lib.config import Config
-from spm_lib.domain.contract import Dataset
+from spm_lib.data.asof import SortedHistory, snapshot, sort_history
+from spm_lib.domain.contract import Dataset, empty_table
+from spm_lib.domain.org import Org
+from spm_lib.domain.periods import CadenceWindows, FiscalCalendar
 from spm_lib.util.frames import nat_last_key
-
-if TYPE_CHECKING:
-    from spm_lib.data.asof import SortedHistory
 
 T = TypeVar("T")
 
@@ -46,9 +46,9 @@ class CubeContext:
     data: Dataset
     cadence: str
     as_of: date
-    calendar: object  # periods.FiscalCalendar
-    windows: object  # periods.CadenceWindows
-    org: object  # org.Org
+    calendar: FiscalCalendar
+    windows: CadenceWindows
+    org: Org
     snapshot: pd.DataFrame
     ancestors: pd.DataFrame
     con: duckdb.DuckDBPyConnection
@@ -59,12 +59,10 @@ class CubeContext:
     def sorted_history(self) -> SortedHistory | None:
         """The history up to as_of, sorted and integer-coded (asof.sort_history), built once per run; None without."""
         if "sorted_history" not in self.cache:
-            from spm_lib.data.asof import sort_history
-
             history = self.data.tables.get("opportunity_history")
             has = history is not None and not history.empty
-            self.cache["sorted_history"] = sort_history(history, self.as_of) if has else None  # type: ignore[arg-type]
-        return self.cache["sorted_history"]  # type: ignore[return-value]
+            self.cache["sorted_history"] = sort_history(history, self.as_of) if history is not None and has else None
+        return cast("SortedHistory | None", self.cache["sorted_history"])
 
     def history_codes(self) -> np.ndarray:
         """Per snapshot deal, its opportunity code in `sorted_history()` (-1: no history row); built once."""
@@ -72,7 +70,7 @@ class CubeContext:
             h = self.sorted_history()
             self.cache["history_codes"] = (h.codes_of(self.snapshot["opportunity_id"]) if h is not None
                                            else np.full(len(self.snapshot), -1, dtype=np.int64))
-        return self.cache["history_codes"]  # type: ignore[return-value]
+        return cast(np.ndarray, self.cache["history_codes"])
 
     def last_activity(self) -> np.ndarray:
         """Per snapshot deal (rows of `snapshot`), the day of its last activity up to as_of (NaT: none); built once
@@ -82,7 +80,7 @@ class CubeContext:
             found = self.cache["last_activity"] = last_activity_day(self.snapshot, self.data, self.as_of)
         elif isinstance(found, Future):
             found = self.cache["last_activity"] = found.result()
-        return found  # type: ignore[return-value]
+        return cast(np.ndarray, found)
 
     def scope_join(self, alias: str, date_expr: str) -> str:
         """SQL joining `ancestors a` to fact alias `alias` on owner and on the hierarchy valid at `date_expr`."""
@@ -157,10 +155,6 @@ def data_end_note(opportunities: pd.DataFrame, history: pd.DataFrame | None, clo
 
 def build_context(cfg: Config, data: Dataset, cadence: str, as_of: date) -> CubeContext:
     """Prepare the shared inputs of one cube run and register them as DuckDB views."""
-    from spm_lib.data.asof import snapshot, sort_history
-    from spm_lib.domain.org import Org
-    from spm_lib.domain.periods import FiscalCalendar
-
     calendar = FiscalCalendar.from_config(cfg)
     windows = calendar.windows(cadence, as_of)
     owners = data.table("owners").drop_duplicates("owner_id", keep="last").reset_index(drop=True)
@@ -169,7 +163,7 @@ def build_context(cfg: Config, data: Dataset, cadence: str, as_of: date) -> Cube
     notes: list[str] = []
     if history is None or history.empty:
         notes.append("No opportunity history: numbers use each deal's current stage, amount and close date.")
-    if not org.time_dependent:  # type: ignore[attr-defined]
+    if not org.time_dependent:
         notes.append("No owner validity dates: the current hierarchy applies to all periods.")
     sorted_history = sort_history(history, as_of) if history is not None and not history.empty else None
     snap = snapshot(data.table("opportunities"), history, as_of, cfg.stages, sorted_history=sorted_history)
@@ -179,7 +173,7 @@ def build_context(cfg: Config, data: Dataset, cadence: str, as_of: date) -> Cube
     last_activity = in_background(last_activity_day, snap, data, as_of)  # in DuckDB, beside what follows
     account_codes = _account_codes(snap)
     snap = _enrich_snapshot(snap, data, account_codes)
-    ancestors = org.ancestors()  # type: ignore[attr-defined]
+    ancestors = org.ancestors()
     con = duckdb.connect()
     ctx = CubeContext(cfg=cfg, data=data, cadence=cadence, as_of=as_of, calendar=calendar, windows=windows,
                       org=org, snapshot=snap, ancestors=ancestors, con=con, owners=owners, notes=notes,
@@ -228,7 +222,7 @@ def _register_views(ctx: CubeContext) -> None:
     Those in MATERIALISED (small, joined by every query) are copied once into DuckDB temp tables; the others stay
     Arrow views of their frames (no copy; DuckDB scans Arrow about as fast as its own tables). opp_static is a view
     of opp's static columns."""
-    top = ctx.org.top_ids()[0]  # type: ignore[attr-defined]
+    top = ctx.org.top_ids()[0]
     opp = _all_columns("opportunities", ctx.snapshot).assign(snapshot_row=np.arange(len(ctx.snapshot)))
     tables: dict[str, pd.DataFrame] = {"opp": opp, "ancestors": ctx.ancestors, "owners": ctx.owners}
     for name, df in ctx.data.tables.items():
@@ -236,7 +230,7 @@ def _register_views(ctx: CubeContext) -> None:
             tables[name] = _all_columns(name, df)
     if ctx.data.has("accounts"):
         accounts = _accounts_with_owner(ctx.data.table("accounts"), ctx.snapshot, top,
-                                        ctx.cache["account_codes"])  # type: ignore[arg-type]
+                                        cast(AccountCodes, ctx.cache["account_codes"]))
         tables["accounts"] = accounts
         if ctx.data.has("surveys"):
             surveys = ctx.data.table("surveys").merge(accounts[["account_id", "owner_id"]], on="account_id",
@@ -251,7 +245,7 @@ def _register_views(ctx: CubeContext) -> None:
     if ctx.data.has("costs"):
         costs = ctx.data.table("costs").copy()
         labels = costs["period"].dropna().unique()
-        starts = {lab: ctx.calendar.parse(str(lab)).start for lab in labels}  # type: ignore[attr-defined]
+        starts = {lab: ctx.calendar.parse(str(lab)).start for lab in labels}
         costs["period_start"] = pd.to_datetime(costs["period"].map(starts))
         tables["costs"] = costs
     for name, df in tables.items():
@@ -283,8 +277,6 @@ def _load_table(con: duckdb.DuckDBPyConnection, name: str, df: pd.DataFrame) -> 
 
 def _all_columns(name: str, df: pd.DataFrame) -> pd.DataFrame:
     """`df` with every contract column of table `name` (absent ones empty), so SQL can name any of them."""
-    from spm_lib.domain.contract import empty_table
-
     missing = [c for c in empty_table(name).columns if c not in df.columns]
     if not missing:
         return df

@@ -11,19 +11,32 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from spm_lib.config import Config
+from spm_lib.data.asof import created_by
+from spm_lib.data.quality import FINDING_COLUMNS
 from spm_lib.domain.contract import Dataset
-from spm_lib.engine.context import KPI_COLUMNS, CubeContext, build_context, in_background
+from spm_lib.domain.periods import Period
+from spm_lib.engine import decomposition, forecast, targets, trust
+from spm_lib.engine.context import (
+    KPI_COLUMNS,
+    CubeContext,
+    as_of_date,
+    build_context,
+    in_background,
+)
+from spm_lib.engine.targets import attainment, status
+from spm_lib.engine.trust import last_full_month
 from spm_lib.metrics import kpis as registry
 from spm_lib.util.frames import ascending_text, distinct_text_order, map_values, positions, value_ranks
 
@@ -40,7 +53,7 @@ class Cube:
     probabilities: pd.DataFrame
     owners: pd.DataFrame
     quality: pd.DataFrame
-    meta: dict[str, object] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # cube.json: JSON values
     # Parquet bytes of a part, encoded on a background thread while the rest was computed: part -> (the frame it
     # was encoded from, its bytes); write_cube uses them while that frame is still the cube's part
     encoded: dict[str, tuple[pd.DataFrame, Future[bytes]]] = field(default_factory=dict, repr=False)
@@ -51,11 +64,11 @@ def measure_periods(ctx: CubeContext) -> pd.DataFrame:
     """The periods lagging/leading measures are computed for: the trend (ending with P), TTM and YTD."""
     win = ctx.windows
     rows = []
-    for p in win.trend:  # type: ignore[attr-defined]
+    for p in win.trend:
         rows.append((p.label, p.grain, p.start, p.end, min(p.end, ctx.as_of), "trend"))
     ttm_start = _add_years(ctx.as_of, -1) + timedelta(days=1)
     rows.append(("TTM", "ttm", ttm_start, ctx.as_of, ctx.as_of, "ttm"))
-    fy = ctx.calendar.period("year", ctx.as_of)  # type: ignore[attr-defined]
+    fy = ctx.calendar.period("year", ctx.as_of)
     rows.append((f"{fy.label}-YTD", "ytd", fy.start, ctx.as_of, ctx.as_of, "ytd"))
     df = pd.DataFrame(rows, columns=["label", "grain", "start", "end", "asof_end", "role"])
     for c in ("start", "end", "asof_end"):
@@ -117,8 +130,6 @@ def _closed_states(ctx: CubeContext) -> pd.DataFrame:
     current ones; is_won / is_closed follow the stage (stages.won / stages.lost), else the table's own flags
     (a history row has none). Closedness is decided on integer codes first: only closed rows gather values.
     """
-    from spm_lib.data.asof import created_by
-
     cur = created_by(ctx.data.table("opportunities"), ctx.as_of).reset_index(drop=True)  # rows as in the snapshot
     nat = np.datetime64("NaT", "ns")
     amount = cur["amount"].to_numpy(dtype="float64", na_value=np.nan) if "amount" in cur else np.full(len(cur),
@@ -199,10 +210,10 @@ def compute_measures(ctx: CubeContext, periods: pd.DataFrame, ids: list[str]) ->
             when = f"f.{date_col}"
             pre = _PreSum(date_col, _day_buckets(ctx, view, date_col, periods))
         frames.append(_measure_query(ctx, view, ks, period_join, when, None, None, pre_by=pre))
-        dims = sorted({d for k in ks for d in k.measure.dims})  # type: ignore[union-attr]
+        dims = sorted({d for k in ks for d in k.sql_measure.dims})
         for dim in dims:
-            with_dim = [k for k in ks if dim in k.measure.dims]  # type: ignore[union-attr]
-            expr = with_dim[0].measure.dims[dim]  # type: ignore[union-attr]
+            with_dim = [k for k in ks if dim in k.sql_measure.dims]
+            expr = with_dim[0].sql_measure.dims[dim]
             if not ctx.con.execute(f"SELECT EXISTS (SELECT 1 FROM {view} f WHERE f.{expr} IS NOT NULL)"
                                    ).fetchall()[0][0]:  # fetch all: no unfinished result left on con
                 continue
@@ -228,7 +239,7 @@ def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_j
     dim_sel = f", CAST({dim_expr} AS VARCHAR) AS dim_value" if dim_expr else ", NULL AS dim_value"
     dim_group = ", dim_value" if dim_expr else ""
     source = f"{view} f"
-    if pre_by is not None and all(k.measure.agg != "count_distinct" for k in ks):  # type: ignore[union-attr]
+    if pre_by is not None and all(k.sql_measure.agg != "count_distinct" for k in ks):
         each_period = "CROSS JOIN periods p" if pre_by.column is None else ""
         source = (f"(SELECT f.owner_id, {pre_by.select()}{dim_sel if dim_expr else ''}, {', '.join(cols)} "
                   f"FROM {view} f {each_period} {pre_by.where()} GROUP BY ALL) f")
@@ -245,7 +256,7 @@ def _measure_query(ctx: CubeContext, view: str, ks: list[registry.Kpi], period_j
     for k in ks:
         n = wide[f"{k.id}__n"].astype("float64")
         d = wide[f"{k.id}__d"]
-        value = n / d.astype("float64").where(d != 0) if k.measure.agg == "mean" else n  # type: ignore[union-attr]
+        value = n / d.astype("float64").where(d != 0) if k.sql_measure.agg == "mean" else n
         out.append(pd.DataFrame({"owner_id": wide["owner_id"], "period": wide["period"], "kpi": k.id,
                                  "dim": dim, "dim_value": wide["dim_value"], "value": value}))
     return pd.concat(out, ignore_index=True)
@@ -293,12 +304,12 @@ def _day_buckets(ctx: CubeContext, view: str, column: str, periods: pd.DataFrame
             days.append(pd.to_datetime(ctx.ancestors[col]).dropna() + pd.Timedelta(days=shift))
     edges = pd.to_datetime(pd.concat(days, ignore_index=True)).astype("datetime64[ns]")
     edges = edges[(edges >= periods["start"].min()) & (edges <= periods["asof_end"].max() + pd.Timedelta(days=1))]
-    edges = sorted(edges.drop_duplicates())
-    if len(edges) < 2 or len(edges) > MAX_EDGES or any(e != e.normalize() for e in edges):
+    days_sorted: list[pd.Timestamp] = sorted(edges.drop_duplicates())
+    if len(days_sorted) < 2 or len(days_sorted) > MAX_EDGES or any(e != e.normalize() for e in days_sorted):
         return None
     midnight = ctx.con.execute(f"SELECT coalesce(bool_and(f.{column} = date_trunc('day', f.{column})), TRUE) "
                                f"FROM {view} f").fetchall()[0][0]
-    return edges if midnight else None
+    return days_sorted if midnight else None
 
 
 def _bucket_sql(expr: str, edges: list[pd.Timestamp], lo: int, hi: int) -> str:
@@ -318,7 +329,7 @@ def _ts_sql(day: pd.Timestamp) -> str:
 def _sum_partial(k: registry.Kpi, part: str) -> str:
     """SQL adding up a pre-summed numerator ("n") or denominator ("d") of KPI `k` (counts stay integers)."""
     col = f'"{k.id}__{part}"'
-    agg = k.measure.agg  # type: ignore[union-attr]
+    agg = k.sql_measure.agg
     if part == "d" and agg != "mean":
         return f"NULL AS {col}"
     counted = agg == "count" or part == "d"
@@ -328,9 +339,6 @@ def _sum_partial(k: registry.Kpi, part: str) -> str:
 # ---------------------------------------------------------------- assembling the cube
 def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) -> Cube:
     """Compute every KPI, trust check, forecast, target and decomposition for every scope: one vectorised pass."""
-    from spm_lib.engine import decomposition, forecast, targets, trust
-    from spm_lib.engine.context import as_of_date
-
     registry.load_custom(cfg)
     ctx = build_context(cfg, data, cadence, as_of_date(as_of))
     periods = measure_periods(ctx)
@@ -352,7 +360,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     base = _apply_formulas(base, ids, ctx)
 
     probs = forecast.win_probabilities(ctx)
-    q = ctx.windows.forward  # type: ignore[attr-defined]
+    q = ctx.windows.forward
     q_targets = targets.resolve_targets(ctx, "bookings", [q]) if "bookings" in target_metrics else tgt.iloc[0:0]
     fwd = forecast.forward_look(ctx, q_targets, probs)
     conv = forecast.stage_conversion(ctx)
@@ -365,14 +373,14 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     win = ctx.windows
     meta = {"run_id": uuid.uuid4().hex[:12], "computed_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "as_of": ctx.as_of.isoformat(), "cadence": cadence,
-            "closed_period": win.closed.label,  # type: ignore[attr-defined]
+            "closed_period": win.closed.label,
             "forward_period": q.label, "forward_start": q.start.isoformat(), "forward_end": q.end.isoformat(),
             "notes": ctx.notes, "owners": len(scopes), "opportunities": int(len(ctx.snapshot)),
             "above_the_line": cfg.kpis.above_the_line,
             "kpi_meta": {k.id: {"label": k.label, "unit": k.unit, "direction": k.direction, "kind": k.kind,
                                 "definition": k.definition} for k in registry.REGISTRY.values() if not k.hidden}}
     owners = ctx.owners.copy()
-    owners["scope"] = [ctx.org.scope_kind(o) for o in owners["owner_id"]]  # type: ignore[attr-defined]
+    owners["scope"] = [ctx.org.scope_kind(o) for o in owners["owner_id"]]
     return Cube(kpis=allk, trust=trust_df, trust_rows=trust_rows, decomposition=decomp, facts=facts,
                 probabilities=probs, owners=owners, quality=_quality(data), meta=meta, encoded=encoded)
 
@@ -380,8 +388,6 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
 def _month_bookings(ctx: CubeContext, periods: pd.DataFrame, rows: _Rows) -> pd.DataFrame | None:
     """The cube's bookings of the last full month per scope (owner_id, period, value), as they stood at its end;
     None when that month is not a period of this cube (trust then computes them itself)."""
-    from spm_lib.engine.trust import last_full_month
-
     label, start, end = last_full_month(ctx.as_of)
     month = periods[(periods["label"] == label) & (periods["start"] == pd.Timestamp(start))
                     & (periods["end"] == pd.Timestamp(end)) & (periods["asof_end"] == pd.Timestamp(end))]
@@ -398,8 +404,6 @@ def _month_bookings(ctx: CubeContext, periods: pd.DataFrame, rows: _Rows) -> pd.
 
 def _quality(data: Dataset) -> pd.DataFrame:
     """The data-quality findings of the load, ids as text (for the report's data-quality section)."""
-    from spm_lib.data.quality import FINDING_COLUMNS
-
     if data.findings.empty:
         return pd.DataFrame(columns=FINDING_COLUMNS)
     q = data.findings.copy()
@@ -407,14 +411,11 @@ def _quality(data: Dataset) -> pd.DataFrame:
     return q
 
 
-def _period_objects(ctx: CubeContext, periods: pd.DataFrame) -> list[object]:
-    from spm_lib.domain.periods import Period
-
-    out: list[object] = []
-    for r in periods.itertuples():
-        grain = {"ttm": "ttm", "ytd": "ytd"}.get(str(r.grain), str(r.grain))
-        out.append(Period(grain=grain, label=str(r.label), start=r.start.date(), end=r.end.date()))
-    return out
+def _period_objects(ctx: CubeContext, periods: pd.DataFrame) -> list[Period]:
+    """The rows of `periods` (measure_periods) as Period objects."""
+    return [Period(grain=str(grain), label=str(label), start=start.date(), end=end.date())
+            for grain, label, start, end in zip(periods["grain"], periods["label"], periods["start"].dt.to_pydatetime(),
+                                                periods["end"].dt.to_pydatetime(), strict=True)]
 
 
 def _target_metrics(ctx: CubeContext, ids: list[str]) -> list[str]:
@@ -452,15 +453,15 @@ def _complete_grid(long: pd.DataFrame, scopes: list[str], labels: list[str], ids
           ((rows.scopes, "owner_id"), (rows.labels, "period"), (pd.Series(measure_ids, dtype="str"), "kpi"))]
     found = nodim & (at[0] >= 0) & (at[1] >= 0) & (at[2] >= 0)
     n = len(scopes) * len(labels)
-    value = np.full(n * len(measure_ids), np.nan)
-    value[((at[0] * len(labels) + at[1]) * len(measure_ids) + at[2])[found]] = long["value"].to_numpy(
+    flat = np.full(n * len(measure_ids), np.nan)
+    flat[((at[0] * len(labels) + at[1]) * len(measure_ids) + at[2])[found]] = long["value"].to_numpy(
         dtype="float64")[found]
-    value = value.reshape(n, len(measure_ids))
+    value = flat.reshape(n, len(measure_ids))
     for j, kpi_id in enumerate(measure_ids):
         k = registry.REGISTRY[kpi_id]
         reason = _reason(ctx.data.missing(list(k.needs)))
         col = value[:, j].copy()
-        if reason is None and k.measure.agg in ("sum", "count", "count_distinct"):  # type: ignore[union-attr]
+        if reason is None and k.sql_measure.agg in ("sum", "count", "count_distinct"):
             col[np.isnan(col)] = 0.0
         rows.values[kpi_id], rows.targets[kpi_id], rows.reasons[kpi_id] = col, np.full(n, np.nan), reason
     return rows
@@ -523,7 +524,7 @@ def _formula(w: pd.DataFrame, k: registry.Kpi, missing: list[str]) -> tuple[pd.S
             if c not in w.columns:
                 w[c] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
-        value = k.formula(w) if not missing else pd.Series(np.nan, index=w.index)  # type: ignore[misc]
+        value = k.formula(w) if k.formula is not None and not missing else pd.Series(np.nan, index=w.index)
     w[k.id] = value
     if k.fixed_target is not None:  # no value, no target: a fixed 100 % beside "not available" would read as a goal
         return value, np.where(value.isna().to_numpy(), np.nan, k.fixed_target)
@@ -533,8 +534,6 @@ def _formula(w: pd.DataFrame, k: registry.Kpi, missing: list[str]) -> tuple[pd.S
 def _finish(rows: _Rows, extra: list[pd.DataFrame], ctx: CubeContext) -> pd.DataFrame:
     """The KPI table of `rows` and the `extra` rows (forecasts, stage conversion): hidden KPIs dropped, sorted by
     owner, KPI, period, dim and dim value (missing first), with scope, level, kind, attainment and status."""
-    from spm_lib.engine.targets import attainment, status
-
     reg = registry.REGISTRY
     sparse = pd.concat([rows.dims, *extra], ignore_index=True)
     for c in ("target", "available", "na_reason", "dim", "dim_value"):
@@ -551,7 +550,7 @@ def _finish(rows: _Rows, extra: list[pd.DataFrame], ctx: CubeContext) -> pd.Data
     def cells(dense: dict[str, np.ndarray], column: str) -> np.ndarray:
         return np.concatenate([*(dense[i] for i in ids), sparse[column].to_numpy(dtype="float64")])[at.cell]
 
-    def per_kpi(dense: list[object], column: str) -> pd.Series:  # dense rows: one value per KPI
+    def per_kpi(dense: Sequence[object], column: str) -> pd.Series:  # dense rows: one value per KPI
         return pd.Series(np.concatenate([np.asarray(dense, dtype=object), sparse[column].to_numpy(dtype=object)]
                                         )[at.kpi], dtype=object)
 
@@ -565,7 +564,7 @@ def _finish(rows: _Rows, extra: list[pd.DataFrame], ctx: CubeContext) -> pd.Data
     att[has] = attainment(pd.Series(value[has]), pd.Series(target[has]),
                           pd.Series(np.where(lower[has], "lower", "higher"))).to_numpy()
     owners = ctx.owners.set_index("owner_id")
-    scope_of = {o: ctx.org.scope_kind(o) for o in owners.index}  # type: ignore[attr-defined]
+    scope_of = {o: ctx.org.scope_kind(o) for o in owners.index}
     none = [None] * len(ids)
     cols = {"scope": _take(map_values(owner, scope_of), at.owner), "owner_id": _take(owner, at.owner),
             "level": _take(map_values(owner, owners["level"]), at.owner), "period": _take(period, at.period),
@@ -592,7 +591,7 @@ def _top_only_unattributed(allk: pd.DataFrame, ctx: CubeContext) -> pd.DataFrame
             reasons[kpi_id] = registry.not_available(missing)
     if not reasons:
         return allk
-    top = ctx.org.top_ids()[0]  # type: ignore[attr-defined]  # where _register_views counts unattributed rows
+    top = ctx.org.top_ids()[0]  # where _register_views counts unattributed rows
     hit = allk["kpi"].isin(list(reasons)).to_numpy() & allk["owner_id"].ne(top).to_numpy()
     allk.loc[hit, ["value", "target", "attainment"]] = np.nan
     allk.loc[hit, "status"] = "none"
@@ -660,8 +659,8 @@ def _take(s: pd.Series, at: np.ndarray) -> pd.Series:
 def _facts(ctx: CubeContext) -> pd.DataFrame:
     """The as-of snapshot with each deal's ancestor owner ids (for drill-down), sorted by owner then opportunity."""
     snap = ctx.snapshot
-    anc = ctx.ancestors.assign(scope_id=ctx.ancestors["scope_id"].astype(object))
-    anc = anc.groupby("owner_id")["scope_id"].agg(list)
+    anc = ctx.ancestors.assign(scope_id=ctx.ancestors["scope_id"].astype(object)).groupby("owner_id")["scope_id"].agg(
+        list)
     # a few thousand owners: ranked and mapped once each; their small ranks sort by radix (up to 65,535 owners)
     owner, owners = pd.factorize(snap["owner_id"])
     rank = np.append(value_ranks(pd.Series(owners)) + 1, 0)[owner]  # 0: no owner, sorted first (code -1: last)
@@ -673,6 +672,7 @@ def _facts(ctx: CubeContext) -> pd.DataFrame:
     lists = pd.Series(owners, dtype=object).map(anc)  # like frames.map_values: NaN for an owner without ancestors
     per_code = np.append(lists.to_numpy(), np.nan)  # code -1 (no owner) picks the NaN at the end
     facts["scope_ids"] = pd.Series(per_code[owner[order]], index=facts.index, dtype=lists.dtype)
+    facts["name"] = facts["name"].fillna(facts["opportunity_id"])  # a deal without a name is shown by its id
     return facts
 
 
@@ -711,7 +711,9 @@ def read_cube(run_dir: Path) -> Cube:
     parts = {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in CUBE_FILES}
     facts = pd.read_parquet(run_dir / "facts" / "opportunities.parquet")
     meta = json.loads((run_dir / "cube.json").read_text())
-    return Cube(facts=facts, meta=meta, **parts)
+    return Cube(kpis=parts["kpis"], trust=parts["trust"], trust_rows=parts["trust_rows"],
+                decomposition=parts["decomposition"], facts=facts, probabilities=parts["probabilities"],
+                owners=parts["owners"], quality=parts["quality"], meta=meta)
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path, encoded: Future[bytes] | None = None) -> None:

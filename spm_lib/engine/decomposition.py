@@ -206,12 +206,12 @@ def _tree(inp: pd.DataFrame, bands: StatusBands) -> pd.DataFrame:
 # ---------------------------------------------------------------- inputs from the cube
 def tree_inputs(ctx: CubeContext, kpis: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
     """One row per scope owner with every input of the driver tree (targets, TTM rates, actuals, reasons)."""
-    q: Any = ctx.windows.forward  # type: ignore[attr-defined]
+    q = ctx.windows.forward
     label = str(q.label)
     owners = pd.Index(ctx.owners["owner_id"].astype(str).unique(), name="owner_id")
     inp = pd.DataFrame({"owner_id": owners, "period": label, "q_end": pd.Timestamp(q.end),
                         "as_of": pd.Timestamp(ctx.as_of),
-                        "months_remaining": float(ctx.windows.months_remaining)})  # type: ignore[attr-defined]
+                        "months_remaining": float(ctx.windows.months_remaining)})
     for col, metric in (("target", "bookings"), ("margin_target", "gross_margin_pct"),
                         ("cos_target", "cost_of_sales_pct")):
         inp[col] = inp["owner_id"].map(_q_target(ctx, targets, metric, q)).astype("float64")

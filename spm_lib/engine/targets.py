@@ -19,12 +19,13 @@ No target anywhere gives no row — never a 0.
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import numpy as np
 import pandas as pd
 
 from spm_lib.config import StatusBands
+from spm_lib.domain.periods import Window
 from spm_lib.engine.context import CubeContext
 from spm_lib.util.frames import isin, trimmed_already
 
@@ -123,7 +124,7 @@ def _explicit_rows(ctx: CubeContext, metric: str) -> pd.DataFrame:
         out = pd.DataFrame({"owner_id": _stripped(t["owner_id"]), "period": _stripped(t["period"]),
                             "value": t["value"].astype("float64")})
         ctx.cache[key] = out.drop_duplicates(["owner_id", "period"], keep="last").reset_index(drop=True)
-    return ctx.cache[key]  # type: ignore[return-value]
+    return cast(pd.DataFrame, ctx.cache[key])
 
 
 def _stripped(s: pd.Series) -> pd.Series:
@@ -142,12 +143,10 @@ def _period_months(ctx: CubeContext, periods: list[Any]) -> pd.DataFrame:
 
     `fm` is the fiscal month index (0 = first month of the fiscal year); YTD windows stop at as_of's month.
     """
-    from spm_lib.domain.periods import Window
-
     key = "target_months:" + repr([(str(p.label), _grain(p), str(p.start), str(p.end)) for p in periods])
     if key in ctx.cache:
-        return ctx.cache[key]  # type: ignore[return-value]
-    cal: Any = ctx.calendar
+        return cast(pd.DataFrame, ctx.cache[key])
+    cal = ctx.calendar
     rows = []
     for p in periods:  # a handful of periods per run
         grain = _grain(p)
@@ -161,8 +160,9 @@ def _period_months(ctx: CubeContext, periods: list[Any]) -> pd.DataFrame:
     df["year"] = cal.labels("year", firsts).astype(str)
     df["fm"] = df["first"].map(cal.fiscal_month).astype(int) - 1
     df["n_months"] = df.groupby("period")["month"].transform("size")
-    ctx.cache[key] = df.drop(columns="first")
-    return ctx.cache[key]  # type: ignore[return-value]
+    months = df.drop(columns="first")
+    ctx.cache[key] = months
+    return months
 
 
 def _as_date(d: Any) -> date:
@@ -259,7 +259,7 @@ def _hierarchy(ctx: CubeContext) -> tuple[pd.Series, pd.Series]:
     if "target_hierarchy" not in ctx.cache:
         parent = _parents(ctx.owners)
         ctx.cache["target_hierarchy"] = (parent, _depths(parent))
-    return ctx.cache["target_hierarchy"]  # type: ignore[return-value]
+    return cast("tuple[pd.Series, pd.Series]", ctx.cache["target_hierarchy"])
 
 
 def _roll_up(ctx: CubeContext, own: pd.DataFrame, with_targets: set[str]) -> pd.DataFrame:

@@ -435,7 +435,7 @@ class _ScopePairs:
         return _take(count, self.at, 0), _take(total.to_numpy(dtype="float64"), self.at, 0.0)
 
 
-def _take(values: np.ndarray, codes: np.ndarray, missing: object) -> np.ndarray:
+def _take(values: np.ndarray, codes: np.ndarray, missing: float) -> np.ndarray:
     """values[codes], `missing` where the code is -1."""
     return np.where(codes >= 0, values[np.maximum(codes, 0)] if len(values) else missing, missing)
 

@@ -207,8 +207,8 @@ def deals_html(rpt: Report, deals: pd.DataFrame, sort_by: str = "amount", ascend
             "stage": "Stage", "amount": "Amount", "created_date": "Created", "close_date": "Close date"}
     cols = {c: h for c, h in cols.items() if c in df}
 
-    def day(d: object) -> str:
-        return str(pd.Timestamp(d).date())  # type: ignore[arg-type]
+    def day(d: Any) -> str:
+        return str(pd.Timestamp(d).date())
 
     table = html.table_html(df.head(limit), cols, {
         "amount": lambda v: html.fmt_value(v, "currency", rpt.currency), "created_date": day, "close_date": day},

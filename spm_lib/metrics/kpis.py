@@ -16,6 +16,7 @@ from typing import Literal
 
 import pandas as pd
 
+from spm_lib.config import CustomKpi
 from spm_lib.errors import KpiError, did_you_mean
 
 NOT_AVAILABLE = "not available — needs "  # the one wording of a KPI or check whose data is absent (SPEC §3)
@@ -73,6 +74,13 @@ class Kpi:
         forms = [self.measure is not None, self.formula is not None, self.external]
         if sum(forms) != 1:
             raise KpiError(f"KPI {self.id!r}: declare exactly one of measure, formula or external")
+
+    @property
+    def sql_measure(self) -> Measure:
+        """The measure of a KPI aggregated in SQL (KpiError for a formula or external KPI, which has none)."""
+        if self.measure is None:
+            raise KpiError(f"KPI {self.id!r} has no measure: it is computed by a formula or given externally")
+        return self.measure
 
     @property
     def target_id(self) -> str:
@@ -292,20 +300,15 @@ def sql_agg(agg: str, expr: str) -> tuple[str, str | None]:
     return f"sum({expr})", f"count({expr})"
 
 
-def register_custom(kpi_id: str, decl: object) -> Kpi:
+def register_custom(kpi_id: str, decl: CustomKpi) -> Kpi:
     """Register a KPI declared in config/kpis.yml `custom` (a measure with filters, or a ratio of KPIs)."""
-    from spm_lib.config import CustomKpi
-
-    assert isinstance(decl, CustomKpi)
-    common = dict(id=kpi_id, label=decl.label, unit=decl.unit, direction=decl.direction, kind=decl.kind,
-                  definition=decl.definition or decl.label)
     if decl.numerator is not None and decl.denominator is not None:
         scale = 100.0 if decl.unit == "pct" else 1.0
         for dep in (decl.numerator, decl.denominator):
             get(dep)
         needs = tuple(sorted(set(REGISTRY[decl.numerator].needs) | set(REGISTRY[decl.denominator].needs)))
-        return register(Kpi(**common, needs=needs, inputs=(decl.numerator, decl.denominator),  # type: ignore[arg-type]
-                            formula=ratio(decl.numerator, decl.denominator, scale)), replace=True)
+        return register(_custom_kpi(kpi_id, decl, needs, inputs=(decl.numerator, decl.denominator),
+                                    formula=ratio(decl.numerator, decl.denominator, scale)), replace=True)
     assert decl.table is not None and decl.agg is not None
     view = "won_lost" if decl.table == "opportunities" and (decl.date_column or "close_date") == "close_date" \
         else ("opp" if decl.table == "opportunities" else decl.table)
@@ -313,7 +316,14 @@ def register_custom(kpi_id: str, decl: object) -> Kpi:
     measure = Measure(view=view, agg=decl.agg, expr=expr, date=decl.date_column or _default_date(decl.table),
                       where=decl.filter or "TRUE")
     needs = (f"{decl.table}.{decl.column}",) if decl.column else (decl.table,)
-    return register(Kpi(**common, needs=needs, measure=measure), replace=True)  # type: ignore[arg-type]
+    return register(_custom_kpi(kpi_id, decl, needs, measure=measure), replace=True)
+
+
+def _custom_kpi(kpi_id: str, decl: CustomKpi, needs: tuple[str, ...], *, measure: Measure | None = None,
+                inputs: tuple[str, ...] = (), formula: Formula | None = None) -> Kpi:
+    """The Kpi of a config/kpis.yml `custom` declaration, computed by `measure` or by `formula` of `inputs`."""
+    return Kpi(id=kpi_id, label=decl.label, unit=decl.unit, direction=decl.direction, kind=decl.kind,
+               definition=decl.definition or decl.label, needs=needs, measure=measure, inputs=inputs, formula=formula)
 
 
 def _default_date(table: str) -> str:

@@ -22,8 +22,8 @@ def _kpi_label(kpi_id: object) -> str:
     return k.label if k is not None else str(kpi_id)
 
 
-def _day(value: object) -> str:
-    return str(pd.Timestamp(value).date())  # type: ignore[arg-type]
+def _day(value: Any) -> str:
+    return str(pd.Timestamp(value).date())
 
 
 def actions_html(rpt: Any) -> str:

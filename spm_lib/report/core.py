@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
+import numpy as np
 import pandas as pd
 from markupsafe import Markup, escape
 
@@ -33,8 +37,9 @@ CADENCE_FOCUS = {
     "annual": "targets, structure, budget and strategy for next year",
 }
 _CACHE: dict[Path, tuple[str, Cube]] = {}
-_SCOPE_INDEX: dict[int, dict[str, object]] = {}
+_SCOPE_INDEX: dict[int, dict[str, np.ndarray]] = {}
 _KPIS_BY_OWNER: dict[int, dict[str, pd.DataFrame]] = {}
+_NO_ROWS = np.empty(0, dtype=np.intp)
 
 
 def owner_kpis(cube: Cube, owner_id: str) -> pd.DataFrame:
@@ -54,6 +59,15 @@ TRUST_BANNER = {"pass": "success", "warn": "warning", "fail": "error"}
 def esc(text: object) -> str:
     """`text` as HTML-escaped text."""
     return str(escape(str(text)))
+
+
+def _trust_value(status: object, v: Any, na_reason: object, unit: object) -> str:
+    """A trust check's value as the trust table shows it (its reason when it is not available)."""
+    if status == "not_available":
+        return esc(str(na_reason or "not available"))
+    if pd.isna(v):
+        return "—"
+    return f"{v * 100:.0f} % of open value" if unit == "rate" else (f"{v:+.0f} %" if unit == "pct" else f"{int(v)}")
 
 
 def _trust_badge(status: object) -> str:
@@ -105,17 +119,17 @@ def load_cube(run_dir: Path) -> Cube:
     return cube
 
 
-def scope_positions(cube: Cube, owner_id: str) -> object:
+def scope_positions(cube: Cube, owner_id: str) -> np.ndarray:
     """Row positions in cube.facts of the deals in `owner_id`'s scope (an index built once per cube)."""
     index = _SCOPE_INDEX.get(id(cube))
     if index is None:
         exploded = cube.facts["scope_ids"].explode()
         pos = pd.Series(range(len(cube.facts)), index=cube.facts.index).reindex(exploded.index).to_numpy()
-        index = {str(k): v for k, v in pd.Series(pos).groupby(exploded.astype(str).to_numpy()).groups.items()}
-        index = {k: pos[list(v)] for k, v in index.items()}
+        groups = pd.Series(pos).groupby(exploded.astype(str).to_numpy()).groups
+        index = {str(k): pos[list(v)] for k, v in groups.items()}
         _SCOPE_INDEX.clear()
         _SCOPE_INDEX[id(cube)] = index
-    return index.get(owner_id, [])
+    return index.get(owner_id, _NO_ROWS)
 
 
 def load(owner_id: str | None = None, cadence: str | None = None, as_of: str | date | None = None,
@@ -166,7 +180,7 @@ class KpiMeta:
     """The KPI declarations of a run (stored in cube.json, so custom KPIs show with their labels too)."""
 
     def __init__(self, cube: Cube) -> None:
-        stored: dict[str, dict[str, str]] = cube.meta.get("kpi_meta") or {}  # type: ignore[assignment]
+        stored: dict[str, dict[str, str]] = cube.meta.get("kpi_meta") or {}
         self._info = {i: KpiInfo(id=i, **m) for i, m in stored.items()}
         for k in registry.REGISTRY.values():
             self._info.setdefault(k.id, KpiInfo(k.id, k.label, k.unit, k.direction, k.kind, k.definition))
@@ -230,13 +244,14 @@ class Report:
         k = self.kpis
         return k[(k["kpi"] == kpi_id) & (k["dim"] == dim) & (k["period"] == (period or self.closed))]
 
-    def _fmt(self, kpi_id: str, value: object) -> str:
+    def fmt(self, kpi_id: str, value: object) -> str:
+        """`value` of KPI `kpi_id` formatted for a reader, in the KPI's unit and the run's currency."""
         unit = self.kpi_meta.get(kpi_id).unit
         return html.fmt_value(value, unit, self.currency)
 
     def scope_facts(self, owner_id: str | None = None) -> pd.DataFrame:
         """The as-of deals in this owner's (or `owner_id`'s) scope."""
-        return self.cube.facts.iloc[scope_positions(self.cube, owner_id or self.owner_id)]  # type: ignore[call-overload]
+        return self.cube.facts.iloc[scope_positions(self.cube, owner_id or self.owner_id)]
 
     def _figure(self, key: str, fig: object) -> str:
         self._figures[key] = fig
@@ -262,7 +277,7 @@ class Report:
         fresh = facts["last_modified_date"].max() if "last_modified_date" in facts else None
         fresh_txt = f"latest CRM change {pd.Timestamp(fresh).date()}" if fresh is not None and pd.notna(fresh) \
             else "CRM change dates not available"
-        notes = "".join(f"<li>{esc(n)}</li>" for n in self.cube.meta.get("notes", []))  # type: ignore[union-attr]
+        notes = "".join(f"<li>{esc(n)}</li>" for n in self.cube.meta.get("notes", []))
         body = (f'<div class="spm-header"><h1>{esc(self.name)}</h1>'
                 f'<p class="spm-sub">{esc(LEVEL_TITLES.get(self.level, self.level))} · '
                 f'{esc(self.cadence)} session · closed period <b>{esc(self.closed)}</b> · '
@@ -300,7 +315,8 @@ class Report:
             parts.append(html.banner("warning", "Check the data", "Some checks warn; review the deals below."))
         else:
             parts.append(html.banner("success", "The numbers can be trusted", "Every trust check passes."))
-        t["shown"] = [self._trust_value(r) for r in t.itertuples()]
+        t["shown"] = [_trust_value(status, value, reason, unit) for status, value, reason, unit
+                      in zip(t["status"], t["value"], t["na_reason"], t["unit"], strict=True)]
         parts.append(html.table_html(
             t[["label", "status", "shown", "count", "amount", "definition"]],
             {"label": "Check", "status": "Status", "shown": "Value", "count": "Deals", "amount": "Value of deals",
@@ -326,16 +342,6 @@ class Report:
                     {"table": "Table", "column": "Column", "severity": "Severity", "count": "Rows",
                      "message": "Problem"}, {}))
         return Html("".join(parts))
-
-    def _trust_value(self, r: object) -> str:
-        v = r.value
-        if r.status == "not_available":
-            return esc(str(r.na_reason or "not available"))
-        unit = r.unit
-        if pd.isna(v):
-            return "—"
-        return f"{v * 100:.0f} % of open value" if unit == "rate" else (
-            f"{v:+.0f} %" if unit == "pct" else f"{int(v)}")
 
     @staticmethod
     def _dedupe(off: pd.DataFrame) -> pd.DataFrame:
@@ -372,7 +378,7 @@ class Report:
     # ---- 3. above the line
     def above_the_line_ids(self) -> list[str]:
         """The KPIs this level × cadence decides on (config/kpis.yml above_the_line)."""
-        atl: dict[str, dict[str, list[str]]] = self.cube.meta.get("above_the_line") or {}  # type: ignore[assignment]
+        atl: dict[str, dict[str, list[str]]] = self.cube.meta.get("above_the_line") or {}
         ids = atl.get(self.level, {}).get(self.cadence) or atl.get("default", {}).get(self.cadence) or [
             "bookings", "quota_attainment", "win_rate", "pipeline_coverage"]
         return [i for i in ids if i in self.kpi_meta]
@@ -405,9 +411,9 @@ class Report:
 
     def _kpi_table(self, rows: pd.DataFrame) -> str:
         rows = rows.copy()
-        rows["shown"] = [self._fmt(r.kpi, r.value) if not (isinstance(r.value, float) and math.isnan(r.value))
+        rows["shown"] = [self.fmt(str(r.kpi), r.value) if not (isinstance(r.value, float) and math.isnan(r.value))
                          else esc(r.na_reason or "—") for r in rows.itertuples()]
-        rows["target_s"] = [self._fmt(r.kpi, r.target) for r in rows.itertuples()]
+        rows["target_s"] = [self.fmt(str(r.kpi), r.target) for r in rows.itertuples()]
         rows["att"] = [html.fmt_value(a * 100 if pd.notna(a) else a, "pct", "") for a in rows["attainment"]]
         rows["label_h"] = [f'<span title="{esc(d)}">{esc(lab)}</span>'
                            for lab, d in zip(rows["label"], rows["definition"], strict=True)]
@@ -459,7 +465,7 @@ class Report:
             reason = (r["na_reason"] if r is not None else None) or "—"
             shown = esc(str(reason))
         else:
-            shown = esc(self._fmt(kpi_id, r["value"]))
+            shown = esc(self.fmt(kpi_id, r["value"]))
         return {"label": k.label, "value": shown, "definition": k.definition}
 
     # ---- 5. where to focus
@@ -492,7 +498,7 @@ class Report:
         """The stage converting worst against the manager's team (or the org for the top); worked out once."""
         if "_weak_stage" not in self.__dict__:
             self.__dict__["_weak_stage"] = self._weak_stage()
-        return self.__dict__["_weak_stage"]  # type: ignore[no-any-return]
+        return cast("dict[str, object] | None", self.__dict__["_weak_stage"])
 
     def _weak_stage(self) -> dict[str, object] | None:
         from spm_lib.engine.forecast import weak_stage
@@ -565,14 +571,14 @@ class Report:
                                                                   how="left", suffixes=("", "_w"))
         t["trust"] = t["owner_id"].map(trust)
         cols = {"name": "Direct report", "value": "Bookings", "attainment": "Attainment"}
-        fmts = {"value": lambda v: html.fmt_value(v, "currency", self.currency),
-                "attainment": lambda a: html.fmt_value(a * 100 if pd.notna(a) else a, "pct", ""),
-                "trust": _trust_badge}
+        fmts: dict[str, Callable[[Any], str]] = {
+            "value": lambda v: html.fmt_value(v, "currency", self.currency),
+            "attainment": lambda a: html.fmt_value(a * 100 if pd.notna(a) else a, "pct", ""),
+            "trust": _trust_badge}
         for extra in ("win_rate", "pipeline_coverage", "activities"):
             if extra in t:
                 cols[extra] = self.kpi_meta.get(extra).label
-                unit = self.kpi_meta.get(extra).unit
-                fmts[extra] = lambda v, u=unit: html.fmt_value(v, u, self.currency)
+                fmts[extra] = partial(html.fmt_value, unit=self.kpi_meta.get(extra).unit, currency=self.currency)
         cols["trust"] = "Trust"
         return f"{fig}{html.table_html(t[list(cols)], cols, fmts)}"
 
@@ -600,7 +606,7 @@ class Report:
         parts.append(html.details("Latest deals won (50)", self._deals(won)))
         allk = self.kpis[self.kpis["dim"].isna() & (self.kpis["period"].isin([self.closed, self.forward]))]
         allk = allk.assign(label=allk["kpi"].map(lambda i: self.kpi_meta.get(i).label))
-        allk = allk.assign(shown=[self._fmt(r.kpi, r.value) if r.available else (r.na_reason or "—")
+        allk = allk.assign(shown=[self.fmt(str(r.kpi), r.value) if r.available else str(r.na_reason or "—")
                                   for r in allk.itertuples()])
         parts.append(html.details("Every KPI of this run", html.table_html(
             allk[["label", "period", "shown", "status"]],
@@ -702,7 +708,8 @@ class Report:
         parts = []
         ytd = f"{self.closed}-YTD" if not self.closed.endswith("-YTD") else self.closed
         rows = []
-        for r in list(self.reports.itertuples()) or [None]:
+        team: list[Any] = list(self.reports.itertuples()) or [None]
+        for r in team:
             oid = self.owner_id if r is None else str(r.owner_id)
             heads = len(self._subtree_reps(oid)) or 1
             bk = self.kpi("bookings", owner_id=oid)

@@ -202,7 +202,7 @@ def record(cfg: Any, *, form_key: str, owner_id: str, text: str, due_date: date 
     eng = _engine(cfg)
 
     def insert(conn: Connection) -> Action:
-        action_id = conn.execute(sa.insert(ACTIONS).values(**row)).inserted_primary_key[0]  # type: ignore[index]
+        action_id = conn.execute(sa.insert(ACTIONS).values(**row)).inserted_primary_key[0]  # type: ignore[index] # one row inserted
         return Action(action_id=int(action_id), **row)
 
     try:

@@ -35,12 +35,12 @@ def isin(s: pd.Series, values: Iterable[Any]) -> pd.Series:
     return pd.Series(np.asarray(hit, dtype=bool), index=s.index, name=s.name)
 
 
-def positions(s: pd.Series, values: pd.Series) -> np.ndarray:
+def positions(s: pd.Series, values: pd.Series | pd.Index) -> np.ndarray:
     """The position in `values` of each value of `s` (-1: not there, or missing), like
     `pd.Index(values).get_indexer(s)`; hashed in pyarrow when both are text (no per-value Python objects)."""
     arr, value_set = _arrow_text(s), _arrow_text(values)
     if arr is None or value_set is None:
-        return pd.Index(values).get_indexer(s)
+        return pd.Index(values).get_indexer(pd.Index(s))
     if isinstance(value_set, pa.ChunkedArray):
         value_set = value_set.combine_chunks()
     found = pc.index_in(arr, value_set=value_set.cast(arr.type))
@@ -69,21 +69,35 @@ def _chunk_edges_clean(chunk: pa.Array) -> bool:
     window = offsets[chunk.offset: chunk.offset + n + 1]
     bounds: np.ndarray[Any, np.dtype[np.int64]] = window.astype(np.int64, copy=False)
     start, end = bounds[:-1], bounds[1:]
-    valid = None
-    if chunk.null_count and valid_buf is not None:
-        bits = np.unpackbits(np.frombuffer(valid_buf, dtype=np.uint8), bitorder="little")
-        valid = bits[chunk.offset: chunk.offset + n].view(bool)
-        if valid[np.flatnonzero(end <= start)].any():  # an empty valid value
-            return False
-    elif not (end > start).all():
-        return False
-    if data_buf is None:
+    valid = _valid_mask(chunk, valid_buf)
+    if not _no_empty_value(start, end, valid) or data_buf is None:
         return False
     data = np.frombuffer(data_buf, dtype=np.uint8)
     if _printable_ascii(data[bounds[0]: bounds[-1]]):  # no white space anywhere (nor in null slots' bytes)
         return True
     if valid is not None:
         start, end = start[valid], end[valid]
+    return _edges_clean(data, start, end)
+
+
+def _valid_mask(chunk: pa.Array, valid_buf: pa.Buffer | None) -> np.ndarray | None:
+    """Per value of `chunk`: is it valid (not null)? None when every value is."""
+    if not chunk.null_count or valid_buf is None:
+        return None
+    bits = np.unpackbits(np.frombuffer(valid_buf, dtype=np.uint8), bitorder="little")
+    mask: np.ndarray = bits[chunk.offset: chunk.offset + len(chunk)].view(bool)
+    return mask
+
+
+def _no_empty_value(start: np.ndarray, end: np.ndarray, valid: np.ndarray | None) -> bool:
+    """True when no valid value (all values when `valid` is None) spans zero bytes."""
+    if valid is None:
+        return bool((end > start).all())
+    return not valid[np.flatnonzero(end <= start)].any()
+
+
+def _edges_clean(data: np.ndarray, start: np.ndarray, end: np.ndarray) -> bool:
+    """True when no value data[start:end] may start or end with white space (first and last bytes looked at)."""
     first, last = data[start], data[end - 1]
     if not _printable_ascii(first) and _BAD_FIRST[first].any():
         return False
@@ -91,14 +105,18 @@ def _chunk_edges_clean(chunk: pa.Array) -> bool:
         return True
     if _BAD_LAST[last].any():
         return False
-    wide = last >= 0x80  # the last character is multi-byte: look at its lead byte (2 or 3 bytes back)
-    if wide.any():
-        s, e, ln = start[wide], end[wide], (end - start)[wide]
-        lead2 = np.where(ln >= 2, data[np.maximum(e - 2, s)], 0)
-        lead3 = np.where(ln >= 3, data[np.maximum(e - 3, s)], 0)
-        if ((lead2 == 0xC2) | np.isin(lead3, _SPACE_LEADS[1:])).any():
-            return False
-    return True
+    return not _ends_in_wide_space(data, start, end, last >= 0x80)
+
+
+def _ends_in_wide_space(data: np.ndarray, start: np.ndarray, end: np.ndarray, wide: np.ndarray) -> bool:
+    """True when a value whose last character is multi-byte (`wide`) may end with a wide white space character
+    (its lead byte looked at, 2 or 3 bytes back)."""
+    if not wide.any():
+        return False
+    s, e, ln = start[wide], end[wide], (end - start)[wide]
+    lead2 = np.where(ln >= 2, data[np.maximum(e - 2, s)], 0)
+    lead3 = np.where(ln >= 3, data[np.maximum(e - 3, s)], 0)
+    return bool(((lead2 == 0xC2) | np.isin(lead3, _SPACE_LEADS[1:])).any())
 
 
 def _printable_ascii(data: np.ndarray) -> bool:
@@ -123,7 +141,9 @@ def map_values(s: pd.Series, mapping: dict[Any, Any] | pd.Series) -> pd.Series:
     (a missing value maps to NaN)."""
     codes, uniques = pd.factorize(s)
     mapped = pd.Series(uniques, dtype=object).map(mapping)  # object: the values keep the mapping's own type
-    return mapped.reindex(codes).set_axis(s.index).rename(s.name)  # code -1 (missing) is no label: NaN
+    out = mapped.reindex(codes).set_axis(s.index)  # code -1 (missing) is no label: NaN
+    out.name = s.name
+    return out
 
 
 def sort_order(df: pd.DataFrame, columns: list[str], rows: np.ndarray | None = None) -> np.ndarray:

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 from collections.abc import Iterator
 
+import numpy._core.multiarray as _np_multiarray
 import pyarrow as pa
 
 # glibc mallopt parameters (malloc.h)
@@ -31,6 +32,11 @@ _KEEP = {_M_MMAP_MAX: 0,  # large blocks come from the heap too, not from mmap
 # glibc's own defaults, set back afterwards (a fixed mmap threshold: glibc's dynamic one starts at 128 kB)
 _DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024, _M_TOP_PAD: 128 * 1024,
              _M_MMAP_THRESHOLD: 128 * 1024}
+
+
+def glibc_malloc() -> bool:
+    """True when the C library is glibc with mallopt and malloc_trim (where `retained_memory` keeps memory)."""
+    return _glibc() is not None
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -54,11 +60,11 @@ def retained_memory() -> Iterator[None]:
         for param, value in _KEEP.items():
             libc.mallopt(param, value)
         pa.set_memory_pool(pa.system_memory_pool())  # Arrow's buffers on the same reused heap
-    huge_pages = _numpy_huge_pages(False)
+    huge_pages = numpy_huge_pages(False)
     try:
         yield
     finally:
-        _numpy_huge_pages(huge_pages)
+        numpy_huge_pages(huge_pages)
         if libc is not None:
             pa.set_memory_pool(pool)
             for param, value in _DEFAULTS.items():
@@ -66,11 +72,10 @@ def retained_memory() -> Iterator[None]:
             libc.malloc_trim(0)
 
 
-def _numpy_huge_pages(enabled: bool) -> bool:
+def numpy_huge_pages(enabled: bool) -> bool:
     """Turn numpy's madvise(MADV_HUGEPAGE) of large arrays on or off (the run-time form of NUMPY_MADVISE_HUGEPAGE);
     the setting before (True when this numpy has no such switch: nothing changes)."""
-    try:
-        from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:
+    switch = getattr(_np_multiarray, "_set_madvise_hugepage", None)  # private to numpy: looked up, not imported
+    if switch is None:
         return True
-    return bool(_set_madvise_hugepage(enabled))
+    return bool(switch(enabled))
