@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+import yaml
+
 from spm_lib.errors import ConfigError
 
 ENV_VAR = "SPM_PROJECT_DIR"
@@ -87,11 +89,8 @@ def init_project(root: Path, example: str | None = None, copy_templates: bool = 
 
 
 def _data_path(source_yml: Path) -> str:
-    """The `path:` of a folder source.yml (read as text: this module sits below the config loader)."""
-    for line in source_yml.read_text(encoding="utf-8").splitlines():
-        if line.startswith("path:"):
-            return line.split(":", 1)[1].split("#", 1)[0].strip()
-    return "data"
+    """The `path:` of a shipped folder source.yml (read as YAML: this module sits below the config loader)."""
+    return str(yaml.safe_load(source_yml.read_text(encoding="utf-8")).get("path") or "data")
 
 
 def _copy_templates(root: Path) -> Path:

@@ -94,7 +94,6 @@ class Case:
     words: list[str]
     files: dict[str, str | bytes] = field(default_factory=dict)
     source: dict = field(default_factory=dict)  # merged over SOURCE (one level deep in tables)
-    env: dict[str, str] = field(default_factory=dict)
 
 
 def opps_with(old: str, new: str) -> dict[str, str | bytes]:
