@@ -27,8 +27,9 @@ def spm(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 
 
 @pytest.fixture(autouse=True)
-def _no_project_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_project_nor_secret_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SPM_PROJECT_DIR", raising=False)
+    monkeypatch.delenv("SPM_LINK_SECRET", raising=False)
 
 
 def test_the_packaged_templates_and_examples_are_the_repository_ones() -> None:
@@ -139,11 +140,12 @@ def test_a_config_without_source_yml(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_missing_data_folder_and_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     init_project(tmp_path)
-    for command in (["cube"], ["run"], ["kpis"], ["trust"], ["link", "--owner", "CEO"]):
+    for command in (["cube"], ["run"], ["kpis"], ["trust"], ["link", "--owner", "CEO"], ["serve"]):
         shutil.rmtree(tmp_path / "data" / "crm", ignore_errors=True)
         code, text = spm(capsys, "--project", str(tmp_path), *command)
         assert code == 2 and "Traceback" not in text, (command, text)
-        assert "SPM_LINK_SECRET" in text if command[0] == "link" else "is not a folder" in text, (command, text)
+        needs = "SPM_LINK_SECRET is not set" if command[0] in ("link", "serve") else "is not a folder ("
+        assert needs in text, (command, text)
     (tmp_path / "data" / "crm").mkdir()
     (tmp_path / "data" / "crm" / "owners.csv").write_text(OWNERS)
     (tmp_path / "data" / "crm" / "opportunities.csv").write_text(OPPORTUNITIES)
