@@ -45,8 +45,9 @@ class Settings:
     new_prior: float = 2.0     # pseudo-points a seller's new-deal rate borrows from the company's per-seller rate
     min_periods: int = 4       # past periods (ended by the cut-off) needed
     min_won: int = 30          # won outcomes among the training deals needed
-    step_days: int = 15        # a training point every this many days inside each past period
+    step_days: int = 30        # a training point every this many days inside each past period
     features: tuple[str, ...] = FEATURES  # the hierarchy, in order (those the data cannot feed are left out)
+    sample: int | None = 8000  # win rates are learnt on at most this many deals (a fixed sample by id hash)
 
 
 DEFAULTS = Settings()
@@ -58,12 +59,16 @@ class DealHistory:
 
     def __init__(self, opportunities: pd.DataFrame, history: pd.DataFrame | None,
                  activities: pd.DataFrame | None, stages: StagesConfig) -> None:
-        self.opportunities = opportunities
+        needed = ["opportunity_id", "owner_id", "stage", "amount", "created_date", "close_date", "is_closed", "is_won"]
+        self.opportunities = opportunities[[c for c in needed if c in opportunities.columns]]  # no text it won't read
         self.history = history if history is not None and not history.empty else None
         self.stages = stages
         self.ids = pd.Index(opportunities["opportunity_id"].astype("string").unique())
-        self._touch = self._touches(activities)
+        self.activities = activities[[c for c in ("opportunity_id", "date") if c in activities.columns]] \
+            if activities is not None else None
+        self._touch = self._touches(self.activities)
         self._snapshots: dict[date, pd.DataFrame] = {}
+        self._samples: dict[int, DealHistory] = {}
         self._features: dict[tuple[date, date, tuple[str, ...]], pd.DataFrame] = {}
         closed = opportunities["is_closed"].astype("boolean").fillna(False).astype(bool) \
             if "is_closed" in opportunities else pd.Series(False, index=opportunities.index)
@@ -77,6 +82,27 @@ class DealHistory:
         """The deal history of a loaded dataset."""
         return cls(data.table("opportunities"), data.tables.get("opportunity_history"),
                    data.tables.get("activities"), stages)
+
+    def sample(self, n: int | None) -> DealHistory:
+        """The history of at most `n` deals, the same ones on every call (smallest hash of their id); all deals
+        when `n` is None or there are no more than `n`."""
+        if n is None or len(self.ids) <= n:
+            return self
+        if n not in self._samples:
+            digest = pd.util.hash_array(self.ids.to_numpy(dtype=object))
+            keep = self.ids[np.argsort(digest, kind="stable")[:n]]
+
+            def rows(df: pd.DataFrame | None) -> pd.DataFrame | None:
+                return None if df is None else df[df["opportunity_id"].astype("string").isin(keep).to_numpy()]
+
+            opps = rows(self.opportunities)
+            assert opps is not None
+            self._samples[n] = DealHistory(opps, rows(self.history), rows(self.activities), self.stages)
+        return self._samples[n]
+
+    def use_snapshot(self, day: date, snap: pd.DataFrame) -> None:
+        """Take `snap` (asof.snapshot of these deals at `day`, e.g. the cube's) as the snapshot of `day`."""
+        self._snapshots[day] = self._with_touch(snap.copy(deep=False), day)
 
     @property
     def available(self) -> set[str]:
@@ -124,16 +150,19 @@ class DealHistory:
     def snapshot(self, day: date) -> pd.DataFrame:
         """The deals as they stood at the end of `day`, with `last_touch` (day of the last activity or change)."""
         if day not in self._snapshots:
-            snap = snapshot(self.opportunities, self.history, day, self.stages)
-            code, touched = self._touch
-            n = int(np.searchsorted(touched, (day - date(1970, 1, 1)).days, side="right"))
-            last = np.full(len(self.ids), np.iinfo(np.int64).min, dtype=np.int64)
-            np.maximum.at(last, code[:n], touched[:n])
-            at = self.ids.get_indexer(snap["opportunity_id"].astype("string"))
-            days = np.where(at >= 0, last[np.maximum(at, 0)], np.iinfo(np.int64).min)
-            snap["last_touch"] = pd.Series(days.astype("datetime64[D]"), index=snap.index).astype("datetime64[ns]")
-            self._snapshots[day] = snap
+            self._snapshots[day] = self._with_touch(snapshot(self.opportunities, self.history, day, self.stages), day)
         return self._snapshots[day]
+
+    def _with_touch(self, snap: pd.DataFrame, day: date) -> pd.DataFrame:
+        """`snap` with column last_touch: the day of each deal's last activity or change up to `day` (NaT: none)."""
+        code, touched = self._touch
+        n = int(np.searchsorted(touched, (day - date(1970, 1, 1)).days, side="right"))
+        last = np.full(len(self.ids), np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(last, code[:n], touched[:n])
+        at = self.ids.get_indexer(pd.Index(snap["opportunity_id"].astype("string")))
+        days = np.where(at >= 0, last[np.maximum(at, 0)], np.iinfo(np.int64).min)
+        snap["last_touch"] = pd.Series(days.astype("datetime64[D]"), index=snap.index).astype("datetime64[ns]")
+        return snap
 
 
 # ---------------------------------------------------------------- features
@@ -321,12 +350,15 @@ class Outcomes:
                              "booked": values.to_numpy(dtype="float64")})
 
 
-def active_sellers(snap: pd.DataFrame, day: date) -> np.ndarray:
-    """The owners with a deal created in the ACTIVE_DAYS up to `day` (all owners of deals without created_date)."""
-    if "created_date" not in snap:
-        return snap["owner_id"].astype(str).unique()
-    recent = pd.to_datetime(snap["created_date"]) > pd.Timestamp(day) - pd.Timedelta(days=ACTIVE_DAYS)
-    return snap.loc[recent, "owner_id"].astype(str).unique()
+def active_sellers(opportunities: pd.DataFrame, day: date) -> np.ndarray:
+    """The owners with a deal created in the ACTIVE_DAYS up to the end of `day` (without created_date: every
+    owner of a deal)."""
+    if "created_date" not in opportunities:
+        return opportunities["owner_id"].astype(str).unique()
+    created = pd.to_datetime(opportunities["created_date"])
+    t = pd.Timestamp(day)
+    recent = (created > t - pd.Timedelta(days=ACTIVE_DAYS)) & (created < t + pd.Timedelta(days=1))
+    return opportunities.loc[recent.to_numpy(dtype=bool), "owner_id"].astype(str).unique()
 
 
 def calibrate(deals: DealHistory, calendar: Any, grain: str, cutoff: date, stage_probabilities: dict[str, float],
@@ -345,13 +377,13 @@ def calibrate(deals: DealHistory, calendar: Any, grain: str, cutoff: date, stage
     n_periods = len({end for _, end in points})
     known = Outcomes.of(deals.snapshot(cutoff))
     use = [f for f in settings.features if f in deals.available]
+    learn = deals.sample(settings.sample)
     rows, new_rows = [], []
     for i, (day, end) in enumerate(points):
-        snap = deals.snapshot(day)
-        feats = deals.features(day, end, use)
+        feats = learn.features(day, end, use)
         won, booked = known.won_in(feats["opportunity_id"], day, end)
         rows.append(feats.assign(won=won, booked=booked, point=i))
-        new_rows.append(known.new_deal_rows(active_sellers(snap, day), day, end).assign(point=i))
+        new_rows.append(known.new_deal_rows(active_sellers(deals.opportunities, day), day, end).assign(point=i))
     train = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     n_won = int(train["won"].sum()) if len(train) else 0
     if n_periods < settings.min_periods or n_won < settings.min_won:
@@ -368,23 +400,21 @@ def calibrate(deals: DealHistory, calendar: Any, grain: str, cutoff: date, stage
     win = fit_win_model(train, use, settings.prior, edges, drift)
     new_train = pd.concat(new_rows, ignore_index=True)
     new = _fit_new_deals(new_train, settings.new_prior)
-    error = _model_error(win, new, train, new_train)
+    error = _model_error(win, train)
     reason = (f"calibrated on {n_periods} past {grain}s up to {cutoff} ({len(train):,} open-deal snapshots, "
               f"{n_won:,} won in their period); features: {', '.join(use)}")
     return Calibration(method=CALIBRATED, reason=reason, grain=grain, cutoff=cutoff, periods=n_periods, won=n_won,
                        win=win, new=new, stage_probabilities=stage_probabilities, model_error=error)
 
 
-def _model_error(win: WinModel, new: NewDealModel, train: pd.DataFrame, new_train: pd.DataFrame) -> float:
-    """The standard deviation over training points of (booked / expected - 1) for the company's bookings after the
-    point: the error every deal shares (seasons, a market), which the per-deal variance leaves out."""
+def _model_error(win: WinModel, train: pd.DataFrame) -> float:
+    """The standard deviation over training points of (booked / expected - 1) of the training deals' bookings in
+    the rest of the period: the error every deal shares (seasons, a market), which the per-deal variance leaves
+    out (on a sample of deals it also holds the sample's own noise: a wider range, never a narrower one)."""
     expected = pd.Series(win.predict(train) * train["amount"].fillna(0.0).to_numpy() * win.drift).groupby(
         train["point"].to_numpy()).sum()
-    keys = zip(new_train["owner_id"], new_train["band"], strict=True)
-    new_expected = pd.Series([new.per_seller.get(k, 0.0) for k in keys]).groupby(new_train["point"].to_numpy()).sum()
-    booked = train.groupby("point")["booked"].sum().add(new_train.groupby("point")["booked"].sum(), fill_value=0.0)
-    total = expected.add(new_expected, fill_value=0.0)
-    ratio = (booked / total.where(total > 0)).dropna()
+    booked = train.groupby("point")["booked"].sum()
+    ratio = (booked / expected.where(expected > 0)).dropna()
     return float(ratio.std()) if len(ratio) > 1 else 0.0
 
 
@@ -449,7 +479,7 @@ def scope_forecast(cal: Calibration, deals: DealHistory, day: date, period_start
         dtype="float64")
     sellers = pd.Index(by_owner.index.union(to_date.index).astype(str))
     if cal.new is not None:
-        sellers = sellers.union(pd.Index(active_sellers(deals.snapshot(day), day)))
+        sellers = sellers.union(pd.Index(active_sellers(deals.opportunities, day)))
         new = cal.new.expected(pd.Series(sellers, index=sellers), (end - day).days)
         new_var = new * cal.new.size_ratio
     else:
