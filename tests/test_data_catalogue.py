@@ -226,17 +226,25 @@ O2,R1,Closed,2000,2026-02-11,true,
 O3,R2,Closed,3000,2026-02-12,false,true
 O4,R2,Closed Won,1500,2026-02-12,false,false
 O5,R2,Closed,500,2026-02-13,,
+O6,R1,Closed,700,2026-02-14,true,false
 """
     write_project(tmp_path, {"owners.csv": OWNERS, "opportunities.csv": opportunities}, SOURCE)
     data = load_dataset(load_config(tmp_path))
     opps = data.tables["opportunities"].set_index("opportunity_id")
-    assert opps["stage"].tolist() == ["Proposal", "Closed Won", "Closed Lost", "Closed Won", "Closed Lost"]
-    assert opps["is_won"].tolist() == [False, True, False, True, False]
-    assert opps["is_closed"].tolist() == [False, True, True, True, True]
+    assert opps["stage"].tolist() == ["Proposal", "Closed Won", "Closed Lost", "Closed Won", "Closed Lost",
+                                      "Closed Won"]
+    assert opps["is_won"].tolist() == [False, True, False, True, False, True]
+    assert opps["is_closed"].tolist() == [False, True, True, True, True, True]
     checks = data.findings.set_index("check")
     assert checks.loc["closed_without_outcome", "ids"] == ["O5"]
-    contradictions = data.findings[data.findings["check"] == "flags_contradict_stage"]
-    assert {tuple(ids) for ids in contradictions["ids"]} == {("O1",), ("O4",)}
+    contradictions = data.findings[data.findings["check"] == "flags_contradict_stage"].set_index("message")
+    assert sorted(map(tuple, contradictions["ids"])) == [("O1",), ("O4",), ("O6",)]
+    said = {ids[0]: message for message, ids in contradictions["ids"].items()}
+    assert "'Proposal' is an open stage" in said["O1"] and "is_won true (1), is_closed true (1)" in said["O1"]
+    assert "count as open (not won)" in said["O1"]
+    assert "'Closed Won' is a won stage" in said["O4"] and "is_won false (1), is_closed false (1)" in said["O4"]
+    assert "'Closed' is a closed stage" in said["O6"] and "but is_closed false (1):" in said["O6"]
+    assert "(won or lost as is_won says)" in said["O6"]
 
 
 def test_a_header_only_owners_file_stops_the_cube_with_the_same_reason(tmp_path: Path,

@@ -81,14 +81,15 @@ def settle_stage_flags(opps: pd.DataFrame, ids: pd.Series, stages: StagesConfig,
     clash = won_clash | closed_clash
     for value in sorted(stage[clash].astype(str).unique()):
         rows = clash & (stage == value).fillna(False).to_numpy(dtype=bool)
-        kind = "open" if value in stages.open_names else "won" if value in stages.won else "lost"
+        kind = ("open" if value in stages.open_names else "won" if value in stages.won
+                else "lost" if value in stages.lost else "closed")
         said = _flags_said(np.where(won_clash, flag_won, -1)[rows], np.where(closed_clash, flag_closed, -1)[rows])
+        outcome = {"open": " (not won)", "lost": " (not won)", "won": "", "closed": " (won or lost as is_won says)"}
         findings.add("opportunities", "is_won", "flags_contradict_stage", "warning", ids[rows],
                      f"stage {value!r} is {'an' if kind == 'open' else 'a'} {kind} stage in {STAGES_FIX}, but "
-                     f"{said}: the stage decides, so these deals count as {kind}"
-                     + (" (not won)" if kind != "won" else ""),
+                     f"{said}: the stage decides, so these deals count as {kind}{outcome[kind]}",
                      f"correct the stage or the flags in the CRM; if {value!r} means another outcome in your "
-                     f"process, move it under `{'won' if kind != 'won' else 'lost'}` in {STAGES_FIX}, or map the "
+                     f"process, list it under another key (stages, won, lost, closed) in {STAGES_FIX}, or map the "
                      f"label in {SOURCE_FIX} tables.opportunities.values.stage")
     unknown = generic & (flag_won < 0)
     findings.add("opportunities", "is_won", "closed_without_outcome", "warning", ids[unknown],
