@@ -90,3 +90,24 @@ def test_cli_on_the_demo(small_project: Path, tmp_path: Path) -> None:
     mdape = top["forecast_pct_error"].abs().median()
     line = next(x for x in result.output.splitlines() if x.startswith("middle executive"))
     assert f"{mdape:.1f}%" in line
+
+
+def test_track_record_of_the_periods_ended(tmp_path: Path) -> None:
+    from spm_lib.domain.periods import FiscalCalendar
+    from spm_lib.engine.backtest import backtest_folder, track_record, write_backtest
+
+    opps, hist = opportunities_and_history()
+    data = Dataset(tables={"owners": owners(), "opportunities": opps, "opportunity_history": hist})
+    cfg = Config(root=tmp_path, source=SourceConfig(kind="duckdb", path="unused.duckdb", tables={}))
+    bt = run_backtest(cfg, data, "monthly", date(2026, 2, 1), date(2026, 2, 28), ONLY_STAGE)
+    write_backtest(bt, backtest_folder(tmp_path, "monthly"), {})
+    cal = FiscalCalendar(start_month=1)
+    record, folder = track_record(tmp_path, cal, "month", date(2026, 3, 31))
+    assert folder == tmp_path / "runs" / "backtest" / "monthly"
+    # February at mid-month: forecast 100 + 1000 x 2/3 x 430/400 against 100 booked
+    error = 1000 * (2 / 3) * 430 / 400
+    assert record.loc["M", "periods"] == 1
+    assert record.loc["M", "mdape"] == pytest.approx(100 * error / 100)
+    assert record.loc["M", "bias"] == pytest.approx(100 * error / 100)
+    assert track_record(tmp_path, cal, "month", date(2026, 2, 27))[0].empty  # February had not ended yet
+    assert track_record(tmp_path / "elsewhere", cal, "month", date(2026, 3, 31))[0].empty  # no backtest

@@ -173,3 +173,24 @@ def test_absent_optional_columns_drop_their_features() -> None:
     anc = Org.from_owners(owners()).ancestors()
     fc = scope_forecast(cal, deals, date(2026, 1, 31), date(2026, 2, 1), date(2026, 2, 28), anc)
     assert np.isfinite(fc["expected"]).all() and (fc["p90"] >= fc["expected"]).all()
+
+
+# ---------------------------------------------------------------- the cube's forward period
+def test_cube_forecast_of_the_forward_period(tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
+    from spm_lib.config import Config, SourceConfig
+    from spm_lib.domain.contract import Dataset
+    from spm_lib.engine.calibration import cube_forecast
+    from spm_lib.engine.context import build_context
+    from spm_lib.engine.forecast import win_probabilities
+
+    opps, hist = opportunities_and_history()
+    data = Dataset(tables={"owners": owners(), "opportunities": opps, "opportunity_history": hist})
+    cfg = Config(root=tmp_path, source=SourceConfig(kind="duckdb", path="unused.duckdb", tables={}))
+    # weekly on 2026-01-31: the forward period (the month) moves on to February
+    ctx = build_context(cfg, data, "weekly", date(2026, 1, 31))
+    never = np.full(len(ctx.snapshot), np.datetime64("NaT", "ns"))
+    rest, cal = cube_forecast(ctx, win_probabilities(ctx), never, ONLY_STAGE)
+    assert cal.method == CALIBRATED and cal.grain == "month"
+    expected = (100 * 0.4 + 1000 * (2 / 3)) * 430 / 400 + 50  # as in test_calibrated_forecast_by_hand
+    assert rest.loc["E", "rest"] == pytest.approx(expected) and rest.loc["R", "rest"] == pytest.approx(expected)
+    assert rest.loc["M", "p10_rest"] < expected < rest.loc["M", "p90_rest"]

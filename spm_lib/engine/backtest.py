@@ -188,6 +188,21 @@ def owner_track_record(rows: pd.DataFrame, point: str = "middle") -> pd.DataFram
                          "in_range_pct": 100.0 * g["in_range"].mean()})
 
 
+BACKTEST_CADENCE = {"week": "weekly", "month": "monthly", "quarter": "quarterly", "year": "annual"}
+
+
+def track_record(root: Path, calendar: FiscalCalendar, grain: str, as_of: date) -> tuple[pd.DataFrame, Path]:
+    """Per owner, the mid-period track record (`owner_track_record`) in the latest backtest of `grain` periods
+    (runs/backtest/<its cadence>/), over the periods that ended by as_of; empty without one; and that folder."""
+    folder = backtest_folder(root, BACKTEST_CADENCE[grain])
+    rows = read_backtest(folder)
+    if rows is None or rows.empty:
+        return owner_track_record(pd.DataFrame(columns=ROW_COLUMNS + ["forecast_pct_error", "forecast_error",
+                                                                      "in_range"])), folder
+    ends = {label: calendar.parse(str(label)).end for label in rows["period"].unique()}
+    return owner_track_record(rows[rows["period"].map(ends) <= as_of]), folder
+
+
 def format_summary(bt: Backtest) -> str:
     """The per-level table `spm backtest` prints."""
     head = (f"{'point':<7}{'level':<10}{'n':>4}  {'forecast MdAPE':>14}{'bias':>8}  {'stage MdAPE':>11}{'bias':>8}"

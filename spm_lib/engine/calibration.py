@@ -24,6 +24,7 @@ import pandas as pd
 from spm_lib.config import StagesConfig
 from spm_lib.data.asof import snapshot
 from spm_lib.domain.contract import Dataset
+from spm_lib.engine.context import CubeContext
 
 CALIBRATED, STAGE = "calibrated", "stage weighting"
 FEATURES = ("stage", "close", "horizon", "recency", "pushes", "age", "size")
@@ -66,7 +67,7 @@ class DealHistory:
         self.ids = pd.Index(opportunities["opportunity_id"].astype("string").unique())
         self.activities = activities[[c for c in ("opportunity_id", "date") if c in activities.columns]] \
             if activities is not None else None
-        self._touch = self._touches(self.activities)
+        self._touch_days: tuple[np.ndarray, np.ndarray] | None = None  # built on first use (_touch)
         self._snapshots: dict[date, pd.DataFrame] = {}
         self._samples: dict[int, DealHistory] = {}
         self._features: dict[tuple[date, date, tuple[str, ...]], pd.DataFrame] = {}
@@ -101,8 +102,10 @@ class DealHistory:
         return self._samples[n]
 
     def use_snapshot(self, day: date, snap: pd.DataFrame) -> None:
-        """Take `snap` (asof.snapshot of these deals at `day`, e.g. the cube's) as the snapshot of `day`."""
-        self._snapshots[day] = self._with_touch(snap.copy(deep=False), day)
+        """Take `snap` (asof.snapshot of these deals at `day`, e.g. the cube's) as the snapshot of `day`; its
+        `last_touch` column, when it has one, is taken as it is."""
+        snap = snap.copy(deep=False)
+        self._snapshots[day] = snap if "last_touch" in snap else self._with_touch(snap, day)
 
     @property
     def available(self) -> set[str]:
@@ -113,7 +116,7 @@ class DealHistory:
             out.add("stage")
         if "close_date" in o:
             out.add("close")
-        if len(self._touch[0]):
+        if self.history is not None or (self.activities is not None and "date" in self.activities):
             out.add("recency")
         if self.history is not None and "close_date" in self.history:
             out.add("pushes")
@@ -123,8 +126,15 @@ class DealHistory:
             out.add("size")
         return out
 
+    @property
+    def _touch(self) -> tuple[np.ndarray, np.ndarray]:
+        """(deal code, day number) of every logged activity on a deal and every history change, by day."""
+        if self._touch_days is None:
+            self._touch_days = self._touches(self.activities)
+        return self._touch_days
+
     def _touches(self, activities: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
-        """(deal code, day as int64 ns) of every logged activity on a deal and every history change, by day."""
+        """(deal code, day number) of every logged activity on a deal and every history change, by day."""
         codes, days = [], []
         if activities is not None and {"opportunity_id", "date"} <= set(activities.columns):
             codes.append(self.ids.get_indexer(activities["opportunity_id"].astype("string")))
@@ -497,3 +507,23 @@ def scope_forecast(cal: Calibration, deals: DealHistory, day: date, period_start
     out["p90"] = out["expected"] + Z90 * sigma
     out["method"] = cal.method
     return out
+
+
+# ---------------------------------------------------------------- the cube's forward period
+def cube_forecast(ctx: CubeContext, probabilities: pd.DataFrame, last_touch: np.ndarray,
+                  settings: Settings = DEFAULTS) -> tuple[pd.DataFrame, Calibration]:
+    """The forecast of the run's forward period for every scope (index owner_id: rest = expected bookings after
+    as_of, p10_rest, p90_rest), learnt from the run's data up to as_of; and the calibration (method, reason).
+    `last_touch`: per deal of the run's snapshot, the day of its last activity or history change."""
+    q = ctx.windows.forward  # type: ignore[attr-defined]
+    deals = DealHistory.from_dataset(ctx.data, ctx.cfg.stages)
+    deals.use_snapshot(ctx.as_of, ctx.snapshot.assign(last_touch=pd.Series(last_touch, index=ctx.snapshot.index)))
+    stage_p = dict(zip(probabilities["stage"].astype(str), probabilities["probability"].astype(float), strict=True))
+    cal = calibrate(deals, ctx.calendar, str(q.grain), ctx.as_of, stage_p, settings)
+    day = pd.Timestamp(ctx.as_of)
+    a = ctx.ancestors
+    valid = (a["valid_from"].isna() | (a["valid_from"] <= day)) & (a["valid_to"].isna() | (a["valid_to"] >= day))
+    fc = scope_forecast(cal, deals, ctx.as_of, q.start, q.end, a[valid.to_numpy(dtype=bool)])
+    rest = pd.DataFrame({"rest": fc["expected"] - fc["to_date"], "p10_rest": fc["p10"] - fc["to_date"],
+                         "p90_rest": fc["p90"] - fc["to_date"]}, index=fc.index)
+    return rest, cal
