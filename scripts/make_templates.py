@@ -12,7 +12,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from spm_lib.report.core import CADENCE_FOCUS as DECIDES
-from spm_lib.report.core import LEVEL_TITLES as LEVELS
+from spm_lib.report.markup import LEVEL_TITLES as LEVELS
 
 CADENCES = {"weekly": "week", "monthly": "month", "quarterly": "quarter", "annual": "year"}
 

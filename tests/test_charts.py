@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from spm_lib.report import charts
+from spm_lib.report import charts, markup
 from spm_lib.report.markup import RenderError
 
 # What the vendored plotly.js finance bundle can draw (its README): nothing else may appear.
@@ -147,7 +147,7 @@ def test_attainment_bullets_bars_are_percent_of_target_coloured_by_status_with_v
 
 
 def test_status_colours_live_in_one_place() -> None:
-    assert charts.STATUS_COLOURS == {"green": GREEN, "amber": AMBER, "red": RED, "none": GREY}
+    assert markup.STATUS_COLOURS == {"green": GREEN, "amber": AMBER, "red": RED, "none": GREY}
 
 
 def test_forecast_waterfall_goes_booked_plus_weighted_to_expected_and_annotates_the_gap() -> None:

@@ -21,8 +21,8 @@ from aiosmtpd.controller import Controller
 
 from spm_lib.batch.runner import run
 from spm_lib.config import Config, StateConfig, load_config
-from spm_lib.deliver import compose as deliver
-from spm_lib.deliver import smtp as smtp_mod
+from spm_lib.deliver import compose
+from spm_lib.deliver import smtp as smtp_mod  # the name smtp is the loopback server fixture
 from spm_lib.deliver.compose import DeliveryError, clean_header, make_address, send_all
 from spm_lib.deliver.images import check_png
 from spm_lib.report.figures import EMAIL_CHARTS
@@ -138,7 +138,7 @@ def run_dir(root: Path) -> Path:
 @dataclass
 class FirstSend:
     cfg: Config
-    summary: deliver.Summary
+    summary: compose.Summary
     box: list[tuple[list[str], EmailMessage]]
     raw: list[tuple[list[str], bytes]]
     rcpt_tries: dict[str, int]
@@ -435,7 +435,7 @@ def test_the_wire_bytes_are_what_the_email_package_writes(project: Path, tmp_pat
 
     folder = run_dir(project)
     cfg = make_cfg(project, tmp_path)
-    with deliver.project_env(project):
+    with compose.project_env(project):
         rpt = load("rep-001", "monthly", run_dir=folder)
     report = (folder / "rep/rep-001.html").read_bytes()
     saved = json.loads((folder / "rep/rep-001.email.json").read_text())  # written by `spm run`
@@ -443,9 +443,9 @@ def test_the_wire_bytes_are_what_the_email_package_writes(project: Path, tmp_pat
     with Exporter() as ex:
         image = ex.png(saved["attainment"], 600, 300, scale=2)
     assert png_size(image) == (1200, 600)
-    msg = deliver.build_message(cfg, rpt, to="alice.jansen@acme-demo.example", link_url=None,
+    msg = compose.build_message(cfg, rpt, to="alice.jansen@acme-demo.example", link_url=None,
                                 images={"attainment.x@acme-demo.example": image}, attachment_html=report)
-    raw = deliver.message_bytes(msg)
+    raw = compose.message_bytes(msg)
     assert raw == msg.as_bytes()  # the fast writer changes nothing
     back = email.message_from_bytes(raw, policy=policy.default)
     (attached,) = list(back.iter_attachments())
@@ -563,7 +563,7 @@ def test_the_pace_spaces_messages_by_the_configured_rate(project: Path, smtp: tu
     def half_a_second_per_email(owner_id: str) -> None:
         now[0] += 0.5
 
-    pace = deliver.Pace(cfg.delivery.rate_per_minute, clock=lambda: now[0], sleep=sleep)
+    pace = compose.Pace(cfg.delivery.rate_per_minute, clock=lambda: now[0], sleep=sleep)
     summary = send_all(cfg, run_dir(project), level="rep", progress=False, pace=pace,
                        on_sent=half_a_second_per_email)
     # reps 001-004 sent, 008 handed over and refused (550): five messages 2 s apart, each sent one taking 0.5 s
@@ -597,8 +597,8 @@ def test_a_failed_scheduled_firing_is_mailed_to_the_operator(project: Path, smtp
     box.reset()
 
     def send_with_failures(cadence: str, as_of: date) -> None:
-        raise deliver.Unsent(deliver.Summary(RUN_KEY, 1, False, failed={"rep-008": "SMTP 550"}))
+        raise compose.Unsent(compose.Summary(RUN_KEY, 1, False, failed={"rep-008": "SMTP 550"}))
 
-    with pytest.raises(deliver.Unsent):
+    with pytest.raises(compose.Unsent):
         schedule.fire(cfg, "monthly", first, lambda c, a: None, send_with_failures, lambda c, a: False)
     assert box.messages == []  # the send mailed its own summary: no second message

@@ -14,7 +14,7 @@ import nbformat
 import pandas as pd
 from nbclient import NotebookClient
 
-from spm_lib.report import core as report
+from spm_lib.report import core
 from spm_lib.store.runfolder import ensure_cube
 from tests.live_server import (
     CHARTS_DRAWN,
@@ -63,7 +63,7 @@ def test_serve_refuses_to_start_without_the_secret(small_project: Path) -> None:
 # ---------------------------------------------------------------- what a person sees
 def test_owner_sees_their_own_numbers_and_charts(server: Server, org: dict[str, str], browser) -> None:
     mgr = org["manager"]
-    batch = report.load(mgr, "monthly", run_dir=org["run"])
+    batch = core.load(mgr, "monthly", run_dir=org["run"])
     page = _open(browser, server, report_path("manager", "monthly", token(mgr)), "manager")
     page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
     text = page.inner_text("body")
@@ -121,7 +121,7 @@ def _refused(server: Server, browser, path: str, numbers: list[str]) -> None:
 
 
 def _numbers(run: str, owner: str) -> list[str]:
-    rpt = report.load(owner, "monthly", run_dir=run)
+    rpt = core.load(owner, "monthly", run_dir=run)
     return [rpt.name] + [c for c in _cells(rpt.above_the_line().body) if re.search(r"\d", c) and len(c) > 3]
 
 
@@ -194,7 +194,7 @@ def test_a_kernel_refuses_a_foreign_owner_even_when_asked_directly(server: Serve
     assert "This report cannot be opened" in out and "plotly-graph-div" not in out
     ok = _run_template_live(server.project, {"VOILA_PREHEAT": "False",
                                              "QUERY_STRING": f"t={token(org['manager'])}"})
-    assert report.load(org["manager"], "monthly", run_dir=org["run"]).name in ok and "plotly-graph-div" in ok
+    assert core.load(org["manager"], "monthly", run_dir=org["run"]).name in ok and "plotly-graph-div" in ok
 
 
 def test_bound_to_another_loopback_address_reports_still_open(project: Path, org: dict[str, str], browser,
@@ -205,7 +205,7 @@ def test_bound_to_another_loopback_address_reports_still_open(project: Path, org
         mgr = org["manager"]
         page = _open(browser, srv, report_path("manager", "monthly", token(mgr)), "manager-127.0.0.2")
         page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
-        assert report.load(mgr, "monthly", run_dir=org["run"]).name in page.inner_text("body")
+        assert core.load(mgr, "monthly", run_dir=org["run"]).name in page.inner_text("body")
         page.close()
         _refused(srv, browser, report_path("manager", "monthly", token(org["foreign_rep"]) + "x"),
                  _numbers(org["run"], mgr))
@@ -224,7 +224,7 @@ def _widget(page, kind: str, label: str):
 def test_drill_down_shows_the_reps_numbers_and_the_deals_behind_a_number(server: Server, org: dict[str, str],
                                                                        browser) -> None:
     mgr, rep = org["manager"], org["rep"]
-    batch_rep = report.load(rep, "monthly", run_dir=org["run"])
+    batch_rep = core.load(rep, "monthly", run_dir=org["run"])
     page = _open(browser, server, report_path("manager", "monthly", token(mgr)), "drill")
     page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
     picker = _widget(page, "dropdown", "Drill into").locator("select")
@@ -237,7 +237,7 @@ def test_drill_down_shows_the_reps_numbers_and_the_deals_behind_a_number(server:
         if row is not None and pd.notna(row["value"]):
             assert batch_rep.fmt(kpi_id, row["value"]) in text, kpi_id
     # the deals behind the manager's bookings of the closed month: every deal won in the month, by id
-    mine = report.load(mgr, "monthly", run_dir=org["run"])
+    mine = core.load(mgr, "monthly", run_dir=org["run"])
     f = mine.scope_facts()
     month = pd.Period(mine.closed)
     won = f[f["is_won"].fillna(False).astype(bool) & (pd.to_datetime(f["close_date"]).dt.to_period("M") == month)]
@@ -295,8 +295,8 @@ def test_an_action_recorded_live_survives_a_restart_and_reaches_the_next_report(
     nxt = cal.shift(cal.period("month", date.fromisoformat(Path(org["run"]).name)), 1).end
     folder = ensure_cube(cfg, "monthly", nxt)
     env = {**os.environ, "SPM_PROJECT_DIR": str(project)}
-    out = subprocess.run([sys.executable, "-c", "from spm_lib.report import core as report; import sys; "
-                          f"print(report.load({mgr!r}, 'monthly', run_dir={str(folder)!r}).actions().body)"],
+    out = subprocess.run([sys.executable, "-c", "from spm_lib.report import core; import sys; "
+                          f"print(core.load({mgr!r}, 'monthly', run_dir={str(folder)!r}).actions().body)"],
                          env=env, capture_output=True, text=True, check=True)
     assert text in out.stdout and "overdue" in out.stdout
 

@@ -23,7 +23,7 @@ import websocket
 
 from spm_lib.config import load_config
 from spm_lib.domain.periods import FiscalCalendar
-from spm_lib.report import core as report
+from spm_lib.report import core
 from spm_lib.store.runfolder import ensure_cube
 from tests.live_server import (
     CHARTS_DRAWN,
@@ -69,7 +69,7 @@ def test_an_outsider_cannot_receive_the_next_viewers_request(server: Server, org
     page = browser.new_page()
     page.goto(server.base + report_path("manager", "monthly", token(org["manager"])))
     page.wait_for_function(CHARTS_DRAWN, timeout=90_000)
-    assert report.load(org["manager"], "monthly", run_dir=org["run"]).name in page.inner_text("body")
+    assert core.load(org["manager"], "monthly", run_dir=org["run"]).name in page.inner_text("body")
     page.close()
 
 
@@ -126,7 +126,7 @@ def test_the_session_cookie_is_opaque_httponly_and_secure_behind_a_trusted_proxy
     assert "; secure" in line.lower()
     # the cookie alone opens the landing page again (the session is on the server)
     again = server.request("GET", "/", cookies={"spm-session": direct.cookies["spm-session"]})
-    assert again.status == 200 and report.load(org["rep"], "monthly", run_dir=org["run"]).name in again.body
+    assert again.status == 200 and core.load(org["rep"], "monthly", run_dir=org["run"]).name in again.body
 
 
 def test_every_page_carries_anti_framing_and_no_referrer(server: Server, org: dict[str, str]) -> None:

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import pytest
 
 from spm_lib.engine.cube import compute_cube
-from spm_lib.report import markup as html
+from spm_lib.report import markup
 from spm_lib.report.core import Report
 from tests.test_cube import AS_OF, _cfg, company
 
@@ -32,8 +32,8 @@ def test_an_analysts_figure_lands_in_the_html_with_a_stable_id(cube) -> None:
     fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
     first = str(rpt.show(fig))
     second = str(rpt.show(fig))
-    assert "Plotly.newPlot" in first and f'id="{html.div_id("R1", "custom")}"' in first
-    assert f'id="{html.div_id("R1", "custom-2")}"' in second  # two custom figures never share a div id
+    assert "Plotly.newPlot" in first and f'id="{markup.div_id("R1", "custom")}"' in first
+    assert f'id="{markup.div_id("R1", "custom-2")}"' in second  # two custom figures never share a div id
     assert set(rpt.figures()) == {"custom", "custom-2"}
 
 

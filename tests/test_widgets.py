@@ -23,7 +23,7 @@ from spm_lib.config import cached_config, load_config
 from spm_lib.errors import KpiError
 from spm_lib.live import widgets
 from spm_lib.live.report import LiveReport
-from spm_lib.report import markup as html
+from spm_lib.report import markup
 from spm_lib.report.core import Html, Report, load_cube
 from spm_lib.state import actions
 from spm_lib.store.runfolder import ensure_cube
@@ -76,7 +76,7 @@ def ids_in(table: str) -> list[str]:
 
 
 def money(value: float) -> str:
-    return html.fmt_value(value, "currency", "EUR")
+    return markup.fmt_value(value, "currency", "EUR")
 
 
 # ---------------------------------------------------------------- batch stays static
@@ -246,9 +246,9 @@ def test_moving_the_sliders_recomputes_the_tree_and_the_expected_result(run: Pat
     opps = deals / months / 0.40
     leads = opps / 0.25
     shown = panel.out.value
-    assert f"<td>Deals needed</td><td>{html.fmt_value(deals, 'count')}</td>" in shown
-    assert f"<td>Opportunities needed per month</td><td>{html.fmt_value(opps, 'count')}</td>" in shown
-    assert f"<td>Leads needed per month</td><td>{html.fmt_value(leads, 'count')}</td>" in shown
+    assert f"<td>Deals needed</td><td>{markup.fmt_value(deals, 'count')}</td>" in shown
+    assert f"<td>Opportunities needed per month</td><td>{markup.fmt_value(opps, 'count')}</td>" in shown
+    assert f"<td>Leads needed per month</td><td>{markup.fmt_value(leads, 'count')}</td>" in shown
     assert "by 2026-11-16 (16 days left)" in shown  # 2026-12-31 − 45 days, counted from 2026-10-31
     expected = to_date + ttm["opps_created"] / 12 * months * 0.40 * 20000.0
     assert f"<b>{money(expected)}</b> against a target of <b>{money(target)}</b>" in shown

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 from spm_lib.config import Config
 from spm_lib.data.quality import Findings
 from spm_lib.domain.contract import Dataset
+from spm_lib.util.tasks import in_background
 
 
 def load_dataset(cfg: Config, *, strict: bool = True) -> Dataset:
@@ -14,12 +13,8 @@ def load_dataset(cfg: Config, *, strict: bool = True) -> Dataset:
     from spm_lib.data.sources import read_contract_tables
 
     findings = Findings()
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-warm-up")
-    warm_up = pool.submit(_warm_up_validation)  # imports pandera while the source is read
-    try:
-        tables = read_contract_tables(cfg, findings)
-    finally:
-        pool.shutdown(wait=False)
+    warm_up = in_background(_warm_up_validation, name="spm-warm-up")  # imports pandera while the source is read
+    tables = read_contract_tables(cfg, findings)
     warm_up.result()
     from spm_lib.data.validate import validate
 

@@ -43,9 +43,10 @@ from spm_lib.deliver.images import Chart, Exporter, ImageError, png_size
 from spm_lib.deliver.smtp import DeliveryError, Pace, SendFailed, SmtpSender, message_bytes
 from spm_lib.domain import links
 from spm_lib.errors import RunError
-from spm_lib.report import markup as html
+from spm_lib.report import markup
 from spm_lib.report.core import Report, load
 from spm_lib.report.figures import EMAIL_CHARTS, figures_json, figures_path
+from spm_lib.report.markup import LEVEL_TITLES, STATUS_COLOURS, STATUS_WORDS
 from spm_lib.state import ledger
 from spm_lib.store.runfolder import has_cube, locked
 from spm_lib.util.atomic import write_atomic
@@ -57,9 +58,6 @@ R = TypeVar("R")
 CHART_WIDTH = 600  # layout pixels: the body is 640 px wide
 CHART_SCALE = 2  # sharp on high-density screens
 OFFENDERS_SHOWN = 5
-STATUS_COLOURS = {"green": "#1a9850", "amber": "#f5a623", "red": "#d73027", "none": "#9e9e9e"}
-STATUS_WORDS = {"green": "on track", "amber": "at risk", "red": "behind", "none": "no target"}
-LEVEL_TITLES = {"rep": "Sales executive", "manager": "Manager", "director": "Director", "executive": "Executive"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _ADDR = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
@@ -107,11 +105,11 @@ def _domain(cfg: Config) -> str:
 # ---------------------------------------------------------------- what the email says
 def format_value(value: object, unit: object, currency: str) -> str:
     """`value` as an email shows it, in `unit` (an unknown unit reads as a count) and `currency`."""
-    return html.fmt_value(value, unit if isinstance(unit, str) and unit in html.UNITS else "count", currency)
+    return markup.fmt_value(value, unit if isinstance(unit, str) and unit in markup.UNITS else "count", currency)
 
 
 def _attainment(value: Any) -> str:
-    return html.fmt_value(float(value) * 100 if not html.is_missing(value) else value, "pct")
+    return markup.fmt_value(float(value) * 100 if not markup.is_missing(value) else value, "pct")
 
 
 def headline(rpt: Report) -> str:
@@ -128,10 +126,7 @@ def subject(rpt: Report) -> str:
 
 def _offenders(rpt: Report) -> pd.DataFrame:
     """The largest offending deals of the owner's scope, one row per deal, at most OFFENDERS_SHOWN."""
-    off = rpt.offenders()
-    t = rpt.cube.trust
-    failing = t.loc[(t["owner_id"] == rpt.owner_id) & (t["status"] == "fail"), "check"]
-    off = off[off["check"].isin(set(failing))]
+    off = rpt.offenders(statuses=("fail",))
     if off.empty:
         return off
     shown = off["opportunity_id"].drop_duplicates().head(OFFENDERS_SHOWN)  # rows come largest deal first
@@ -202,7 +197,7 @@ def _kpi_html(f: Facts) -> str:
     body = []
     for r in f.kpis.itertuples():
         colour = STATUS_COLOURS.get(str(r.status), STATUS_COLOURS["none"])
-        value = format_value(r.value, r.unit, f.currency) if not html.is_missing(r.value) else (r.na_reason or "—")
+        value = format_value(r.value, r.unit, f.currency) if not markup.is_missing(r.value) else (r.na_reason or "—")
         body.append(
             f'<tr><td style="{_TD}">{_e(r.label)}</td>'
             f'<td style="{_TD}text-align:right;white-space:nowrap;"><b>{_e(value)}</b></td>'
@@ -222,7 +217,7 @@ def _kpi_html(f: Facts) -> str:
 def _kpi_text(f: Facts) -> str:
     return "\n".join(
         f"- {str(r.label)}: "
-        f"{format_value(r.value, r.unit, f.currency) if not html.is_missing(r.value) else str(r.na_reason or '—')}"
+        f"{format_value(r.value, r.unit, f.currency) if not markup.is_missing(r.value) else str(r.na_reason or '—')}"
         f" (target {format_value(r.target, r.unit, f.currency)}, attainment {_attainment(r.attainment)}, "
         f"{STATUS_WORDS.get(str(r.status), str(r.status))})" for r in f.kpis.itertuples())
 
@@ -492,7 +487,7 @@ def _actions_html(cfg: Config, rpt: Report) -> str:
         return ""
     df = actions.for_report(cfg, rpt.owner_id, rpt.cadence, rpt.as_of)
     df = df[df["status"] == "open"]
-    late = ' <b style="color:#d73027;">overdue</b>'
+    late = f' <b style="color:{STATUS_COLOURS["red"]};">overdue</b>'
     items = [f'<li style="margin:2px 0;">{_e(r.text)} — due {_e(str(r.due_date)[:10])}'
              f'{late if bool(r.overdue) else ""}</li>' for r in df.itertuples()]
     return f'<ul style="margin:0;padding-left:20px;">{"".join(items)}</ul>' if items else ""
@@ -518,7 +513,7 @@ def _recipients(cfg: Config, owners: pd.DataFrame, owner_id: str) -> tuple[list[
     manager = row.get("manager_id")
     if cfg.delivery.cc_leader and isinstance(manager, str) and manager in owners.index:
         m = owners.loc[manager]
-        if m.get("active") is not False and not html.is_missing(m.get("email")):
+        if m.get("active") is not False and not markup.is_missing(m.get("email")):
             cc.append(make_address(m.get("name"), m.get("email"), who=f"{who}'s leader {manager!r}"))
     return to, cc
 

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from spm_lib.errors import SpmError
+from spm_lib.util.tasks import daemon_thread
 
 SYSTEM_CHROMIUM = "/usr/bin/chromium"
 TABS = 2  # browser tabs drawing at once (2 cores: one draws while the other reloads)
@@ -132,8 +133,7 @@ class Exporter:
             return
         path = self.browser or browser_path()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="spm-kaleido", daemon=True)
-        self._thread.start()
+        self._thread = daemon_thread(self._loop.run_forever, "spm-kaleido")
 
         from spm_lib.batch.export import PLOTLY_JS  # here: importing export (nbconvert) takes seconds
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TypeVar, cast
+from typing import cast
 
 import duckdb
 import numpy as np
@@ -20,8 +19,7 @@ from spm_lib.domain.contract import Dataset, empty_table
 from spm_lib.domain.org import Org
 from spm_lib.domain.periods import CadenceWindows, FiscalCalendar
 from spm_lib.util.frames import nat_last_key
-
-T = TypeVar("T")
+from spm_lib.util.tasks import in_background
 
 KPI_COLUMNS = ["scope", "owner_id", "level", "period", "kpi", "dim", "dim_value", "value", "target",
                "attainment", "status", "kind", "available", "na_reason"]
@@ -110,15 +108,6 @@ def last_activity_day(snapshot: pd.DataFrame, data: Dataset, as_of: date) -> np.
             WHERE a.date < TIMESTAMP '{end}' GROUP BY a.opportunity_id""").fetchnumpy()
     out[np.asarray(last["row"], dtype=np.int64)] = np.asarray(last["day"]).astype("datetime64[ns]").view("int64")
     return out.view("datetime64[ns]")
-
-
-def in_background(func: Callable[..., T], *args: object) -> Future[T]:
-    """Start `func(*args)` on a thread of its own (for work that frees the GIL: DuckDB, Parquet encoding)."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-background")
-    try:
-        return pool.submit(func, *args)
-    finally:
-        pool.shutdown(wait=False)  # the thread ends with its one task
 
 
 def as_of_date(value: date | str) -> date:

@@ -33,12 +33,12 @@ from spm_lib.engine.context import (
     CubeContext,
     as_of_date,
     build_context,
-    in_background,
 )
 from spm_lib.engine.targets import attainment, status
 from spm_lib.engine.trust import last_full_month
 from spm_lib.metrics import kpis as registry
 from spm_lib.util.frames import ascending_text, distinct_text_order, map_values, positions, value_ranks
+from spm_lib.util.tasks import in_background
 
 
 @dataclass

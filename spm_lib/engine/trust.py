@@ -512,16 +512,29 @@ def owner_status(trust: pd.DataFrame, owner_id: str) -> str:
     return str(worst_by_owner(trust[trust["owner_id"] == owner_id]).get(owner_id, "pass"))
 
 
+def checks_with_status(trust: pd.DataFrame, owner_id: str, statuses: Iterable[str] = ("warn", "fail")) -> set[str]:
+    """The ids of the checks whose status in `owner_id`'s scope is one of `statuses` (`trust`: the cube's table)."""
+    return set(trust.loc[(trust["owner_id"] == owner_id) & trust["status"].isin(list(statuses)), "check"])
+
+
+def scope_offenders(trust_rows: pd.DataFrame, deals: pd.DataFrame, checks: Iterable[str] | None = None
+                    ) -> pd.DataFrame:
+    """The offending rows (one per deal and check) of the deals in `deals` (its opportunity_id column: a scope's),
+    for `checks` (default: all); the largest deal first, then by id. The one selection of a scope's offending deals:
+    the report, the email, the live drill-down and `offenders_for` read it."""
+    rows = trust_rows.merge(deals[["opportunity_id"]], on="opportunity_id")
+    if checks is not None:
+        rows = rows[rows["check"].isin(set(checks))]
+    return rows.sort_values(["amount", "opportunity_id"], ascending=[False, True], na_position="last")
+
+
 def offenders_for(trust_rows: pd.DataFrame, facts: pd.DataFrame, owner_id: str, limit: int = 20,
                   checks: Iterable[str] | None = None) -> pd.DataFrame:
     """The `limit` largest offending deals (by amount) of a scope, one row per deal with every check and detail.
 
     `facts` is the snapshot with each deal's ancestor owner ids in `scope_ids` (the cube's facts table).
     """
-    ids = facts.loc[facts["scope_ids"].map(lambda s: owner_id in list(s)), "opportunity_id"]
-    rows = trust_rows[trust_rows["opportunity_id"].isin(set(ids))]
-    if checks is not None:
-        rows = rows[rows["check"].isin(set(checks))]
+    rows = scope_offenders(trust_rows, facts[facts["scope_ids"].map(lambda s: owner_id in list(s))], checks)
     text = rows["check"].astype(str) + ": " + rows["detail"].astype(str)
     what = text.groupby(rows["opportunity_id"]).agg("; ".join)
     chk = rows.groupby("opportunity_id")["check"].agg(list)

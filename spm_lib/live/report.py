@@ -18,8 +18,7 @@ from spm_lib.engine.cube import Cube
 from spm_lib.errors import OrgError, RunError, SpmError
 from spm_lib.live import request as live
 from spm_lib.live import widgets
-from spm_lib.report import charts
-from spm_lib.report import markup as html
+from spm_lib.report import charts, markup
 from spm_lib.report.core import Html, Report, esc, latest_run, load_cube, owner_kpis, project_root, scope_positions
 from spm_lib.state import revocations
 from spm_lib.store.runfolder import has_cube
@@ -55,7 +54,7 @@ class Refusal:
 
     def header(self) -> Html:
         """The refusal notice (the only thing the page shows)."""
-        return Html(html.banner("error", live.REFUSAL_TITLE, f"<p>{esc(self.reason)}.</p><p>Ask the person who "
+        return Html(markup.banner("error", live.REFUSAL_TITLE, f"<p>{esc(self.reason)}.</p><p>Ask the person who "
                                 "sent you the link for a new one.</p>"))
 
     def __getattr__(self, name: str) -> object:

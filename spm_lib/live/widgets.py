@@ -21,9 +21,9 @@ from spm_lib.config import cached_config
 from spm_lib.domain.periods import CadenceWindows, FiscalCalendar
 from spm_lib.engine.decomposition import KPI_INPUTS, MONTHS_PER_YEAR, what_if
 from spm_lib.errors import KpiError, OrgError, SpmError, did_you_mean
-from spm_lib.report import markup as html
+from spm_lib.report import markup
 from spm_lib.report.actions_view import actions_html
-from spm_lib.report.core import TRUST_BADGE, Html, Report, esc
+from spm_lib.report.core import Html, Report, esc
 from spm_lib.state import actions
 
 ROW_LIMIT = 100  # rows of a deals table shown at once (the count and total cover every deal)
@@ -50,10 +50,10 @@ class Live(Html):
 def _message(kind: str, text: str) -> str:
     """A one-line message in a panel: error (boxed in red), success (a green mark) or info (muted)."""
     if kind == "error":
-        return html.Html(f'<p class="spm-error" role="alert">{esc(text)}</p>')
+        return markup.Html(f'<p class="spm-error" role="alert">{esc(text)}</p>')
     if kind == "success":
-        return html.Html(f'<p>{html.badge("green", "saved")} {esc(text)}</p>')
-    return html.Html(f'<p class="spm-muted">{esc(text)}</p>')
+        return markup.Html(f'<p>{markup.badge("green", "saved")} {esc(text)}</p>')
+    return markup.Html(f'<p class="spm-muted">{esc(text)}</p>')
 
 
 def _windows(rpt: Report) -> CadenceWindows:
@@ -88,23 +88,23 @@ def drill_html(rpt: Report, target_id: str) -> str:
         return _message("error", REFUSED)
     sub = Report(rpt.cube, str(target_id), rpt.run_dir, viewer_id=rpt.viewer_id)
     words = "".join(f"<li>{esc(s)}</li>" for s in sub.findings()) or "<li>No finding stands out.</li>"
-    return html.Html(f"<h4>{esc(sub.name)}: the KPIs of a {esc(sub.level)} {esc(sub.cadence)} session</h4>"
-                     f"{sub._kpi_table(sub.kpi_rows(sub.above_the_line_ids()))}"
+    return markup.Html(f"<h4>{esc(sub.name)}: the KPIs of a {esc(sub.level)} {esc(sub.cadence)} session</h4>"
+                     f"{sub.kpi_table(sub.kpi_rows(sub.above_the_line_ids()))}"
                      f'<ul class="spm-findings">{words}</ul>{trust_findings_html(sub)}')
 
 
 def trust_findings_html(sub: Report, limit: int = 10) -> str:
     """The checks that warn or fail in an owner's scope and the largest deals to fix (all pass: says so)."""
     t = sub.cube.trust[(sub.cube.trust["owner_id"] == sub.owner_id) & sub.cube.trust["status"].isin(["warn", "fail"])]
-    head = f"<h4>Trust: {html.badge(TRUST_BADGE[sub.trust_status()], sub.trust_status())}</h4>"
+    head = f"<h4>Trust: {markup.badge(markup.TRUST_BADGE[sub.trust_status()], sub.trust_status())}</h4>"
     if t.empty:
-        return html.Html(head + _message("success", "Every trust check passes."))
-    checks = html.table_html(t, {"label": "Check", "status": "Status", "count": "Deals", "amount": "Value of deals"},
-                             {"status": lambda s: html.badge(TRUST_BADGE.get(str(s), "none"), str(s)),
-                              "count": lambda v: html.fmt_value(v, "count"),
-                              "amount": lambda v: html.fmt_value(v, "currency", sub.currency)})
+        return markup.Html(head + _message("success", "Every trust check passes."))
+    checks = markup.table_html(t, {"label": "Check", "status": "Status", "count": "Deals", "amount": "Value of deals"},
+                             {"status": lambda s: markup.badge(markup.TRUST_BADGE.get(str(s), "none"), str(s)),
+                              "count": lambda v: markup.fmt_value(v, "count"),
+                              "amount": lambda v: markup.fmt_value(v, "currency", sub.currency)})
     off = sub.offenders(limit)
-    return html.Html(f"{head}{checks}<h4>Largest deals to fix</h4>{sub._offender_table(off)}")
+    return markup.Html(f"{head}{checks}<h4>Largest deals to fix</h4>{sub.offender_table(off)}")
 
 
 class DrillDown(w.VBox):
@@ -202,7 +202,7 @@ def deals_html(rpt: Report, deals: pd.DataFrame, sort_by: str = "amount", ascend
     df = df.sort_values([sort_by, "opportunity_id"], ascending=[ascending, True], na_position="last")
     shown = f"the first {limit} in this order" if len(df) > limit else "all shown"
     head = (f'<p><b>{len(df)}</b> deals, total '
-            f'<b>{esc(html.fmt_value(df["amount"].sum(), "currency", rpt.currency))}</b> ({shown}).</p>')
+            f'<b>{esc(markup.fmt_value(df["amount"].sum(), "currency", rpt.currency))}</b> ({shown}).</p>')
     cols = {"opportunity_id": "Id", "name": "Opportunity", "owner": "Owner", "account_id": "Account",
             "stage": "Stage", "amount": "Amount", "created_date": "Created", "close_date": "Close date"}
     cols = {c: h for c, h in cols.items() if c in df}
@@ -210,10 +210,10 @@ def deals_html(rpt: Report, deals: pd.DataFrame, sort_by: str = "amount", ascend
     def day(d: Any) -> str:
         return str(pd.Timestamp(d).date())
 
-    table = html.table_html(df.head(limit), cols, {
-        "amount": lambda v: html.fmt_value(v, "currency", rpt.currency), "created_date": day, "close_date": day},
+    table = markup.table_html(df.head(limit), cols, {
+        "amount": lambda v: markup.fmt_value(v, "currency", rpt.currency), "created_date": day, "close_date": day},
         empty_text="No deal behind this number.")
-    return html.Html(head + table)
+    return markup.Html(head + table)
 
 
 class DealsBehind(w.VBox):
@@ -308,8 +308,8 @@ def _deadline(day: Any, days_left: Any) -> str:
         return "—"
     when = pd.Timestamp(day).date()
     if days_left < 0:
-        return f"passed on {when} ({html.fmt_value(-days_left, 'days')} before the as-of day)"
-    return f"by {when} ({html.fmt_value(days_left, 'days')} left)"
+        return f"passed on {when} ({markup.fmt_value(-days_left, 'days')} before the as-of day)"
+    return f"by {when} ({markup.fmt_value(days_left, 'days')} left)"
 
 
 def what_if_html(rpt: Report, inp: dict[str, Any], **levers: float | None) -> str:
@@ -321,11 +321,11 @@ def what_if_html(rpt: Report, inp: dict[str, Any], **levers: float | None) -> st
         if node == "opp_creation_deadline":
             need = _deadline(r["deadline"], r["required"])
         else:
-            need = html.fmt_value(r["required"], str(r["unit"]), rpt.currency)
+            need = markup.fmt_value(r["required"], str(r["unit"]), rpt.currency)
         rows.append({"label": r["label"], "need": need if pd.notna(r["required"]) else esc(r["na_reason"]),
-                     "actual": html.fmt_value(r["actual"], str(r["unit"]), rpt.currency)})
-    table = html.table_html(pd.DataFrame(rows), {"label": "Driver", "need": "Needed", "actual": "Actual"},
-                            {"need": html.Html})
+                     "actual": markup.fmt_value(r["actual"], str(r["unit"]), rpt.currency)})
+    table = markup.table_html(pd.DataFrame(rows), {"label": "Driver", "need": "Needed", "actual": "Actual"},
+                            {"need": markup.Html})
     target = inp["target"]
     win, size = used.get("win_rate", inp["win_rate"]), used.get("avg_deal_size", inp["avg_deal_size"])
     expected = expected_result(inp, float(win or float("nan")), float(size or float("nan")))
@@ -336,14 +336,14 @@ def what_if_html(rpt: Report, inp: dict[str, Any], **levers: float | None) -> st
     else:
         gap = target - expected
         word = "short of" if gap > 0 else "ahead of"
-        pace = html.fmt_value(inp["opps_created_ttm"] / MONTHS_PER_YEAR, "count")
+        pace = markup.fmt_value(inp["opps_created_ttm"] / MONTHS_PER_YEAR, "count")
         verdict = (f'<p>At the current pace of {esc(pace)} opportunities created a month, '
                    f"expected result for {esc(rpt.forward)}: "
-                   f"<b>{esc(html.fmt_value(expected, 'currency', rpt.currency))}</b> against a target of "
-                   f"<b>{esc(html.fmt_value(target, 'currency', rpt.currency))}</b> "
-                   f"({esc(html.fmt_value(expected / target * 100, 'pct'))}): "
-                   f"{esc(html.fmt_value(abs(gap), 'currency', rpt.currency))} {word} target.</p>")
-    return html.Html(verdict + table)
+                   f"<b>{esc(markup.fmt_value(expected, 'currency', rpt.currency))}</b> against a target of "
+                   f"<b>{esc(markup.fmt_value(target, 'currency', rpt.currency))}</b> "
+                   f"({esc(markup.fmt_value(expected / target * 100, 'pct'))}): "
+                   f"{esc(markup.fmt_value(abs(gap), 'currency', rpt.currency))} {word} target.</p>")
+    return markup.Html(verdict + table)
 
 
 class WhatIf(w.VBox):

@@ -9,7 +9,7 @@ from markupsafe import escape
 
 from spm_lib.config import cached_config
 from spm_lib.metrics import kpis as registry
-from spm_lib.report import markup as html
+from spm_lib.report import markup
 from spm_lib.state.actions import for_report
 
 STATUS_BADGE = {"open": "none", "done": "green", "dropped": "none"}
@@ -36,17 +36,17 @@ def actions_html(rpt: Any) -> str:
     closed = df[df["status"] != "open"]
     late = int((open_["state"] == "overdue").sum())
     parts = [f"<h4>Open actions ({len(open_)}{f', {late} overdue' if late else ''})</h4>",
-             html.table_html(open_, {"text": "Action", "kpi": "KPI to move", "support_asked": "Support asked",
+             markup.table_html(open_, {"text": "Action", "kpi": "KPI to move", "support_asked": "Support asked",
                                      "due_date": "Due", "state": "Status", "period": "Agreed in"},
                              {"kpi": _kpi_label, "due_date": _day,
-                              "state": lambda s: html.badge("red" if s == "overdue" else "none", s)},
+                              "state": lambda s: markup.badge("red" if s == "overdue" else "none", s)},
                              empty_text="No open actions."),
              f"<h4>Closed since the last session (since the start of {escape(str(rpt.closed))})</h4>",
-             html.table_html(closed, {"text": "Action", "kpi": "KPI to move", "status": "Status",
+             markup.table_html(closed, {"text": "Action", "kpi": "KPI to move", "status": "Status",
                                       "closed_at": "Closed", "updated_by": "By"},
                              {"kpi": _kpi_label, "closed_at": _day,
-                              "status": lambda s: html.badge(STATUS_BADGE.get(s, "none"), s)},
+                              "status": lambda s: markup.badge(STATUS_BADGE.get(s, "none"), s)},
                              empty_text="No action closed since the last session."),
              '<p class="spm-muted">New actions are agreed in the session and recorded in the live report; '
              "the owner of the numbers owns them, with the support they ask of their leader.</p>"]
-    return html.Html("".join(parts))
+    return markup.Html("".join(parts))

@@ -19,12 +19,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from spm_lib.report.markup import currency_affixes, fmt_value, require_columns
+from spm_lib.report.markup import STATUS_COLOURS, currency_affixes, fmt_value, require_columns
 
 # Trace types the vendored bundle (spm_lib/static/plotly-finance.min.js) can draw.
 FINANCE_TRACE_TYPES = frozenset({"bar", "scatter", "pie", "funnel", "funnelarea", "histogram", "indicator",
                                  "waterfall", "candlestick", "ohlc"})
-STATUS_COLOURS = {"green": "#1a9850", "amber": "#f5a623", "red": "#d73027", "none": "#9e9e9e"}
 NEUTRAL = "#4c78a8"  # the one colour of plain quantities
 NEUTRAL_LIGHT = "#9ecae9"
 ACCENT = "#7b4fa0"  # a second series on the same chart (never a status)

@@ -21,15 +21,14 @@ import pandas as pd
 from markupsafe import Markup, escape
 
 from spm_lib.engine.cube import Cube, read_cube
-from spm_lib.engine.trust import owner_status, worst_by_owner
+from spm_lib.engine.trust import checks_with_status, owner_status, scope_offenders, worst_by_owner
 from spm_lib.errors import OrgError, RunError, did_you_mean
 from spm_lib.metrics import kpis as registry
-from spm_lib.report import charts
-from spm_lib.report import markup as html
+from spm_lib.report import charts, markup
 from spm_lib.report.actions_view import actions_html
+from spm_lib.report.markup import LEVEL_TITLES, TRUST_BADGE
 from spm_lib.util.frames import isin
 
-LEVEL_TITLES = {"rep": "Sales executive", "manager": "Manager", "director": "Director", "executive": "Executive"}
 CADENCE_FOCUS = {
     "weekly": "this week's activity and the deals to move",
     "monthly": "activity level and focus, deals to push, data to fix",
@@ -52,8 +51,6 @@ def owner_kpis(cube: Cube, owner_id: str) -> pd.DataFrame:
     return split.get(owner_id, cube.kpis.iloc[0:0])
 
 
-TRUST_BADGE = {"pass": "green", "warn": "amber", "fail": "red", "not_available": "none"}
-TRUST_BANNER = {"pass": "success", "warn": "warning", "fail": "error"}
 
 
 def esc(text: object) -> str:
@@ -72,7 +69,7 @@ def _trust_value(status: object, v: Any, na_reason: object, unit: object) -> str
 
 def _trust_badge(status: object) -> str:
     s = str(status)
-    return html.badge(TRUST_BADGE.get(s, "none"), s.replace("_", " "))
+    return markup.badge(TRUST_BADGE.get(s, "none"), s.replace("_", " "))
 
 
 @dataclass
@@ -223,7 +220,7 @@ class Report:
 
     # ---- helpers
     def _id(self, section: str) -> str:
-        return html.div_id(self.owner_id, section)
+        return markup.div_id(self.owner_id, section)
 
     def kpi(self, kpi_id: str, period: str | None = None, owner_id: str | None = None) -> pd.Series | None:
         """The KPI row (no breakdown) of this owner (or `owner_id`) for `period` (default: the closed period)."""
@@ -247,7 +244,7 @@ class Report:
     def fmt(self, kpi_id: str, value: object) -> str:
         """`value` of KPI `kpi_id` formatted for a reader, in the KPI's unit and the run's currency."""
         unit = self.kpi_meta.get(kpi_id).unit
-        return html.fmt_value(value, unit, self.currency)
+        return markup.fmt_value(value, unit, self.currency)
 
     def scope_facts(self, owner_id: str | None = None) -> pd.DataFrame:
         """The as-of deals in this owner's (or `owner_id`'s) scope."""
@@ -255,7 +252,7 @@ class Report:
 
     def _figure(self, key: str, fig: object) -> str:
         self._figures[key] = fig
-        return html.figure_html(fig, self._id(key))
+        return markup.figure_html(fig, self._id(key))
 
     def show(self, fig: object, key: str = "custom") -> Html:
         """Display an analyst's own plotly figure so that it lands in the HTML report like the built-in charts."""
@@ -291,14 +288,11 @@ class Report:
         """The worst trust status of this owner's scope: fail, warn or pass."""
         return owner_status(self.cube.trust, self.owner_id)
 
-    def offenders(self, limit: int | None = None) -> pd.DataFrame:
-        """Offending open deals in this owner's scope, one row per deal and check, largest first."""
-        in_scope = self.scope_facts()
-        rows = self.cube.trust_rows.merge(in_scope[["opportunity_id"]], on="opportunity_id")
-        t = self.cube.trust[(self.cube.trust["owner_id"] == self.owner_id) & self.cube.trust["status"].isin(
-            ["warn", "fail"])]
-        rows = rows[rows["check"].isin(set(t["check"]))]
-        rows = rows.sort_values(["amount", "opportunity_id"], ascending=[False, True], na_position="last")
+    def offenders(self, limit: int | None = None, statuses: tuple[str, ...] = ("warn", "fail")) -> pd.DataFrame:
+        """Offending open deals in this owner's scope, one row per deal and check, largest first: those of the checks
+        whose status in the scope is one of `statuses`."""
+        rows = scope_offenders(self.cube.trust_rows, self.scope_facts(),
+                               checks_with_status(self.cube.trust, self.owner_id, statuses))
         return rows if limit is None else rows.head(limit)
 
     def trust(self) -> Html:
@@ -308,36 +302,36 @@ class Report:
         parts = []
         if status == "fail":
             failing = ", ".join(t.loc[t["status"] == "fail", "label"].astype(str))
-            parts.append(html.banner("error", "Fix the data first",
+            parts.append(markup.banner("error", "Fix the data first",
                                      f"These checks fail: {esc(failing)}. Correct the deals below in the CRM "
                                      "before deciding anything else."))
         elif status == "warn":
-            parts.append(html.banner("warning", "Check the data", "Some checks warn; review the deals below."))
+            parts.append(markup.banner("warning", "Check the data", "Some checks warn; review the deals below."))
         else:
-            parts.append(html.banner("success", "The numbers can be trusted", "Every trust check passes."))
+            parts.append(markup.banner("success", "The numbers can be trusted", "Every trust check passes."))
         t["shown"] = [_trust_value(status, value, reason, unit) for status, value, reason, unit
                       in zip(t["status"], t["value"], t["na_reason"], t["unit"], strict=True)]
-        parts.append(html.table_html(
+        parts.append(markup.table_html(
             t[["label", "status", "shown", "count", "amount", "definition"]],
             {"label": "Check", "status": "Status", "shown": "Value", "count": "Deals", "amount": "Value of deals",
              "definition": "What it means"},
             {"status": _trust_badge, "shown": Markup,
-             "amount": lambda v: html.fmt_value(v, "currency", self.currency),
-             "count": lambda v: html.fmt_value(v, "count", "")}))
+             "amount": lambda v: markup.fmt_value(v, "currency", self.currency),
+             "count": lambda v: markup.fmt_value(v, "count", "")}))
         off = self.offenders()
         if not off.empty:
             if self.level == "rep" or self.reports.empty:
-                parts.append(f"<h4>Deals to fix</h4>{self._offender_table(off.head(50))}")
+                parts.append(f"<h4>Deals to fix</h4>{self.offender_table(off.head(50))}")
             else:
                 parts.append(f"<h4>By direct report</h4>{self._offenders_by_report(off)}")
-                top = self._offender_table(self._dedupe(off).head(20))
+                top = self.offender_table(self._dedupe(off).head(20))
                 parts.append(f"<h4>The {min(20, off['opportunity_id'].nunique())} largest deals to fix</h4>{top}")
         q = self.cube.quality
         if not q.empty:
             q = q[q["severity"] != "info"]
             if not q.empty:
                 parts.append("<h4>Data quality of the load</h4>")
-                parts.append(html.table_html(
+                parts.append(markup.table_html(
                     q[["table", "column", "severity", "count", "message"]],
                     {"table": "Table", "column": "Column", "severity": "Severity", "count": "Rows",
                      "message": "Problem"}, {}))
@@ -350,15 +344,16 @@ class Report:
         first["detail"] = g["detail"].agg(lambda s: "; ".join(map(str, s))).to_numpy()
         return first
 
-    def _offender_table(self, off: pd.DataFrame) -> str:
+    def offender_table(self, off: pd.DataFrame) -> str:
+        """HTML table of offending deals (`offenders` rows), one row per deal with what is wrong and its owner."""
         off = self._dedupe(off)
         names = self.cube.owners.set_index("owner_id")["name"]
         off = off.assign(owner=off["owner_id"].map(names).fillna(off["owner_id"]))
-        return html.table_html(
+        return markup.table_html(
             off[["opportunity_id", "name", "owner", "stage", "amount", "close_date", "detail"]],
             {"opportunity_id": "Id", "name": "Opportunity", "owner": "Owner", "stage": "Stage", "amount": "Amount",
              "close_date": "Close date", "detail": "What is wrong"},
-            {"amount": lambda v: html.fmt_value(v, "currency", self.currency),
+            {"amount": lambda v: markup.fmt_value(v, "currency", self.currency),
              "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())})
 
     def _offenders_by_report(self, off: pd.DataFrame) -> str:
@@ -372,8 +367,8 @@ class Report:
             d = self._dedupe(own)
             rows.append({"name": f"{self.name} (own deals)", "deals": len(d), "value": d["amount"].sum()})
         df = pd.DataFrame(rows).sort_values("value", ascending=False)
-        return html.table_html(df, {"name": "Direct report", "deals": "Deals to fix", "value": "Value"},
-                               {"value": lambda v: html.fmt_value(v, "currency", self.currency)})
+        return markup.table_html(df, {"name": "Direct report", "deals": "Deals to fix", "value": "Value"},
+                               {"value": lambda v: markup.fmt_value(v, "currency", self.currency)})
 
     # ---- 3. above the line
     def above_the_line_ids(self) -> list[str]:
@@ -401,7 +396,7 @@ class Report:
     def above_the_line(self) -> Html:
         """The few KPIs this level × cadence decides on, with target, attainment, status and trend."""
         rows = self.kpi_rows(self.above_the_line_ids())
-        table = self._kpi_table(rows)
+        table = self.kpi_table(rows)
         with_target = rows[rows["target"].notna() & rows["value"].notna()]
         chart = self._figure("attainment", charts.attainment_bullets(with_target, self.currency)) \
             if not with_target.empty else ""
@@ -409,19 +404,20 @@ class Report:
                                                    self.currency))
         return Html(f'<div class="spm-grid">{table}</div>{chart}{trend}')
 
-    def _kpi_table(self, rows: pd.DataFrame) -> str:
+    def kpi_table(self, rows: pd.DataFrame) -> str:
+        """HTML table of KPI rows (`kpi_rows`): value, target, attainment and status badge."""
         rows = rows.copy()
         rows["shown"] = [self.fmt(str(r.kpi), r.value) if not (isinstance(r.value, float) and math.isnan(r.value))
                          else esc(r.na_reason or "—") for r in rows.itertuples()]
         rows["target_s"] = [self.fmt(str(r.kpi), r.target) for r in rows.itertuples()]
-        rows["att"] = [html.fmt_value(a * 100 if pd.notna(a) else a, "pct", "") for a in rows["attainment"]]
+        rows["att"] = [markup.fmt_value(a * 100 if pd.notna(a) else a, "pct", "") for a in rows["attainment"]]
         rows["label_h"] = [f'<span title="{esc(d)}">{esc(lab)}</span>'
                            for lab, d in zip(rows["label"], rows["definition"], strict=True)]
-        return html.table_html(
+        return markup.table_html(
             rows[["label_h", "kind", "period", "shown", "target_s", "att", "status"]],
             {"label_h": "KPI", "kind": "Kind", "period": "Period", "shown": "Value", "target_s": "Target",
              "att": "Attainment", "status": "Status"},
-            {"status": lambda s: html.badge(str(s), {"none": "no target"}.get(str(s), str(s))),
+            {"status": lambda s: markup.badge(str(s), {"none": "no target"}.get(str(s), str(s))),
              "label_h": Markup, "shown": Markup}, classes="spm-kpis")
 
     def trend_rows(self, kpi_id: str) -> pd.DataFrame:
@@ -454,7 +450,7 @@ class Report:
                                                                             self.currency))
         month_fig = self._figure("pipeline-month", charts.pipeline_by_close_month(month_df[["month", "value"]],
                                                                                  self.currency))
-        table = html.table_html(rows, {"label": "Forward look", "value": "Value", "definition": "Definition"},
+        table = markup.table_html(rows, {"label": "Forward look", "value": "Value", "definition": "Definition"},
                                 {"value": Markup})
         return self._panel("forward_look", Html(f"{table}{fig}{stage_fig}{month_fig}"))
 
@@ -481,7 +477,7 @@ class Report:
             out.append(f"Coverage of the rest of {self.forward}: {cov:.1f}×.")
         if not math.isnan(gap):
             word = "short of" if gap > 0 else "ahead of"
-            out.append(f"The expected result is {html.fmt_value(abs(gap), 'currency', self.currency)} {word} "
+            out.append(f"The expected result is {markup.fmt_value(abs(gap), 'currency', self.currency)} {word} "
                        f"the {self.forward} target.")
         weak = self.weak_stage()
         if weak:
@@ -491,7 +487,7 @@ class Report:
                                                                              "opps_stale_60d")]
         if not t.empty and pd.notna(t.iloc[0]["count"]) and t.iloc[0]["count"]:  # NA: the check is not available
             out.append(f"{int(t.iloc[0]['count'])} deals worth "
-                       f"{html.fmt_value(t.iloc[0]['amount'], 'currency', self.currency)} are stale.")
+                       f"{markup.fmt_value(t.iloc[0]['amount'], 'currency', self.currency)} are stale.")
         return out
 
     def weak_stage(self) -> dict[str, object] | None:
@@ -544,9 +540,9 @@ class Report:
             if not b.empty:
                 b = b.sort_values("value", ascending=False)
                 parts.append(f"<h4>{title} ({esc(self.closed)})</h4>")
-                parts.append(html.table_html(
+                parts.append(markup.table_html(
                     b[["dim_value", "value"]], {"dim_value": dim.capitalize(), "value": "Bookings"},
-                    {"value": lambda v: html.fmt_value(v, "currency", self.currency)}))
+                    {"value": lambda v: markup.fmt_value(v, "currency", self.currency)}))
         return self._panel("where_to_focus", Html("".join(parts)))
 
     def team_rows(self, kpi_id: str = "quota_attainment") -> pd.DataFrame:
@@ -572,15 +568,15 @@ class Report:
         t["trust"] = t["owner_id"].map(trust)
         cols = {"name": "Direct report", "value": "Bookings", "attainment": "Attainment"}
         fmts: dict[str, Callable[[Any], str]] = {
-            "value": lambda v: html.fmt_value(v, "currency", self.currency),
-            "attainment": lambda a: html.fmt_value(a * 100 if pd.notna(a) else a, "pct", ""),
+            "value": lambda v: markup.fmt_value(v, "currency", self.currency),
+            "attainment": lambda a: markup.fmt_value(a * 100 if pd.notna(a) else a, "pct", ""),
             "trust": _trust_badge}
         for extra in ("win_rate", "pipeline_coverage", "activities"):
             if extra in t:
                 cols[extra] = self.kpi_meta.get(extra).label
-                fmts[extra] = partial(html.fmt_value, unit=self.kpi_meta.get(extra).unit, currency=self.currency)
+                fmts[extra] = partial(markup.fmt_value, unit=self.kpi_meta.get(extra).unit, currency=self.currency)
         cols["trust"] = "Trust"
-        return f"{fig}{html.table_html(t[list(cols)], cols, fmts)}"
+        return f"{fig}{markup.table_html(t[list(cols)], cols, fmts)}"
 
     # ---- 6. decisions and actions
     def actions(self) -> Html:
@@ -593,32 +589,32 @@ class Report:
         parts = []
         tree = self.cube.decomposition[self.cube.decomposition["owner_id"] == self.owner_id]
         if not tree.empty:
-            parts.append(html.details("Goal decomposition: what the target requires",
+            parts.append(markup.details("Goal decomposition: what the target requires",
                                       "".join([self._figure("drivers", charts.driver_tree(tree, self.currency)),
                                                self._tree_table(tree)])))
         mine = self.scope_facts()
         open_ = mine[~mine["is_closed"].fillna(False).astype(bool)].sort_values("amount", ascending=False)
-        parts.append(html.details(f"Open pipeline ({len(open_)} deals, largest 50)", self._deals(open_.head(50))))
+        parts.append(markup.details(f"Open pipeline ({len(open_)} deals, largest 50)", self._deals(open_.head(50))))
         won = mine[mine["is_won"].fillna(False).astype(bool)]
         p = self.kpi("bookings")
         if p is not None:
             won = won.sort_values("close_date", ascending=False).head(50)
-        parts.append(html.details("Latest deals won (50)", self._deals(won)))
+        parts.append(markup.details("Latest deals won (50)", self._deals(won)))
         allk = self.kpis[self.kpis["dim"].isna() & (self.kpis["period"].isin([self.closed, self.forward]))]
         allk = allk.assign(label=allk["kpi"].map(lambda i: self.kpi_meta.get(i).label))
         allk = allk.assign(shown=[self.fmt(str(r.kpi), r.value) if r.available else str(r.na_reason or "—")
                                   for r in allk.itertuples()])
-        parts.append(html.details("Every KPI of this run", html.table_html(
+        parts.append(markup.details("Every KPI of this run", markup.table_html(
             allk[["label", "period", "shown", "status"]],
             {"label": "KPI", "period": "Period", "shown": "Value", "status": "Status"}, {})))
         return self._panel("below_the_line", Html("".join(parts)))
 
     def _tree_table(self, tree: pd.DataFrame) -> str:
-        t = tree.assign(req=[html.fmt_value(v, u, self.currency) for v, u in zip(tree["required"], tree["unit"],
+        t = tree.assign(req=[markup.fmt_value(v, u, self.currency) for v, u in zip(tree["required"], tree["unit"],
                                                                                   strict=True)],
-                        act=[html.fmt_value(v, u, self.currency) for v, u in zip(tree["actual"], tree["unit"],
+                        act=[markup.fmt_value(v, u, self.currency) for v, u in zip(tree["actual"], tree["unit"],
                                                                                   strict=True)])
-        return html.table_html(t[["label", "req", "act", "formula"]],
+        return markup.table_html(t[["label", "req", "act", "formula"]],
                                {"label": "Driver", "req": "Required", "act": "Actual", "formula": "How"}, {})
 
     def _deals(self, df: pd.DataFrame) -> str:
@@ -626,8 +622,8 @@ class Report:
         df = df.assign(owner=df["owner_id"].map(names))
         cols = [c for c in ["opportunity_id", "name", "owner", "account_id", "stage", "amount", "close_date"]
                 if c in df]
-        return html.table_html(df[cols], {c: c.replace("_", " ").capitalize() for c in cols},
-                               {"amount": lambda v: html.fmt_value(v, "currency", self.currency),
+        return markup.table_html(df[cols], {c: c.replace("_", " ").capitalize() for c in cols},
+                               {"amount": lambda v: markup.fmt_value(v, "currency", self.currency),
                                 "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())})
 
     # ---- cadence-specific agenda items
@@ -643,19 +639,19 @@ class Report:
             self.cube.owners.set_index("owner_id")["name"])).sort_values("amount", ascending=False).head(limit)
         if soon.empty:
             return Html('<p class="spm-muted">No open deal closes in the rest of the period.</p>')
-        table = html.table_html(
+        table = markup.table_html(
             soon[["name", "owner", "stage", "amount", "close_date", "p"]],
             {"name": "Deal", "owner": "Owner", "stage": "Stage", "amount": "Amount", "close_date": "Close date",
              "p": "Win probability"},
-            {"amount": lambda v: html.fmt_value(v, "currency", self.currency),
+            {"amount": lambda v: markup.fmt_value(v, "currency", self.currency),
              "close_date": lambda d: str(pd.Timestamp(d).date()),
-             "p": lambda v: html.fmt_value(v * 100, "pct", "")})
+             "p": lambda v: markup.fmt_value(v * 100, "pct", "")})
         mix = self.breakdown("activities", "type")
         mix_html = ""
         if not mix.empty:
-            mix_html = "<h4>Activity mix this period</h4>" + str(html.table_html(
+            mix_html = "<h4>Activity mix this period</h4>" + str(markup.table_html(
                 mix.sort_values("value", ascending=False)[["dim_value", "value"]],
-                {"dim_value": "Type", "value": "Activities"}, {"value": lambda v: html.fmt_value(v, "count", "")}))
+                {"dim_value": "Type", "value": "Activities"}, {"value": lambda v: markup.fmt_value(v, "count", "")}))
         return Html(f"<p>The largest open deals that can still close in {esc(self.forward)}: "
                     f"where a push this {self.cadence[:-2] if self.cadence.endswith('ly') else 'period'} "
                     f"moves the result.</p>{table}{mix_html}")
@@ -677,12 +673,13 @@ class Report:
             df["shift"] = df["share"] - df["share_ttm"]
             df = df.sort_values("shift")
             parts.append(f"<h4>{title}: share of bookings, this period against the trailing year</h4>")
-            parts.append(str(html.table_html(
+            parts.append(str(markup.table_html(
                 df[["dim_value", "value", "share", "share_ttm", "shift"]],
                 {"dim_value": title, "value": "Bookings", "share": "Share now", "share_ttm": "Share TTM",
                  "shift": "Shift (points)"},
-                {"value": lambda v: html.fmt_value(v, "currency", self.currency),
-                 "share": lambda v: html.fmt_value(v, "pct", ""), "share_ttm": lambda v: html.fmt_value(v, "pct", ""),
+                {"value": lambda v: markup.fmt_value(v, "currency", self.currency),
+                 "share": lambda v: markup.fmt_value(v, "pct", ""),
+                 "share_ttm": lambda v: markup.fmt_value(v, "pct", ""),
                  "shift": lambda v: f"{v:+.1f}"})))
         if not self.reports.empty:
             cov = self.team_rows("pipeline_coverage")
@@ -695,11 +692,11 @@ class Report:
                            "protect: behind, pipeline there" if a < 90 else "on track")
                           if pd.notna(a) else "no target" for a, c in zip(df["value_att"], df["value_cov"])]
             parts.append("<h4>Resources: attainment against coverage of the rest of the period</h4>")
-            parts.append(str(html.table_html(
+            parts.append(str(markup.table_html(
                 df[["name", "value_att", "value_cov", "need"]],
                 {"name": "Direct report", "value_att": "Attainment", "value_cov": "Coverage", "need": "Reading"},
-                {"value_att": lambda v: html.fmt_value(v, "pct", ""),
-                 "value_cov": lambda v: html.fmt_value(v, "ratio", "")})))
+                {"value_att": lambda v: markup.fmt_value(v, "pct", ""),
+                 "value_cov": lambda v: markup.fmt_value(v, "ratio", "")})))
         return Html("".join(parts) or '<p class="spm-muted">No breakdown available for this period.</p>')
 
     def targets_and_structure(self) -> Html:
@@ -720,15 +717,15 @@ class Report:
                          "per_rep": (bk["value"] / heads) if bk is not None and heads else float("nan")})
         df = pd.DataFrame(rows)
         parts.append(f"<h4>The year {esc(self.closed)} by team: productivity per sales executive</h4>")
-        parts.append(str(html.table_html(
+        parts.append(str(markup.table_html(
             df, {"name": "Team", "reps": "Sales executives", "bookings": "Bookings", "attainment": "Attainment",
                  "per_rep": "Bookings per executive"},
-            {"bookings": lambda v: html.fmt_value(v, "currency", self.currency),
-             "attainment": lambda v: html.fmt_value(v, "pct", ""),
-             "per_rep": lambda v: html.fmt_value(v, "currency", self.currency)})))
+            {"bookings": lambda v: markup.fmt_value(v, "currency", self.currency),
+             "attainment": lambda v: markup.fmt_value(v, "pct", ""),
+             "per_rep": lambda v: markup.fmt_value(v, "currency", self.currency)})))
         cos = self.kpi("cost_of_sales_pct")
         if cos is not None and pd.notna(cos["value"]):
-            parts.append(f"<p>Cost of sales: {esc(html.fmt_value(cos['value'], 'pct', ''))} of bookings "
+            parts.append(f"<p>Cost of sales: {esc(markup.fmt_value(cos['value'], 'pct', ''))} of bookings "
                          f"({esc(ytd)} budget discussion).</p>")
         return Html("".join(parts))
 

@@ -26,6 +26,11 @@ PLOTLY_CONFIG: dict[str, Any] = {"displaylogo": False, "responsive": True, "show
                                  "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
 UNITS = ("currency", "count", "pct", "days", "ratio")
 STATUSES = ("green", "amber", "red", "none")
+# the one home of what a status looks like and says, for the report, its charts, the email and the live panels
+STATUS_COLOURS = {"green": "#1a9850", "amber": "#f5a623", "red": "#d73027", "none": "#9e9e9e"}
+STATUS_WORDS = {"green": "on track", "amber": "at risk", "red": "behind", "none": "no target"}
+TRUST_BADGE = {"pass": "green", "warn": "amber", "fail": "red", "not_available": "none"}  # trust status -> badge
+LEVEL_TITLES = {"rep": "Sales executive", "manager": "Manager", "director": "Director", "executive": "Executive"}
 BANNER_KINDS = ("info", "success", "warning", "error")
 MISSING = "—"
 SHORT_CELL = 12  # a column whose cells are all this short (as HTML) is kept on one line
