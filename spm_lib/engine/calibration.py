@@ -23,6 +23,7 @@ import pandas as pd
 
 from spm_lib.config import StagesConfig
 from spm_lib.data.asof import snapshot
+from spm_lib.data.replay import Replay
 from spm_lib.domain.contract import Dataset
 from spm_lib.engine.context import CubeContext
 
@@ -70,6 +71,8 @@ class DealHistory:
         self._touch_days: tuple[np.ndarray, np.ndarray] | None = None  # built on first use (_touch)
         self._snapshots: dict[date, pd.DataFrame] = {}
         self._samples: dict[int, DealHistory] = {}
+        self._replay: Replay | None = None  # the history sorted once for every day's snapshot
+        self._owners: tuple[np.ndarray, np.ndarray] | None = None  # owner and creation of each deal (arrays)
         self._features: dict[tuple[date, date, tuple[str, ...]], pd.DataFrame] = {}
         closed = opportunities["is_closed"].astype("boolean").fillna(False).astype(bool) \
             if "is_closed" in opportunities else pd.Series(False, index=opportunities.index)
@@ -100,6 +103,20 @@ class DealHistory:
             assert opps is not None
             self._samples[n] = DealHistory(opps, rows(self.history), rows(self.activities), self.stages)
         return self._samples[n]
+
+    def active_sellers(self, day: date) -> np.ndarray:
+        """The owners with a deal created in the ACTIVE_DAYS up to the end of `day` (without created_date: every
+        owner of a deal)."""
+        if self._owners is None:
+            o = self.opportunities
+            self._owners = (o["owner_id"].astype(str).to_numpy(), pd.to_datetime(o["created_date"]).to_numpy(
+                dtype="datetime64[ns]") if "created_date" in o else np.full(len(o), np.datetime64("NaT", "ns")))
+        owner, created = self._owners
+        end = np.datetime64(day + timedelta(days=1))
+        recent = (created > end - np.timedelta64(ACTIVE_DAYS + 1, "D")) & (created < end)
+        if "created_date" not in self.opportunities:
+            recent = np.ones(len(owner), dtype=bool)
+        return pd.unique(owner[recent])
 
     def use_snapshot(self, day: date, snap: pd.DataFrame) -> None:
         """Take `snap` (asof.snapshot of these deals at `day`, e.g. the cube's) as the snapshot of `day`; its
@@ -158,9 +175,16 @@ class DealHistory:
         return self._features[key]
 
     def snapshot(self, day: date) -> pd.DataFrame:
-        """The deals as they stood at the end of `day`, with `last_touch` (day of the last activity or change)."""
+        """The deals as they stood at the end of `day` (replay.COLUMNS with history, asof.snapshot's without),
+        with `last_touch` (the day of the last activity or change)."""
         if day not in self._snapshots:
-            self._snapshots[day] = self._with_touch(snapshot(self.opportunities, self.history, day, self.stages), day)
+            if self.history is None:
+                snap = snapshot(self.opportunities, None, day, self.stages)
+            else:
+                if self._replay is None:
+                    self._replay = Replay(self.opportunities, self.history, self.stages)
+                snap = self._replay.snapshot(day)
+            self._snapshots[day] = self._with_touch(snap, day)
         return self._snapshots[day]
 
     def _with_touch(self, snap: pd.DataFrame, day: date) -> pd.DataFrame:
@@ -360,17 +384,6 @@ class Outcomes:
                              "booked": values.to_numpy(dtype="float64")})
 
 
-def active_sellers(opportunities: pd.DataFrame, day: date) -> np.ndarray:
-    """The owners with a deal created in the ACTIVE_DAYS up to the end of `day` (without created_date: every
-    owner of a deal)."""
-    if "created_date" not in opportunities:
-        return opportunities["owner_id"].astype(str).unique()
-    created = pd.to_datetime(opportunities["created_date"])
-    t = pd.Timestamp(day)
-    recent = (created > t - pd.Timedelta(days=ACTIVE_DAYS)) & (created < t + pd.Timedelta(days=1))
-    return opportunities.loc[recent.to_numpy(dtype=bool), "owner_id"].astype(str).unique()
-
-
 def calibrate(deals: DealHistory, calendar: Any, grain: str, cutoff: date, stage_probabilities: dict[str, float],
               settings: Settings = DEFAULTS) -> Calibration:
     """Learn the win model and the new-deal model from the data known at the end of `cutoff`, for periods of
@@ -393,7 +406,7 @@ def calibrate(deals: DealHistory, calendar: Any, grain: str, cutoff: date, stage
         feats = learn.features(day, end, use)
         won, booked = known.won_in(feats["opportunity_id"], day, end)
         rows.append(feats.assign(won=won, booked=booked, point=i))
-        new_rows.append(known.new_deal_rows(active_sellers(deals.opportunities, day), day, end).assign(point=i))
+        new_rows.append(known.new_deal_rows(deals.active_sellers(day), day, end).assign(point=i))
     train = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     n_won = int(train["won"].sum()) if len(train) else 0
     if n_periods < settings.min_periods or n_won < settings.min_won:
@@ -489,7 +502,7 @@ def scope_forecast(cal: Calibration, deals: DealHistory, day: date, period_start
         dtype="float64")
     sellers = pd.Index(by_owner.index.union(to_date.index).astype(str))
     if cal.new is not None:
-        sellers = sellers.union(pd.Index(active_sellers(deals.opportunities, day)))
+        sellers = sellers.union(pd.Index(deals.active_sellers(day)))
         new = cal.new.expected(pd.Series(sellers, index=sellers), (end - day).days)
         new_var = new * cal.new.size_ratio
     else:
