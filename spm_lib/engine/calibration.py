@@ -49,7 +49,7 @@ class Settings:
     min_won: int = 30          # won outcomes among the training deals needed
     step_days: int = 30        # a training point every this many days inside each past period
     features: tuple[str, ...] = FEATURES  # the hierarchy, in order (those the data cannot feed are left out)
-    sample: int | None = 8000  # win rates are learnt on at most this many deals (a fixed sample by id hash)
+    sample: int | None = 8000  # win rates are learnt on at most this many deals (every k-th deal)
 
 
 DEFAULTS = Settings()
@@ -88,13 +88,12 @@ class DealHistory:
                    data.tables.get("activities"), stages)
 
     def sample(self, n: int | None) -> DealHistory:
-        """The history of at most `n` deals, the same ones on every call (smallest hash of their id); all deals
-        when `n` is None or there are no more than `n`."""
+        """The history of at most `n` deals, the same ones on every call (every k-th deal in the table's order:
+        spread over time and owners alike); all deals when `n` is None or there are no more than `n`."""
         if n is None or len(self.ids) <= n:
             return self
         if n not in self._samples:
-            digest = pd.util.hash_array(self.ids.to_numpy(dtype=object))
-            keep = self.ids[np.argsort(digest, kind="stable")[:n]]
+            keep = self.ids[::-(-len(self.ids) // n)]
 
             def rows(df: pd.DataFrame | None) -> pd.DataFrame | None:
                 return None if df is None else df[df["opportunity_id"].astype("string").isin(keep).to_numpy()]
