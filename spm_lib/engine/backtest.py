@@ -36,6 +36,7 @@ from spm_lib.engine.calibration import (
     Settings,
     booked_between,
     calibrate,
+    first_whole_period,
     per_scope,
     scope_forecast,
 )
@@ -67,9 +68,7 @@ def point_days(period: Any) -> dict[str, date]:
 def periods_between(calendar: FiscalCalendar, grain: str, first: date, last: date) -> list[Any]:
     """The `grain` periods starting on or after `first` and ending on or before `last`."""
     out = []
-    p = calendar.period(grain, first)
-    if p.start < first:
-        p = calendar.shift(p, 1)
+    p = first_whole_period(calendar, grain, first)
     while p.end <= last:
         out.append(p)
         p = calendar.shift(p, 1)
@@ -125,10 +124,7 @@ def run_backtest(cfg: Config, data: Dataset, cadence: str, start: date | None = 
 
 def _first_calibrated(calendar: FiscalCalendar, grain: str, first_close: date, settings: Settings) -> date:
     """The start of the first period whose start point has `settings.min_periods` whole periods of history."""
-    first = calendar.period(grain, first_close)
-    if first.start < first_close:
-        first = calendar.shift(first, 1)
-    return calendar.shift(first, settings.min_periods).start
+    return calendar.shift(first_whole_period(calendar, grain, first_close), settings.min_periods).start
 
 
 def _stage_only(cal: Calibration) -> Calibration:

@@ -328,13 +328,17 @@ class Calibration:
     model_error: float = 0.0  # relative spread of the company's remaining bookings around the model's, in training
 
 
+def first_whole_period(calendar: Any, grain: str, first: date) -> Any:
+    """The first `grain` period that starts on or after day `first`."""
+    period = calendar.period(grain, first)
+    return calendar.shift(period, 1) if period.start < first else period
+
+
 def training_points(calendar: Any, grain: str, first: date, cutoff: date, step_days: int) -> list[tuple[date, date]]:
     """(t', period end) pairs: the day before each `grain` period that starts on or after `first` and ends by
     `cutoff`, then every `step_days` inside it."""
     out: list[tuple[date, date]] = []
-    period = calendar.period(grain, first)
-    if period.start < first:
-        period = calendar.shift(period, 1)
+    period = first_whole_period(calendar, grain, first)
     while period.end <= cutoff:
         day = period.start - timedelta(days=1)
         while day < period.end:
