@@ -111,3 +111,25 @@ def test_track_record_of_the_periods_ended(tmp_path: Path) -> None:
     assert record.loc["M", "bias"] == pytest.approx(100 * error / 100)
     assert track_record(tmp_path, cal, "month", date(2026, 2, 27))[0].empty  # February had not ended yet
     assert track_record(tmp_path / "elsewhere", cal, "month", date(2026, 3, 31))[0].empty  # no backtest
+
+
+def test_forecast_meta_names_method_and_track_record(tmp_path: Path) -> None:
+    from spm_lib.domain.periods import FiscalCalendar
+    from spm_lib.engine.backtest import backtest_folder, forecast_meta, write_backtest
+    from spm_lib.engine.calibration import STAGE, Calibration
+
+    cal = FiscalCalendar(start_month=1)
+    stage = Calibration(method=STAGE, reason="no opportunity history: stage probabilities only", grain="month",
+                        cutoff=date(2026, 3, 31), periods=0, won=0)
+    assert forecast_meta(stage, tmp_path, cal, date(2026, 3, 31)) == {
+        "method": STAGE, "reason": "no opportunity history: stage probabilities only", "grain": "month",
+        "backtest": None, "track_record": {}}
+    opps, hist = opportunities_and_history()
+    data = Dataset(tables={"owners": owners(), "opportunities": opps, "opportunity_history": hist})
+    config = Config(root=tmp_path, source=SourceConfig(kind="duckdb", path="unused.duckdb", tables={}))
+    write_backtest(run_backtest(config, data, "monthly", date(2026, 2, 1), date(2026, 2, 28), ONLY_STAGE),
+                   backtest_folder(tmp_path, "monthly"), {})
+    meta = forecast_meta(stage, tmp_path, cal, date(2026, 3, 31))
+    assert meta["backtest"] == "runs/backtest/monthly"
+    error = round(100 * 1000 * (2 / 3) * 430 / 400 / 100, 2)
+    assert meta["track_record"]["E"] == {"periods": 1, "mdape": error, "bias": error, "in_range_pct": 0.0}

@@ -199,6 +199,24 @@ def track_record(root: Path, calendar: FiscalCalendar, grain: str, as_of: date) 
     return owner_track_record(rows[rows["period"].map(ends) <= as_of]), folder
 
 
+def forecast_meta(cal: Calibration, root: Path, calendar: FiscalCalendar, as_of: date) -> dict[str, Any]:
+    """What a report says about its forecast: the method and why, the backtest it reads (None without one), and
+    per owner the track record there (periods, mdape, bias, in_range_pct: % figures of the mid-period forecast)."""
+    record, folder = track_record(root, calendar, cal.grain, as_of)
+    periods = record["periods"].astype("int64")
+    per_owner = {str(o): {"periods": int(periods[o]), "mdape": _number(record.at[o, "mdape"]),
+                          "bias": _number(record.at[o, "bias"]), "in_range_pct": _number(record.at[o, "in_range_pct"])}
+                 for o in record.index}
+    return {"method": cal.method, "reason": cal.reason, "grain": cal.grain,
+            "backtest": f"runs/backtest/{BACKTEST_CADENCE[cal.grain]}" if per_owner else None,
+            "track_record": per_owner}
+
+
+def _number(value: Any) -> float | None:
+    """A float for JSON (None for NaN)."""
+    return None if pd.isna(value) else round(float(value), 2)
+
+
 def format_summary(bt: Backtest) -> str:
     """The per-level table `spm backtest` prints."""
     head = (f"{'point':<7}{'level':<10}{'n':>4}  {'forecast MdAPE':>14}{'bias':>8}  {'stage MdAPE':>11}{'bias':>8}"
