@@ -123,7 +123,7 @@ def test_forecast_meta_names_method_and_track_record(tmp_path: Path) -> None:
                         cutoff=date(2026, 3, 31), periods=0, won=0)
     assert forecast_meta(stage, tmp_path, cal, date(2026, 3, 31)) == {
         "method": STAGE, "reason": "no opportunity history: stage probabilities only", "grain": "month",
-        "backtest": None, "track_record": {}}
+        "cadence": "monthly", "backtest": None, "track_record": {}}
     opps, hist = opportunities_and_history()
     data = Dataset(tables={"owners": owners(), "opportunities": opps, "opportunity_history": hist})
     config = Config(root=tmp_path, source=SourceConfig(kind="duckdb", path="unused.duckdb", tables={}))

@@ -200,14 +200,15 @@ def track_record(root: Path, calendar: FiscalCalendar, grain: str, as_of: date) 
 
 
 def forecast_meta(cal: Calibration, root: Path, calendar: FiscalCalendar, as_of: date) -> dict[str, Any]:
-    """What a report says about its forecast: the method and why, the backtest it reads (None without one), and
+    """What a report says about its forecast: the method and why, the grain of its period and the cadence whose
+    backtest replays that grain, the backtest it reads (None without one), and
     per owner the track record there (periods, mdape, bias, in_range_pct: % figures of the mid-period forecast)."""
     record, folder = track_record(root, calendar, cal.grain, as_of)
     periods = record["periods"].astype("int64")
     per_owner = {str(o): {"periods": int(periods[o]), "mdape": _number(record.at[o, "mdape"]),
                           "bias": _number(record.at[o, "bias"]), "in_range_pct": _number(record.at[o, "in_range_pct"])}
                  for o in record.index}
-    return {"method": cal.method, "reason": cal.reason, "grain": cal.grain,
+    return {"method": cal.method, "reason": cal.reason, "grain": cal.grain, "cadence": BACKTEST_CADENCE[cal.grain],
             "backtest": f"runs/backtest/{BACKTEST_CADENCE[cal.grain]}" if per_owner else None,
             "track_record": per_owner}
 
