@@ -302,6 +302,29 @@ def send_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None,
         sys.exit(1)
 
 
+@cli.command("alerts")
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Evaluate the alerts on the data as of this day (default: yesterday).")
+@CADENCE
+@click.option("--dry-run", is_flag=True, help="Write runs/<cadence>/<as_of>/alerts/*.eml instead of mailing; the "
+                                              "alert ledger is left as it was.")
+@click.pass_context
+def alerts_cmd(ctx: click.Context, as_of: object, cadence: str, dry_run: bool) -> None:
+    """Evaluate config/alerts.yml and mail each new alert once (and each cleared one once) to its owner."""
+    from datetime import timedelta
+
+    from spm_lib.deliver.alerts import run_alerts
+
+    cfg = _config(ctx.obj["project"])
+    day = as_of.date() if as_of is not None else date.today() - timedelta(days=1)  # type: ignore[attr-defined]
+    summary = run_alerts(cfg, cadence, day, dry_run=dry_run)
+    click.echo(summary.text())
+    if dry_run and summary.written:
+        click.echo(f"Emails written to {Path(summary.written[0]).parent}")
+    if not summary.ok:
+        sys.exit(1)
+
+
 @cli.command("link")
 @click.option("--owner", default=None, help="Owner id whose live report the link opens.")
 @CADENCE

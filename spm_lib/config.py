@@ -402,6 +402,8 @@ class ScheduleJob(Strict):
     cron: dict[str, str | int] | None = None  # APScheduler CronTrigger fields (day_of_week 0 = Monday!)
     send: bool = True
     misfire_grace_s: int = Field(6 * 3600, ge=0)
+    # report: render (and send) the period just closed; alerts: `spm alerts` as of the day before the firing
+    kind: Literal["report", "alerts"] = "report"
 
 
 class ScheduleConfig(Strict):
@@ -409,6 +411,74 @@ class ScheduleConfig(Strict):
 
     jobs: dict[str, ScheduleJob] = Field(default_factory=dict)
     holidays: list[date] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- alerts.yml
+ALERT_TYPES = ("kpi", "trust", "forecast_gap", "deal")
+_ALERT_KEYS = {  # the condition keys each rule type takes (the others are refused, naming the key)
+    "kpi": {"kpi", "period", "below", "above", "days_left_below"},
+    "trust": {"check", "status"},
+    "forecast_gap": {"gap_share_above", "gap_above", "days_left_below"},
+    "deal": {"amount_above", "pushes_at_least"},
+}
+
+
+class AlertRule(Strict):
+    """One rule of config/alerts.yml: what it watches (`type` and its condition), for which levels, who is mailed."""
+
+    type: Literal["kpi", "trust", "forecast_gap", "deal"]
+    description: str = ""
+    levels: list[str] | None = None  # None: every level
+    copy_leader: bool = False  # Cc the owner's manager
+    # kpi: a KPI of the forward (or closed) period below / above a threshold
+    kpi: str | None = None
+    period: Literal["forward", "closed"] = "forward"
+    below: float | None = None
+    above: float | None = None
+    days_left_below: int | None = Field(None, ge=1)  # kpi, forecast_gap: only with fewer days left in Q
+    # trust: a trust check of the owner's scope at this status or worse
+    check: str | None = None  # a check id, or "any"
+    status: Literal["fail", "warn"] = "fail"
+    # forecast_gap: target(Q) - forecast_expected above a share of the target and/or an amount
+    gap_share_above: float | None = Field(None, ge=0)
+    gap_above: float | None = None
+    # deal: an open deal of the owner's scope over an amount, pushed (close date moved later) N times or more
+    amount_above: float | None = Field(None, ge=0)
+    pushes_at_least: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _condition(self) -> AlertRule:
+        given = {k for k in self.model_fields_set if k in set().union(*_ALERT_KEYS.values())}
+        for key in sorted(given - _ALERT_KEYS[self.type]):
+            kinds = [t for t, keys in _ALERT_KEYS.items() if key in keys]
+            raise ValueError(f"`{key}` is a condition of type {' or '.join(map(repr, kinds))} rules, not of "
+                             f"type {self.type!r}; this type takes: {', '.join(sorted(_ALERT_KEYS[self.type]))}")
+        need = {"kpi": (["kpi"], ["below", "above"]), "trust": (["check"], []),
+                "forecast_gap": ([], ["gap_share_above", "gap_above"]),
+                "deal": ([], ["amount_above", "pushes_at_least"])}
+        required, one_of = need[self.type]
+        for key in required:
+            if getattr(self, key) is None:
+                raise ValueError(f"a type {self.type!r} rule needs `{key}`")
+        if one_of and all(getattr(self, k) is None for k in one_of):
+            raise ValueError(f"a type {self.type!r} rule needs {' or '.join(f'`{k}`' for k in one_of)}")
+        if self.type == "kpi" and self.below is not None and self.above is not None:
+            raise ValueError("give `below` or `above`, not both (declare two rules for a band)")
+        return self
+
+
+class AlertsConfig(Strict):
+    """The rules `spm alerts` evaluates between sessions, by rule id."""
+
+    rules: dict[str, AlertRule] = Field(default_factory=dict)
+
+    @field_validator("rules")
+    @classmethod
+    def _ids(cls, rules: dict[str, AlertRule]) -> dict[str, AlertRule]:
+        for rule_id in rules:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", rule_id):
+                raise ValueError(f"rule id {rule_id!r}: use 1 to 60 letters, digits, '_', '-' or '.'")
+        return rules
 
 
 # ---------------------------------------------------------------- runs.yml
@@ -431,6 +501,7 @@ SECTIONS: dict[str, type[Strict]] = {
     "delivery": DeliveryConfig,
     "schedule": ScheduleConfig,
     "runs": RunsConfig,
+    "alerts": AlertsConfig,
 }
 
 
@@ -451,6 +522,7 @@ class Config(BaseModel):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     runs: RunsConfig = Field(default_factory=RunsConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     def path(self, relative: str | Path) -> Path:
         """Resolve a path from config against the project root."""
@@ -555,6 +627,12 @@ def _cross_check(cfg: Config) -> None:
             if cadence not in CADENCES:
                 raise ConfigError(f"config/kpis.yml: key `above_the_line.{level}.{cadence}`: unknown cadence"
                                   f"{did_you_mean(cadence, CADENCES)}; allowed: {', '.join(CADENCES)}")
+    for rule_id, rule in cfg.alerts.rules.items():
+        for level in rule.levels or []:
+            if level not in cfg.company.levels:
+                raise ConfigError(f"config/alerts.yml: key `rules.{rule_id}.levels`: unknown level {level!r}"
+                                  f"{did_you_mean(level, cfg.company.levels)}; allowed: "
+                                  f"{', '.join(cfg.company.levels)}")
 
 
 _CACHED: dict[Path, tuple[tuple[float, ...], Config]] = {}

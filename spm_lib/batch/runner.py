@@ -89,6 +89,8 @@ def plan(cfg: Config, run_dir: Path, cadence: str, *, level: str | None = None,
         stem = run_dir / lvl / safe_name(str(r.owner_id))
         jobs.append(Job(owner_id=str(r.owner_id), name=str(r.name), level=lvl,
                         template=str(template_path(cfg, lvl, cadence)),
+    if owner is None and level is None:
+        owners = owners[owners["level"].astype(str).map(lambda lvl: _has_session(cfg, lvl, cadence))]
                         ipynb=str(stem.with_suffix(".ipynb")), html=str(stem.with_suffix(".html"))))
     return jobs
 
@@ -99,6 +101,13 @@ _WARM: Any = None
 
 def _worker_init(project: str) -> None:
     """Start this worker's warm kernel (in templates/, with the project set)."""
+def _has_session(cfg: Config, level: str, cadence: str) -> bool:
+    """False when the level has templates, but none for this cadence (weekly is a rep's session: a manager is not
+    rendered, not failed); a level without any template stays in, to fail with the missing template named."""
+    stems = {p.stem for p in templates_dir(cfg.root).glob("*.ipynb")}
+    return f"{level}_{cadence}" in stems or not any(s.startswith(f"{level}_") for s in stems)
+
+
     global _WARM
     from spm_lib.batch.warm import WarmKernel
 

@@ -25,6 +25,7 @@ from spm_lib.util.frames import isin
 
 ScopeKind = Literal["own", "team", "unit", "org"]
 SCOPE_KIND: dict[str, ScopeKind] = {"rep": "own", "manager": "team", "director": "unit", "executive": "org"}
+LEVEL_OF_SCOPE: dict[ScopeKind, str] = {kind: level for level, kind in SCOPE_KIND.items()}
 ANCESTOR_COLUMNS = ["owner_id", "scope_id", "distance", "valid_from", "valid_to"]
 _LOW, _HIGH = pd.Timestamp.min.ceil("D"), pd.Timestamp.max.floor("D")  # stand-ins for open-ended validity
 
@@ -264,6 +265,10 @@ class Org:
         key = self.check_owner(owner_id)
         a = self._current_ancestors
         return [str(s) for s in a[a["owner_id"] == key].sort_values("distance")["scope_id"]]
+
+    def level_or_tree(self, owner_id: str) -> str:
+        """The owner's level, or when not given the one its place in the tree stands for (see `scope_kind`)."""
+        return self.level_of(owner_id) or LEVEL_OF_SCOPE[self.scope_kind(owner_id)]
 
     def level_of(self, owner_id: str) -> str | None:
         """The owner's level (rep/manager/director/executive or the company's own names); None when not given."""

@@ -147,6 +147,11 @@ def build_context(cfg: Config, data: Dataset, cadence: str, as_of: date) -> Cube
     calendar = FiscalCalendar.from_config(cfg)
     windows = calendar.windows(cadence, as_of)
     owners = data.table("owners").drop_duplicates("owner_id", keep="last").reset_index(drop=True)
+    # every contract column (a source without `email` still has the column, empty); a level not given is read
+    # from the tree (the template of an owner without reports is the rep's), see Org.scope_kind
+    owners = all_columns("owners", data.table("owners").drop_duplicates("owner_id", keep="last").reset_index(drop=True))
+    owners["level"] = owners["level"].fillna(owners["owner_id"].map(org.level_or_tree))
+    owners["name"] = owners["name"].fillna(owners["owner_id"])  # shown by id when the source has no name
     org = Org.from_owners(data.table("owners"))
     history = data.tables.get("opportunity_history")
     notes: list[str] = []
@@ -195,7 +200,7 @@ def _enrich_snapshot(snap: pd.DataFrame, data: Dataset, accounts: AccountCodes) 
         snap["segment"] = pd.Series(seg.array.take(per_deal, allow_fill=True), index=snap.index).astype("string")
     else:
         snap["segment"] = pd.Series(pd.NA, index=snap.index, dtype="string")
-    if (codes >= 0).any():
+    if (codes >= 0).any() and "created_date" in snap.columns:  # expansion: created after the account's first win
         won = snap["is_won"].fillna(False).to_numpy(dtype=bool) & (codes >= 0)
         first_win = snap["close_date"][won].groupby(codes[won]).min()
         fw = first_win.reindex(codes).set_axis(snap.index)  # code -1 or no won deal is no label: NaN
@@ -212,11 +217,11 @@ def _register_views(ctx: CubeContext) -> None:
     Arrow views of their frames (no copy; DuckDB scans Arrow about as fast as its own tables). opp_static is a view
     of opp's static columns."""
     top = ctx.org.top_ids()[0]
-    opp = _all_columns("opportunities", ctx.snapshot).assign(snapshot_row=np.arange(len(ctx.snapshot)))
+    opp = all_columns("opportunities", ctx.snapshot).assign(snapshot_row=np.arange(len(ctx.snapshot)))
     tables: dict[str, pd.DataFrame] = {"opp": opp, "ancestors": ctx.ancestors, "owners": ctx.owners}
     for name, df in ctx.data.tables.items():
         if name != "owners":
-            tables[name] = _all_columns(name, df)
+            tables[name] = all_columns(name, df)
     if ctx.data.has("accounts"):
         accounts = _accounts_with_owner(ctx.data.table("accounts"), ctx.snapshot, top,
                                         cast(AccountCodes, ctx.cache["account_codes"]))
@@ -264,7 +269,7 @@ def _load_table(con: duckdb.DuckDBPyConnection, name: str, df: pd.DataFrame) -> 
         con.unregister("_load_src")
 
 
-def _all_columns(name: str, df: pd.DataFrame) -> pd.DataFrame:
+def all_columns(name: str, df: pd.DataFrame) -> pd.DataFrame:
     """`df` with every contract column of table `name` (absent ones empty), so SQL can name any of them."""
     missing = [c for c in empty_table(name).columns if c not in df.columns]
     if not missing:

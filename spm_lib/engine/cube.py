@@ -32,6 +32,7 @@ from spm_lib.engine.context import (
     KPI_COLUMNS,
     CubeContext,
     as_of_date,
+    all_columns,
     build_context,
 )
 from spm_lib.engine.targets import attainment, status
@@ -592,7 +593,8 @@ def _top_only_unattributed(allk: pd.DataFrame, ctx: CubeContext) -> pd.DataFrame
     if not reasons:
         return allk
     top = ctx.org.top_ids()[0]  # where _register_views counts unattributed rows
-    hit = allk["kpi"].isin(list(reasons)).to_numpy() & allk["owner_id"].ne(top).to_numpy()
+    hit = allk["kpi"].isin(list(reasons)).to_numpy() & allk["owner_id"].ne(top).to_numpy() & \
+        allk["available"].to_numpy(dtype=bool)  # a KPI already not available keeps its own reason
     allk.loc[hit, ["value", "target", "attainment"]] = np.nan
     allk.loc[hit, "status"] = "none"
     allk.loc[hit, "available"] = False
@@ -671,6 +673,7 @@ def _facts(ctx: CubeContext) -> pd.DataFrame:
     facts = (snap if in_order else snap.take(order)).reset_index(drop=True)  # a new frame: snap keeps its columns
     lists = pd.Series(owners, dtype=object).map(anc)  # like frames.map_values: NaN for an owner without ancestors
     per_code = np.append(lists.to_numpy(), np.nan)  # code -1 (no owner) picks the NaN at the end
+    facts = all_columns("opportunities", facts)  # every contract column: absent ones empty, never a KeyError
     facts["scope_ids"] = pd.Series(per_code[owner[order]], index=facts.index, dtype=lists.dtype)
     facts["name"] = facts["name"].fillna(facts["opportunity_id"])  # a deal without a name is shown by its id
     return facts

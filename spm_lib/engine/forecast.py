@@ -210,7 +210,9 @@ def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.Data
     denom = remaining_target.clip(lower=0)
     coverage = open_value / denom.where(denom > 0)
     no_target = target.isna()
-    no_target_reason = f"no bookings target for {label}"
+    absent = not ctx.data.has("targets") and (targets is None or targets.empty)  # no table: SPEC's "not available"
+    no_targets = ["targets"] if absent else []
+    no_target_reason = not_available(no_targets) if no_targets else f"no bookings target for {label}"
     met_reason = f"the bookings target for {label} is already met: nothing left to cover"
 
     stage_ok = ctx.data.has("opportunities", "stage") or ctx.data.has("opportunity_history", "stage")
@@ -229,7 +231,7 @@ def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.Data
         _rows(expected, "forecast_expected", label, target=target) if stage_ok
         else _na(scopes, "forecast_expected", label, no_stage),
         needs_target(target - expected, "gap_to_target") if stage_ok
-        else _na(scopes, "gap_to_target", label, no_stage),
+        else _na(scopes, "gap_to_target", label, not_available([*no_targets, "opportunities.stage"])),
         needs_target(run_rate, "required_run_rate"),
         needs_target(coverage, "pipeline_coverage",
                      _text_where(denom <= 0, met_reason)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -134,3 +135,15 @@ def ensure_schema(eng: Engine) -> None:
         with attempt:
             transact(eng, lambda conn: METADATA.create_all(conn, checkfirst=True))
     _READY[key] = declared
+
+
+def ready_engine(cfg: Any) -> Engine:
+    """The state database's engine with every declared table created."""
+    eng = engine(cfg)
+    ensure_schema(eng)
+    return eng
+
+
+def utc_now() -> datetime:
+    """Now in UTC as the naive datetime the state tables store."""
+    return datetime.now(UTC).replace(tzinfo=None)
