@@ -414,23 +414,26 @@ def schedule_cmd(ctx: click.Context, show_next: bool, print_cron: bool, job: str
         for line in schedule.cron_lines(cfg, shutil.which("spm") or str(Path(sys.executable).parent / "spm")):
             click.echo(line)
         return
-    run_fn, send_fn, done = _schedule_actions(cfg)
+    run_fn, send_fn, done, alerts = _schedule_actions(cfg)
     if job:
-        click.echo(str(schedule.fire(cfg, job, now, run_fn, send_fn, done)))
+        click.echo(str(schedule.fire(cfg, job, now, run_fn, send_fn, done, alerts=alerts)))
         return
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     click.echo("spm schedule: serving (Ctrl-C to stop); catching up missed firings first", err=True)
-    schedule.serve(cfg, run_fn, send_fn, done)
+    schedule.serve(cfg, run_fn, send_fn, done, alerts=alerts)
 
 
 def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
-    """(run_fn, send_fn, done) of the schedule: render (resume), send the unsent, done = all rendered and sent."""
+    """(run_fn, send_fn, done, (alerts_fn, alerts_done)) of the schedule: render (resume), send the unsent, done = all
+    rendered and sent; an alerts job runs `spm alerts`, done once that day was evaluated."""
     import json as _json
 
     from spm_lib.batch.runner import run
+    from spm_lib.deliver.alerts import AlertsUnsent, run_alerts
     from spm_lib.deliver.compose import Unsent, send_all
+    from spm_lib.state import alerts as alert_ledger
     from spm_lib.state import ledger
     from spm_lib.store.runfolder import run_dir
 
@@ -454,7 +457,15 @@ def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
         sent = ledger.rows(cfg, f"{cadence}/{as_of.isoformat()}")
         return not sent.empty and set(sent.loc[sent["status"] == "sent", "owner_id"]) >= set(owners)
 
-    return run_fn, send_fn, done
+    def alerts_fn(cadence: str, as_of: date) -> None:
+        summary = run_alerts(cfg, cadence, as_of)
+        if not summary.ok:
+            raise AlertsUnsent(summary)
+
+    def alerts_done(cadence: str, as_of: date) -> bool:
+        return alert_ledger.evaluated(cfg, cadence, as_of)
+
+    return run_fn, send_fn, done, (alerts_fn, alerts_done)
 
 
 @cli.command("backtest")

@@ -42,6 +42,14 @@ log = logging.getLogger("spm.alerts")
 _FONT = "font-family:Arial,Helvetica,sans-serif;"
 
 
+class AlertsUnsent(DeliveryError):
+    """Some alert emails failed or are of unknown state; the operator has the summary."""
+
+    def __init__(self, summary: AlertSummary) -> None:
+        super().__init__(summary.text())
+        self.summary = summary
+
+
 @dataclass(frozen=True)
 class Event:
     """One email to send: an alert that opened or cleared, what it says, and its ledger key."""

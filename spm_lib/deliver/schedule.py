@@ -5,7 +5,9 @@ cadence's period (`business_day`, a trigger cron cannot express) or on APSchedul
 day_of_week 0 is Monday, `day` with `day_of_week` means both). A firing runs the period just closed before it.
 Whether a firing is still to do comes from an injected `done(cadence, as_of)` (the run folder and the send
 ledger), never from a scheduler's job store, so `spm schedule --fire` from cron, the in-process scheduler and a
-restart after downtime all agree; several missed firings coalesce into the latest one.
+restart after downtime all agree; several missed firings coalesce into the latest one. A `kind: alerts` job (cron
+only, typically daily) runs `spm alerts` as of the day before its firing instead; its `done` is the alert ledger's
+record of that evaluation.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class Fired:
     """What `fire` did for one job."""
 
     job: str
-    status: Literal["already running", "not due", "ran", "ran and sent"]
+    status: Literal["already running", "not due", "ran", "ran and sent", "ran alerts"]
     cadence: str
     as_of: date | None = None
 
@@ -125,6 +127,9 @@ def _job(cfg: Config, name: str) -> ScheduleJob:
     if job.cron is not None and {"hour", "minute"} & job.model_fields_set:
         raise ConfigError(f"{where}: with `cron`, put hour and minute inside cron (e.g. cron: {{day_of_week: mon, "
                           "hour: 6, minute: 30}})")
+    if job.kind == "alerts" and job.business_day is not None:
+        raise ConfigError(f"{where}: an alerts job needs `cron` (e.g. daily: cron: {{hour: 7, minute: 30}}); "
+                          "`business_day` fires once a month")
     if job.business_day is not None and job.cadence == "weekly":
         raise ConfigError(f"{where}: a weekly job needs `cron` (e.g. cron: {{day_of_week: mon, hour: 6}}); "
                           "`business_day` fires once a month")
@@ -168,9 +173,13 @@ def firings(cfg: Config, job_name: str, start: datetime, end: datetime) -> list[
 
 
 def as_of_for(cfg: Config, job_name: str, fired_at: datetime) -> date:
-    """The as-of a firing runs: the last day of the cadence's period closed before the firing day."""
-    cadence = _job(cfg, job_name).cadence
-    return FiscalCalendar.from_config(cfg).last_closed_end(cadence, _aware(cfg, fired_at).date())
+    """The as-of a firing runs: the last day of the cadence's period closed before the firing day (an alerts job:
+    the day before the firing day)."""
+    job = _job(cfg, job_name)
+    day = _aware(cfg, fired_at).date()
+    if job.kind == "alerts":
+        return day - timedelta(days=1)
+    return FiscalCalendar.from_config(cfg).last_closed_end(job.cadence, day)
 
 
 def next_firings(cfg: Config, now: datetime, n: int = 5) -> list[Firing]:
@@ -232,9 +241,18 @@ def _job_lock(cfg: Config, job_name: str) -> Iterator[bool]:
         os.close(fd)
 
 
-def fire(cfg: Config, job_name: str, now: datetime, run_fn: Action, send_fn: Action, done: Done) -> Fired:
-    """Run (and send, when the job sends) the as-of due now, unless nothing is due or the job is running."""
+def fire(cfg: Config, job_name: str, now: datetime, run_fn: Action, send_fn: Action, done: Done, *,
+         alerts: tuple[Action, Done] | None = None) -> Fired:
+    """Run (and send, when the job sends) the as-of due now, unless nothing is due or the job is running.
+
+    `alerts`: (alerts_fn, alerts_done), what an alerts job runs and its `done`.
+    """
     job = _job(cfg, job_name)
+    if job.kind == "alerts":
+        if alerts is None:
+            raise ConfigError(f"config/schedule.yml: job `{job_name}` is an alerts job, but this scheduler was "
+                              "started without the alerts action")
+        run_fn, done = alerts
     with _job_lock(cfg, job_name) as mine:
         if not mine:
             return Fired(job_name, "already running", job.cadence)
@@ -243,6 +261,8 @@ def fire(cfg: Config, job_name: str, now: datetime, run_fn: Action, send_fn: Act
             return Fired(job_name, "not due", job.cadence)
         try:
             run_fn(job.cadence, as_of)
+            if job.kind == "alerts":
+                return Fired(job_name, "ran alerts", job.cadence, as_of)
             if not job.send:
                 return Fired(job_name, "ran", job.cadence, as_of)
             send_fn(job.cadence, as_of)
@@ -254,9 +274,10 @@ def fire(cfg: Config, job_name: str, now: datetime, run_fn: Action, send_fn: Act
 
 def _alert_operator(cfg: Config, job_name: str, cadence: str, as_of: date, error: Exception) -> None:
     """Mail a failed firing to delivery.operator_email (nobody watches a scheduled job), unless the send already did."""
+    from spm_lib.deliver.alerts import AlertsUnsent
     from spm_lib.deliver.compose import Unsent, notify_operator
 
-    if isinstance(error, Unsent):  # the send's own summary, failures listed, went to the operator
+    if isinstance(error, Unsent | AlertsUnsent):  # the send's own summary, failures listed, went to the operator
         return
     note = notify_operator(cfg, f"SPM schedule {job_name}: {cadence} as of {as_of} FAILED",
                            f"The scheduled job {job_name!r} ({cadence} as of {as_of}) failed:\n\n"
@@ -311,31 +332,35 @@ def cron_lines(cfg: Config, spm_path: str, *, local_tz: tzinfo | None = None, ye
     return lines
 
 
-def _fire_now(cfg: Config, job_name: str, run_fn: Action, send_fn: Action, done: Done) -> None:
+def _fire_now(cfg: Config, job_name: str, run_fn: Action, send_fn: Action, done: Done,
+              alerts: tuple[Action, Done] | None = None) -> None:
     """Fire one job at the current time, logging the outcome or the failure (the scheduler keeps going)."""
     try:
-        log.info("%s", fire(cfg, job_name, datetime.now(_tz(cfg)), run_fn, send_fn, done))
+        log.info("%s", fire(cfg, job_name, datetime.now(_tz(cfg)), run_fn, send_fn, done, alerts=alerts))
     except Exception:
         log.exception("schedule job %r failed", job_name)
 
 
-def build_scheduler(cfg: Config, run_fn: Action, send_fn: Action, done: Done) -> Any:
+def build_scheduler(cfg: Config, run_fn: Action, send_fn: Action, done: Done, *,
+                    alerts: tuple[Action, Done] | None = None) -> Any:
     """An APScheduler 3 BlockingScheduler with one job per configured job, each firing `fire`."""
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     scheduler = BlockingScheduler(timezone=_tz(cfg))
     for name, job in cfg.schedule.jobs.items():
-        scheduler.add_job(_fire_now, trigger=trigger(cfg, name), args=[cfg, name, run_fn, send_fn, done], id=name,
+        scheduler.add_job(_fire_now, trigger=trigger(cfg, name), args=[cfg, name, run_fn, send_fn, done, alerts],
+                          id=name,
                           name=f"spm {job.cadence} ({name})", coalesce=True, max_instances=1,
                           misfire_grace_time=max(job.misfire_grace_s, 1))
     return scheduler
 
 
-def serve(cfg: Config, run_fn: Action, send_fn: Action, done: Done) -> None:
+def serve(cfg: Config, run_fn: Action, send_fn: Action, done: Done, *,
+          alerts: tuple[Action, Done] | None = None) -> None:
     """Catch up every job now, then fire each job on its schedule until interrupted."""
     if not cfg.schedule.jobs:
         raise ConfigError("config/schedule.yml has no jobs: add one per cadence to run (see the comments there)")
-    scheduler = build_scheduler(cfg, run_fn, send_fn, done)
+    scheduler = build_scheduler(cfg, run_fn, send_fn, done, alerts=alerts)
     for name in cfg.schedule.jobs:
-        _fire_now(cfg, name, run_fn, send_fn, done)
+        _fire_now(cfg, name, run_fn, send_fn, done, alerts)
     scheduler.start()
