@@ -366,8 +366,8 @@ class Outcomes:
                    else pd.Series(pd.NaT, index=w.index, dtype="datetime64[ns]"))
         return cls(ids=pd.Index(w["opportunity_id"].astype("string")), owner=w["owner_id"].astype(str).to_numpy(),
                    created=created.to_numpy(dtype="datetime64[ns]"),
-                   close=pd.to_datetime(w["close_date"]).to_numpy(dtype="datetime64[ns]"),
-                   amount=w["amount"].astype("float64").fillna(0.0).to_numpy())
+                   close=_column(w, "close_date").to_numpy(dtype="datetime64[ns]"),
+                   amount=_column(w, "amount").fillna(0.0).to_numpy())
 
     def won_in(self, ids: pd.Series, start: date, end: date) -> tuple[np.ndarray, np.ndarray]:
         """For deals `ids`: won with a close date in (start, end], and their booked amount (0 if not)."""
@@ -479,9 +479,18 @@ def deal_forecast(cal: Calibration, deals: DealHistory, day: date, end: date) ->
 def booked_between(snap: pd.DataFrame, start: date, end: date) -> pd.Series:
     """Bookings per deal owner (index owner_id) of deals won in `snap` with a close date in [start, end]."""
     won = snap["is_won"].astype("boolean").fillna(False).astype(bool)
-    close = pd.to_datetime(snap["close_date"])
-    w = snap[won & (close >= pd.Timestamp(start)) & (close <= pd.Timestamp(end))]
-    return w.groupby(w["owner_id"].astype("string"))["amount"].sum().astype("float64")
+    close = _column(snap, "close_date")
+    keep = (won & (close >= pd.Timestamp(start)) & (close <= pd.Timestamp(end))).to_numpy(dtype=bool)
+    return _column(snap, "amount")[keep].groupby(snap["owner_id"][keep].astype("string")).sum().astype("float64")
+
+
+def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    """A date (close_date) or number (amount) column of a snapshot as datetime64 / float64; all missing when the
+    data has no such column."""
+    if name == "close_date":
+        return (pd.to_datetime(df[name]).astype("datetime64[ns]") if name in df
+                else pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns]"))
+    return df[name].astype("float64") if name in df else pd.Series(np.nan, index=df.index, dtype="float64")
 
 
 def per_scope(values: pd.DataFrame, ancestors: pd.DataFrame) -> pd.DataFrame:
