@@ -299,11 +299,21 @@ class CustomKpi(Strict):
         return self
 
 
+class WeakStageRule(Strict):
+    """When a stage's conversion is a finding: materially below the benchmark (the rest of the team) and credibly
+    so (enough deals, a one-sided two-proportion test)."""
+
+    margin_points: float = Field(10.0, ge=0)  # at least this many percentage points below the benchmark
+    min_deals: int = Field(8, ge=1)  # deals of the owner that left the stage in the trend window
+    alpha: float = Field(0.1, gt=0, lt=1)  # significance of "below": one-sided two-proportion z-test
+
+
 class KpisConfig(Strict):
-    """Which KPIs stand above the line per level × cadence, status bands, custom KPIs."""
+    """Which KPIs stand above the line per level × cadence, status bands, custom KPIs, the weak-stage rule."""
 
     above_the_line: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
     status: StatusBands = Field(default_factory=StatusBands)
+    weak_stage: WeakStageRule = Field(default_factory=WeakStageRule)
     custom: dict[str, CustomKpi] = Field(default_factory=dict)
     python_files: list[str] = Field(default_factory=list)  # config/*.py files registering KPIs
 

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spm_lib.config import Config, SourceConfig, Stage, StagesConfig
+from spm_lib.config import Config, SourceConfig, Stage, StagesConfig, WeakStageRule
 from spm_lib.domain.contract import CONTRACT, PANDAS_DTYPES, Dataset
-from spm_lib.engine.forecast import forward_look, stage_conversion, weak_stage, win_probabilities
+from spm_lib.engine.forecast import forward_look, stage_conversion, stage_worth, weak_stage, win_probabilities
 
 P, Q, N, PR, NG, WON, LOST = ("Prospecting", "Qualification", "Needs analysis", "Proposal", "Negotiation",
                               "Closed Won", "Closed Lost")
@@ -258,22 +258,50 @@ def test_stage_conversion_by_hand(tmp_path: Path) -> None:
             assert _value(conv, owner, "stage_conversion", "stage", stage) == pytest.approx(rate), (owner, stage)
 
 
-def test_weak_stage_is_lowest_relative_to_the_team(tmp_path: Path) -> None:
+def test_stage_exits_count_the_deals_behind_each_rate(tmp_path: Path) -> None:
     conv = stage_conversion(_ctx(tmp_path, AS_OF))
-    ws = weak_stage(conv, "R1", "M")
-    assert ws is not None
-    assert ws["stage"] == PR
-    assert ws["rate"] == pytest.approx(200 / 3) and ws["benchmark_rate"] == pytest.approx(500 / 6)
-    assert weak_stage(conv, "R2", "M")["stage"] == P  # type: ignore[index]
-    assert weak_stage(conv, "R1", "nobody") is None
+    # R1 left Proposal with W1, B1 (on) and L1 (lost there): 3; M's team: 11 left Prospecting, 9 Qualification, 6
+    # Proposal (the denominators of the rates above)
+    assert _value(conv, "R1", "stage_exits", "stage", PR) == 3
+    for stage, n in {P: 11, Q: 9, PR: 6}.items():
+        assert _value(conv, "M", "stage_exits", "stage", stage) == n
 
 
-def test_weak_stage_on_explicit_rows() -> None:
-    conv = pd.DataFrame({"owner_id": ["a", "a", "t", "t"], "kpi": "stage_conversion", "dim": "stage",
-                         "dim_value": ["X", "Y", "X", "Y"], "value": [30.0, 20.0, 60.0, 25.0]})
-    # X: 30/60 = 0.5, Y: 20/25 = 0.8 -> X is weaker although Y's rate is lower
-    assert weak_stage(conv, "a", "t") == {"stage": "X", "rate": 30.0, "benchmark_rate": 60.0, "relative": 0.5,
-                                          "owner_id": "a", "benchmark_owner_id": "t"}
+def test_weak_stage_needs_a_credible_gap_to_the_rest_of_the_team(tmp_path: Path) -> None:
+    conv = stage_conversion(_ctx(tmp_path, AS_OF))
+    # R1's Proposal: 2 of 3 went on; the rest of M's team: 3 of 3 (M's 5 of 6 minus R1's). Pooled 5/6,
+    # se = sqrt(5/6 * 1/6 * (1/3 + 1/3)) = 0.30429, z = (1 - 2/3) / se = 1.0954, one-sided p = 0.1367
+    loose = WeakStageRule(margin_points=10, min_deals=1, alpha=0.2)
+    ws = weak_stage(conv, "R1", "M", loose)
+    assert ws is not None and ws["stage"] == PR and ws["deals"] == 3
+    assert ws["rate"] == pytest.approx(200 / 3) and ws["benchmark_rate"] == pytest.approx(100.0)
+    assert ws["p_value"] == pytest.approx(0.1367, abs=1e-4) and ws["lost_deals"] == pytest.approx(1.0)
+    assert weak_stage(conv, "R1", "M", WeakStageRule(margin_points=10, min_deals=1, alpha=0.1)) is None  # p > 0.1
+    assert weak_stage(conv, "R1", "M", WeakStageRule()) is None  # 3 deals: fewer than the default 8
+    assert weak_stage(conv, "R1", "nobody", loose) is None
+
+
+def test_weak_stage_on_explicit_rows_is_material_credible_and_costed() -> None:
+    # (stage, own rate %, own deals, team rate %, team deals); the team's deals include the owner's
+    rows = [("X", 30.0, 20, 50.0, 60),  # rest: 24 of 40 = 60 % -> 30 points below, z = 2.191, p = 0.0142
+            ("Y", 40.0, 10, 45.0, 40),  # rest: 14 of 30 = 46.7 % -> 6.7 points: not material
+            ("Z", 20.0, 5, 60.0, 15),  # rest: 8 of 10 = 80 % -> 60 points, but 5 deals: fewer than 8
+            ("W", 90.0, 30, 80.0, 60)]  # the owner beats the rest (70 %): never weak
+    conv = pd.DataFrame([{"owner_id": who, "kpi": kpi, "dim": "stage", "dim_value": s, "value": v}
+                         for s, r, n, tr, tn in rows
+                         for who, kpi, v in (("a", "stage_conversion", r), ("a", "stage_exits", n),
+                                             ("t", "stage_conversion", tr), ("t", "stage_exits", tn))])
+    ws = weak_stage(conv, "a", "t", WeakStageRule(), worth={"X": 1000.0, "Y": 1.0, "Z": 1e6, "W": 1e6})
+    assert ws is not None and ws["stage"] == "X" and ws["deals"] == 20
+    assert ws["rate"] == pytest.approx(30.0) and ws["benchmark_rate"] == pytest.approx(60.0)
+    assert ws["p_value"] == pytest.approx(0.01423, abs=1e-4)
+    assert ws["lost_deals"] == pytest.approx(6.0) and ws["cost"] == pytest.approx(6000.0)  # 0.3 x 20 x 1000
+    assert weak_stage(conv, "a", "t", WeakStageRule(margin_points=40)) is None
+
+
+def test_stage_worth_is_the_next_stage_win_probability_times_the_deal_size() -> None:
+    probs = pd.DataFrame({"stage": ["B", "A", "C"], "stage_index": [1, 0, 2], "probability": [0.5, 0.2, 0.8]})
+    assert stage_worth(probs, 100.0) == {"A": pytest.approx(50.0), "B": pytest.approx(80.0), "C": pytest.approx(100.0)}
 
 
 def test_stage_conversion_needs_history(tmp_path: Path) -> None:
@@ -281,4 +309,4 @@ def test_stage_conversion_needs_history(tmp_path: Path) -> None:
     assert set(conv["owner_id"]) == {"E", "M", "R1", "R2"}
     assert not conv["available"].any() and conv["value"].isna().all()
     assert set(conv["na_reason"]) == {"not available — needs opportunity_history"}
-    assert weak_stage(conv, "R1", "M") is None
+    assert weak_stage(conv, "R1", "M", WeakStageRule(min_deals=1, alpha=0.5)) is None

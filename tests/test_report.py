@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
@@ -42,3 +43,17 @@ def test_the_sections_render_for_a_manager_with_reports(cube) -> None:
     ranking = rpt.team_ranking_html()
     assert "Rita" in ranking and "Rob" in ranking  # the direct reports, by name
     assert "can be trusted" in str(rpt.trust()) or "Fix the data first" in str(rpt.trust())
+
+
+def test_push_list_leaves_out_dead_deals_and_says_so() -> None:
+    data = company()
+    opps = data.tables["opportunities"]
+    stale = opps["opportunity_id"] == "o6"  # R1, Proposal 400, closes Nov 20: no update since Aug 1 (91 days)
+    opps.loc[stale, "last_modified_date"] = pd.Timestamp("2026-08-01")
+    c = compute_cube(_cfg(), data, "monthly", AS_OF)
+    c.meta["currency"] = "EUR"
+    html = str(Report(c, "M", Path(".")).deals_to_push())
+    # the rest of FY2026-Q4 holds o6 (dead), o7 (R2, Dec 10) and o9 (R1, Nov 15)
+    assert "o6" not in html and "Proposal" not in html
+    assert "2026-12-10" in html and "2026-11-15" in html
+    assert "1 deal closing in FY2026-Q4 (400 €) is left out" in html

@@ -7,13 +7,14 @@ scope's own numerator and denominator, never averaged.
 
 from __future__ import annotations
 
+import math
 from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from spm_lib.config import StagesConfig
+from spm_lib.config import StagesConfig, WeakStageRule
 from spm_lib.engine.context import CubeContext
 from spm_lib.metrics.kpis import not_available
 from spm_lib.util.frames import day_of, join_positions, map_values, positions
@@ -290,7 +291,8 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
     label = str(ctx.windows.closed.label)  # type: ignore[attr-defined]
     scopes = _scopes(ctx)
     if not _has_history(ctx):
-        return _na(scopes, "stage_conversion", label, not_available(["opportunity_history"]))
+        return pd.concat([_na(scopes, kpi, label, not_available(["opportunity_history"]))
+                          for kpi in ("stage_conversion", "stage_exits")], ignore_index=True)
     stages = _open_stage_table(ctx)
     idx = stages.set_index("stage")["stage_index"]
     snap = ctx.snapshot
@@ -325,7 +327,8 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
     out = pd.DataFrame({"owner_id": per["scope_id"].astype(str), "period": label, "kpi": "stage_conversion",
                         "dim": "stage", "dim_value": per["stage"].astype(str), "value": value.astype("float64"),
                         "target": np.nan, "available": True, "na_reason": reason})
-    return out[ROW_COLUMNS]
+    exits = out.assign(kpi="stage_exits", value=per["left"].astype("float64"), na_reason=None)
+    return pd.concat([out, exits], ignore_index=True)[ROW_COLUMNS]
 
 
 def _last_activity(ctx: CubeContext) -> np.ndarray:
@@ -340,17 +343,54 @@ def _last_activity(ctx: CubeContext) -> np.ndarray:
     return np.where(np.isnat(last) | (changed > last), changed, last)
 
 
-def weak_stage(conv: pd.DataFrame, owner_id: str, benchmark_owner_id: str) -> dict[str, Any] | None:
-    """The stage whose conversion is lowest relative to the benchmark scope's (team or org), with both rates."""
-    c = conv[(conv["kpi"] == "stage_conversion") & (conv["dim"] == "stage")]
-    own = c[c["owner_id"].astype(str) == str(owner_id)][["dim_value", "value"]]
-    bench = c[c["owner_id"].astype(str) == str(benchmark_owner_id)][["dim_value", "value"]]
-    m = own.merge(bench, on="dim_value", suffixes=("", "_bench"), sort=False).dropna(subset=["value", "value_bench"])
-    m = m[m["value_bench"] > 0]
+def weak_stage(conv: pd.DataFrame, owner_id: str, benchmark_owner_id: str, rule: WeakStageRule,
+               worth: dict[str, float] | None = None) -> dict[str, Any] | None:
+    """The stage converting materially and credibly worse than the rest of the benchmark scope, or None.
+
+    From the cube's stage_conversion and stage_exits rows (dim stage) of the owner and of the benchmark scope (the
+    manager's team, which holds the owner's deals: the owner is compared with the others). A stage qualifies when
+    the owner's deals leaving it number at least `rule.min_deals`, their rate is at least `rule.margin_points`
+    below the others', and a one-sided two-proportion z-test says so at `rule.alpha`. `worth`: bookings one deal
+    going on from each stage is worth; the stage kept is the one costing most (deals lost × worth; deals lost
+    without `worth`)."""
+    c = conv[conv["dim"] == "stage"]
+    counts = {}
+    for who in (owner_id, benchmark_owner_id):
+        mine = c[c["owner_id"].astype(str) == str(who)]
+        wide = mine.pivot_table(index="dim_value", columns="kpi", values="value", aggfunc="first")
+        if not {"stage_conversion", "stage_exits"} <= set(wide.columns):
+            return None
+        counts[who] = wide
+    own, bench = counts[owner_id], counts[benchmark_owner_id]
+    m = own.join(bench.add_suffix("_bench"), how="inner").dropna()
+    n1 = m["stage_exits"]
+    went1 = m["stage_conversion"] / 100 * n1
+    n0 = m["stage_exits_bench"] - n1  # the rest of the benchmark scope
+    went0 = m["stage_conversion_bench"] / 100 * m["stage_exits_bench"] - went1
+    m = m.assign(n=n1, p_own=went1 / n1.where(n1 > 0), n_rest=n0, p_rest=went0 / n0.where(n0 > 0))
+    m = m[(m["n"] >= rule.min_deals) & (m["n_rest"] > 0)].dropna(subset=["p_own", "p_rest"])
+    m = m[(m["p_rest"] - m["p_own"]) * 100 >= rule.margin_points]
     if m.empty:
         return None
-    m = m.assign(relative=m["value"] / m["value_bench"])
-    best = m.sort_values("relative", kind="stable").iloc[0]
-    return {"stage": str(best["dim_value"]), "rate": float(best["value"]),
-            "benchmark_rate": float(best["value_bench"]), "relative": float(best["relative"]),
+    pooled = (m["p_own"] * m["n"] + m["p_rest"] * m["n_rest"]) / (m["n"] + m["n_rest"])
+    se = np.sqrt(pooled * (1 - pooled) * (1 / m["n"] + 1 / m["n_rest"]))
+    z = (m["p_rest"] - m["p_own"]) / se.where(se > 0)
+    m = m.assign(p_value=[0.5 * math.erfc(v / math.sqrt(2)) if pd.notna(v) else 1.0 for v in z])
+    m = m[m["p_value"] <= rule.alpha]
+    if m.empty:
+        return None
+    m = m.assign(lost=(m["p_rest"] - m["p_own"]) * m["n"])
+    m = m.assign(cost=m["lost"] * m.index.map(lambda s: (worth or {}).get(str(s), np.nan)))
+    best = m.sort_values(["cost" if worth else "lost"], ascending=False, kind="stable").iloc[0]
+    return {"stage": str(best.name), "rate": 100 * float(best["p_own"]), "benchmark_rate": 100 * float(best["p_rest"]),
+            "deals": int(best["n"]), "lost_deals": float(best["lost"]),
+            "cost": float(best["cost"]) if pd.notna(best["cost"]) else None, "p_value": float(best["p_value"]),
             "owner_id": str(owner_id), "benchmark_owner_id": str(benchmark_owner_id)}
+
+
+def stage_worth(probabilities: pd.DataFrame, deal_size: float) -> dict[str, float]:
+    """Bookings one deal going on from each open stage is worth: the next stage's win probability × `deal_size`
+    (the last open stage goes on to a win: the whole deal size)."""
+    p = probabilities.sort_values("stage_index")
+    nxt = p["probability"].shift(-1).fillna(1.0).to_numpy(dtype="float64")
+    return {str(s): float(q * deal_size) for s, q in zip(p["stage"], nxt, strict=True)}

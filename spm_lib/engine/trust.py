@@ -526,6 +526,16 @@ def scope_offenders(trust_rows: pd.DataFrame, deals: pd.DataFrame, checks: Itera
     if checks is not None:
         rows = rows[rows["check"].isin(set(checks))]
     return rows.sort_values(["amount", "opportunity_id"], ascending=[False, True], na_position="last")
+DEAD_CHECKS = ("opps_stale_60d",)  # a deal flagged by these is not pushed: it goes to the trust list
+
+
+def dead_deals(trust_rows: pd.DataFrame, deals: pd.DataFrame) -> pd.Series:
+    """True for each deal of `deals` that is dead for a push list: no update for trust.stale_days or more (flagged
+    by a check of DEAD_CHECKS; pushing it moves nothing until its owner updates it)."""
+    dead = trust_rows.loc[trust_rows["check"].isin(DEAD_CHECKS), "opportunity_id"]
+    return deals["opportunity_id"].isin(set(dead))
+
+
 
 
 def offenders_for(trust_rows: pd.DataFrame, facts: pd.DataFrame, owner_id: str, limit: int = 20,

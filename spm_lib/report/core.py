@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup, escape
 
-from spm_lib.engine.cube import Cube, read_cube
-from spm_lib.engine.trust import checks_with_status, owner_status, scope_offenders, worst_by_owner
+from spm_lib.config import WeakStageRule
+from spm_lib.engine.cube import Cube, read_cube, read_cube_meta
+from spm_lib.engine.forecast import stage_worth, weak_stage
+from spm_lib.engine.trust import checks_with_status, dead_deals, owner_status, scope_offenders, worst_by_owner
 from spm_lib.errors import OrgError, RunError, did_you_mean
 from spm_lib.metrics import kpis as registry
 from spm_lib.report import charts, markup
@@ -481,8 +483,10 @@ class Report:
                        f"the {self.forward} target.")
         weak = self.weak_stage()
         if weak:
-            out.append(f"{weak['stage']} → next stage converts at {weak['rate']:.0f} % against "
-                       f"{weak['benchmark_rate']:.0f} % for {weak['benchmark']}.")
+            cost = f", ≈ {markup.fmt_value(weak['cost'], 'currency', self.currency)} of bookings" \
+                if weak.get("cost") is not None else ""
+            out.append(f"{weak['stage']} → {weak['next']} converts at {weak['rate']:.0f} % against "
+                       f"{weak['benchmark_rate']:.0f} % for {weak['benchmark']}: {weak['deals']} deals{cost}.")
         t = self.cube.trust[(self.cube.trust["owner_id"] == self.owner_id) & (self.cube.trust["check"] ==
                                                                              "opps_stale_60d")]
         if not t.empty and pd.notna(t.iloc[0]["count"]) and t.iloc[0]["count"]:  # NA: the check is not available
@@ -497,14 +501,18 @@ class Report:
         return cast("dict[str, object] | None", self.__dict__["_weak_stage"])
 
     def _weak_stage(self) -> dict[str, object] | None:
-        from spm_lib.engine.forecast import weak_stage
-
         manager = self.owner.get("manager_id")
         bench = str(manager) if isinstance(manager, str) and manager else None
         if bench is None:
             return None
         both = pd.concat([owner_kpis(self.cube, self.owner_id), owner_kpis(self.cube, bench)])
-        res = weak_stage(both[(both["kpi"] == "stage_conversion") & (both["dim"] == "stage")], self.owner_id, bench)
+        rule = WeakStageRule(**self.cube.meta.get("weak_stage_rule", {}))
+        theirs = self.kpi("avg_deal_size", "TTM", owner_id=bench)  # the team's deal size when the owner has none
+        sizes = (self.value("avg_deal_size", "TTM"), math.nan if theirs is None else float(theirs["value"]))
+        size = next((v for v in sizes if math.isfinite(v)), math.nan)
+        worth = stage_worth(self.cube.probabilities, size) if math.isfinite(size) else None
+        conv = both[both["kpi"].isin(["stage_conversion", "stage_exits"]) & (both["period"] == self.closed)]
+        res = weak_stage(conv, self.owner_id, bench, rule, worth)
         if res is None:
             return None
         return {**res, "benchmark": "the team" if self.level == "rep" else "the organisation above"}
@@ -633,12 +641,21 @@ class Report:
         open_ = f[~f["is_closed"].fillna(False).astype(bool) & f["close_date"].notna()]
         first = pd.Timestamp(self.as_of) + pd.Timedelta(days=1)
         q_end = pd.Timestamp(str(self.cube.meta["forward_end"]))
+        dead = dead_deals(self.cube.trust_rows, soon)
+        left_out = ""
+        if dead.any():
+            n = int(dead.sum())
+            left_out = (f'<p class="spm-muted">{n} deal{"s" if n != 1 else ""} closing in {esc(self.forward)} '
+                        f"({markup.fmt_value(soon.loc[dead, 'amount'].sum(), 'currency', self.currency)}) "
+                        f"{'are' if n != 1 else 'is'} left out: no update for too long to push. On the data-trust "
+                        "list: update first.</p>")
+        soon = soon[~dead]
         soon = open_[(open_["close_date"] >= first) & (open_["close_date"] <= q_end)]
         prob = self.cube.probabilities.set_index("stage")["probability"]
         soon = soon.assign(p=soon["stage"].map(prob), owner=soon["owner_id"].map(
             self.cube.owners.set_index("owner_id")["name"])).sort_values("amount", ascending=False).head(limit)
         if soon.empty:
-            return Html('<p class="spm-muted">No open deal closes in the rest of the period.</p>')
+            return Html('<p class="spm-muted">No open deal closes in the rest of the period.</p>' + left_out)
         table = markup.table_html(
             soon[["name", "owner", "stage", "amount", "close_date", "p"]],
             {"name": "Deal", "owner": "Owner", "stage": "Stage", "amount": "Amount", "close_date": "Close date",
@@ -654,7 +671,7 @@ class Report:
                 {"dim_value": "Type", "value": "Activities"}, {"value": lambda v: markup.fmt_value(v, "count", "")}))
         return Html(f"<p>The largest open deals that can still close in {esc(self.forward)}: "
                     f"where a push this {self.cadence[:-2] if self.cadence.endswith('ly') else 'period'} "
-                    f"moves the result.</p>{table}{mix_html}")
+                    f"moves the result.</p>{table}{left_out}{mix_html}")
 
     def priorities(self) -> Html:
         """Quarterly: where bookings came from against the trailing year (products, segments, channels), and
