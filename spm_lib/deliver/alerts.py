@@ -301,10 +301,10 @@ def _deliver(cfg: Config, event: Event, as_of: date, owners: pd.DataFrame, secre
                   message_id=str(msg["Message-ID"]), recipients=", ".join(addresses))
     ledger.mark(cfg, key, "sending")
     try:
-        sender.send(raw, addresses)
+        _, refused = sender.send(raw, addresses)
     except DeliveryError as e:
         ledger.mark(cfg, key, "failed", str(e))
         summary.failed[label] = str(e)
         return
-    ledger.mark(cfg, key, "sent")
+    ledger.mark(cfg, key, "sent", ("refused: " + ", ".join(refused)) if refused else None)  # the others have it
     done.append(label)
