@@ -184,19 +184,24 @@ def trust_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None
 @CADENCE
 @click.option("--level", default=None, help="Only owners of this level.")
 @click.option("--owner", default=None, help="Only this owner.")
-@click.option("--workers", type=int, default=None, help="Parallel workers (default: one per core).")
+@click.option("--workers", type=int, default=None, help="Local executor: parallel workers (default: one per core).")
 @click.option("--resume", is_flag=True, help="Re-render only owners that failed or have no report yet.")
 @click.option("--recompute", is_flag=True, help="Recompute the cube even if the run folder has one.")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
+              help="Where reports render: this machine's worker pool (default) or a Dask cluster "
+                   "(default: config/runner.yml `executor`).")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
+              help="The Dask scheduler's address (implies --executor dask; default: config/runner.yml).")
 @click.pass_context
 def run_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, owner: str | None,
-            workers: int | None, resume: bool, recompute: bool) -> None:
+            workers: int | None, resume: bool, recompute: bool, executor: str | None, scheduler: str | None) -> None:
     """Compute the cube once and render every owner's report (notebook + self-contained HTML)."""
     from spm_lib.batch.runner import run
 
     cfg = _config(ctx.obj["project"])
     day = _as_of(as_of, cfg, cadence)
     manifest = run(cfg, cadence, day, level=level, owner=owner, workers=workers, resume=resume,
-                   force_cube=recompute)
+                   force_cube=recompute, executor=executor, scheduler=scheduler)
     owners = manifest["owners"]
     ok = sum(1 for o in owners.values() if o["status"] == "ok")
     failed = manifest["failed"]
@@ -217,10 +222,9 @@ def run_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, 
 
 def _warn_data_end(folder: Path) -> None:
     """Say it when the run's data ends before its closed period (the note the cube recorded)."""
-    import json
+    from spm_lib.engine.cube import read_cube_meta
 
-    meta = folder / "cube.json"
-    notes = json.loads(meta.read_text()).get("notes", []) if meta.is_file() else []
+    notes = read_cube_meta(folder).get("notes", []) if (folder / "cube.json").is_file() else []
     for note in notes:
         if str(note).startswith("The data ends on"):
             click.echo(f"WARNING: {note}", err=True)
@@ -428,14 +432,12 @@ def schedule_cmd(ctx: click.Context, show_next: bool, print_cron: bool, job: str
 def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
     """(run_fn, send_fn, done, (alerts_fn, alerts_done)) of the schedule: render (resume), send the unsent, done = all
     rendered and sent; an alerts job runs `spm alerts`, done once that day was evaluated."""
-    import json as _json
-
     from spm_lib.batch.runner import run
     from spm_lib.deliver.alerts import AlertsUnsent, run_alerts
     from spm_lib.deliver.compose import Unsent, send_all
     from spm_lib.state import alerts as alert_ledger
     from spm_lib.state import ledger
-    from spm_lib.store.runfolder import run_dir
+    from spm_lib.store.runfolder import has_manifest, read_manifest, run_dir
 
     def run_fn(cadence: str, as_of: date) -> None:
         # owners whose render failed are not sent and count as failures of the send that follows (the operator
@@ -449,9 +451,9 @@ def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
 
     def done(cadence: str, as_of: date) -> bool:
         folder = run_dir(cfg, cadence, as_of)
-        if not (folder / "manifest.json").is_file():
+        if not has_manifest(folder):
             return False
-        owners = _json.loads((folder / "manifest.json").read_text())["owners"]
+        owners = read_manifest(folder)["owners"]
         if not owners or any(o["status"] != "ok" for o in owners.values()):
             return False
         sent = ledger.rows(cfg, f"{cadence}/{as_of.isoformat()}")
@@ -529,12 +531,11 @@ if __name__ == "__main__":
 
 def print_report_path(cadence: str, level: str) -> None:
     """Print where the latest run's report of the first owner of `level` is (for `make demo`)."""
-    import json as _json
-
     from spm_lib.report.core import latest_run
+    from spm_lib.store.runfolder import read_manifest
 
     folder = latest_run(cadence)
-    manifest = _json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     mine = sorted(o for o, v in manifest["owners"].items() if v["level"] == level and v["status"] == "ok")
     if mine:
         click.echo(f"\nThe {level}'s report: {manifest['owners'][mine[0]]['html']}")

@@ -272,7 +272,7 @@ def test_the_same_notebook_gives_the_same_html_whatever_the_cell_ids(exported: s
         cell.id = f"other-{i}"
     assert export_html(renamed, "Ann Lee <March 2026>") == exported
     assert "cell-id=" not in exported
-    export._assets.cache_clear()  # the bundle packed again (as in a new process) gives the same page
+    export.forget_assets()  # the bundle packed again (as in a new process) gives the same page
     assert export_html(report_notebook(), "Ann Lee <March 2026>") == exported
 
 

@@ -24,7 +24,7 @@ from nbformat import NotebookNode
 
 from spm_lib.util.atomic import write_atomic
 
-__all__ = ["export_html", "pack_js", "write_atomic"]
+__all__ = ["export_html", "forget_assets", "pack_js", "write_atomic"]
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # spm_lib/
 STATIC_DIR = PACKAGE_DIR / "static"
@@ -48,6 +48,11 @@ def _banner(js: str) -> str:
     found = _BANNER.match(js.lstrip())
     lines = (line.strip(" *") for line in (found.group(1) if found else "").splitlines())
     return " ".join(line for line in lines if line).replace("--", "- -")
+
+
+def forget_assets() -> None:
+    """Forget the packed CSS and plotly.js bundle: the next export packs them again, as a new process does."""
+    _assets.cache_clear()
 
 
 @functools.cache

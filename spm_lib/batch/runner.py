@@ -7,8 +7,8 @@ rename. One owner's failure never stops the others; the manifest records every o
 
 from __future__ import annotations
 
+import atexit
 import hashlib
-import json
 import logging
 import os
 import re
@@ -20,9 +20,17 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from tqdm import tqdm
+
 from spm_lib.config import Config
+from spm_lib.engine.cube import read_cube_meta
+from spm_lib.engine.trust import owner_status
 from spm_lib.errors import OrgError, RunError, did_you_mean
 from spm_lib.project import templates_dir
+from spm_lib.store import runfolder
+from spm_lib.store.prune import prune_runs
+from spm_lib.util.atomic import write_atomic
 from spm_lib.util.spreadsheet import to_safe_csv
 
 log = logging.getLogger("spm.run")
@@ -52,6 +60,7 @@ class Outcome:
     html: str
     trust_status: str
     error: str | None = None
+    worker: str = ""  # who rendered it: "local-<pid>" (the local pool) or the Dask worker's address
 
 
 def safe_name(owner_id: str) -> str:
@@ -70,8 +79,6 @@ def template_path(cfg: Config, level: str, cadence: str) -> Path:
 def plan(cfg: Config, run_dir: Path, cadence: str, *, level: str | None = None,
          owner: str | None = None) -> list[Job]:
     """The owners to render (all, one level or one owner) with their template and output paths."""
-    import pandas as pd
-
     owners = pd.read_parquet(run_dir / "owners.parquet")
     if owner is not None:
         known = owners["owner_id"].astype(str).tolist()
@@ -83,24 +90,18 @@ def plan(cfg: Config, run_dir: Path, cadence: str, *, level: str | None = None,
         if level not in levels:
             raise OrgError(f"unknown level {level!r}{did_you_mean(level, levels)}; allowed: {', '.join(levels)}")
         owners = owners[owners["level"] == level]
+    if owner is None and level is None:
+        owners = owners[owners["level"].astype(str).map(lambda lvl: _has_session(cfg, lvl, cadence))]
     jobs = []
     for r in owners.sort_values(["level", "owner_id"]).itertuples():
         lvl = str(r.level)
         stem = run_dir / lvl / safe_name(str(r.owner_id))
         jobs.append(Job(owner_id=str(r.owner_id), name=str(r.name), level=lvl,
                         template=str(template_path(cfg, lvl, cadence)),
-    if owner is None and level is None:
-        owners = owners[owners["level"].astype(str).map(lambda lvl: _has_session(cfg, lvl, cadence))]
                         ipynb=str(stem.with_suffix(".ipynb")), html=str(stem.with_suffix(".html"))))
     return jobs
 
 
-# ---------------------------------------------------------------- the worker side
-_WARM: Any = None
-
-
-def _worker_init(project: str) -> None:
-    """Start this worker's warm kernel (in templates/, with the project set)."""
 def _has_session(cfg: Config, level: str, cadence: str) -> bool:
     """False when the level has templates, but none for this cadence (weekly is a rep's session: a manager is not
     rendered, not failed); a level without any template stays in, to fail with the missing template named."""
@@ -108,22 +109,30 @@ def _has_session(cfg: Config, level: str, cadence: str) -> bool:
     return f"{level}_{cadence}" in stems or not any(s.startswith(f"{level}_") for s in stems)
 
 
-    global _WARM
-    from spm_lib.batch.warm import WarmKernel
+# ---------------------------------------------------------------- the worker side
+_WARM: Any = None
+_WORKER = ""  # this worker's name in the manifest
+
+
+def _worker_init(project: str, worker: str | None = None) -> None:
+    """Start this worker's warm kernel (in templates/, with the project set); `worker` names it (default local-PID)."""
+    global _WARM, _WORKER
+    _WORKER = worker or f"local-{os.getpid()}"
+    from spm_lib.batch.warm import WarmKernel  # here: papermill takes ~3.5 s to import (measured); workers only
 
     os.environ["SPM_PROJECT_DIR"] = project
     _WARM = WarmKernel(templates_dir(Path(project)), {"SPM_PROJECT_DIR": project})
-    import atexit
-
     atexit.register(_WARM.shutdown)
 
 
 def render_one(job: Job, cadence: str, as_of: str, run_dir: str) -> Outcome:
     """Execute one owner's template on the warm kernel and write its .ipynb and .html (atomically)."""
+    # here, like every report-side import of this module: nbformat, papermill, nbconvert and the report take
+    # ~3 s each to import (measured) and only the worker processes that render need them
     import nbformat
     import papermill as pm
 
-    from spm_lib.batch.export import export_html, write_atomic
+    from spm_lib.batch.export import export_html
 
     t0 = time.perf_counter()
     holder: dict[str, Any] = {}
@@ -141,7 +150,8 @@ def render_one(job: Job, cadence: str, as_of: str, run_dir: str) -> Outcome:
         write_atomic(Path(job.html), export_html(nb, f"{job.name} · {cadence} report · {as_of}"))
         _write_offenders_csv(job, cadence, as_of, run_dir)
         _write_email_figures(job, cadence, as_of, run_dir)
-        return Outcome(job.owner_id, job.level, "ok", time.perf_counter() - t0, job.ipynb, job.html, trust)
+        return Outcome(job.owner_id, job.level, "ok", time.perf_counter() - t0, job.ipynb, job.html, trust,
+                       worker=_WORKER)
     except Exception as e:  # one owner's failure must not stop the others
         failed = holder.get("nb")
         if failed is not None:  # the failed notebook is kept, with papermill's error marker, never the HTML
@@ -149,7 +159,8 @@ def render_one(job: Job, cadence: str, as_of: str, run_dir: str) -> Outcome:
         if Path(job.html).exists():
             Path(job.html).unlink()
         msg = f"{type(e).__name__}: {_short(str(e))}"
-        return Outcome(job.owner_id, job.level, "failed", time.perf_counter() - t0, job.ipynb, "", trust, msg)
+        return Outcome(job.owner_id, job.level, "failed", time.perf_counter() - t0, job.ipynb, "", trust, msg,
+                       worker=_WORKER)
 
 
 def _short(text: str) -> str:
@@ -159,16 +170,14 @@ def _short(text: str) -> str:
 
 
 def _trust_status(run_dir: str, owner_id: str) -> str:
-    from spm_lib.engine.trust import owner_status
-    from spm_lib.report.core import load_cube
+    from spm_lib.report.core import load_cube  # here: workers only (see render_one)
 
     return owner_status(load_cube(Path(run_dir)).trust, owner_id)
 
 
 def _write_offenders_csv(job: Job, cadence: str, as_of: str, run_dir: str) -> None:
     """For managers and up: every offending deal of the scope in a CSV beside the report."""
-    from spm_lib.batch.export import write_atomic
-    from spm_lib.report.core import load
+    from spm_lib.report.core import load  # here: workers only (see render_one)
 
     rpt = load(job.owner_id, cadence, as_of, run_dir)
     if rpt.reports.empty:
@@ -184,7 +193,7 @@ def _write_email_figures(job: Job, cadence: str, as_of: str, run_dir: str) -> No
     Taken from the notebook's own `rpt`, still in the warm kernel, whose figures are drawn already; a template
     without `rpt` gets them from a report loaded here.
     """
-    from spm_lib.report.core import Report, load
+    from spm_lib.report.core import Report, load  # here: workers only (see render_one)
     from spm_lib.report.figures import figures_path, write_figures
 
     path = figures_path(job.html)
@@ -202,29 +211,29 @@ def _write_email_figures(job: Job, cadence: str, as_of: str, run_dir: str) -> No
 # ---------------------------------------------------------------- the run
 def run(cfg: Config, cadence: str, as_of: date, *, level: str | None = None, owner: str | None = None,
         workers: int | None = None, resume: bool = False, force_cube: bool = False,
-        progress: bool = True) -> dict[str, Any]:
-    """Compute the cube (if needed) and render the reports; return the manifest (also written to disk)."""
-    from spm_lib.store.prune import prune_runs
-    from spm_lib.store.runfolder import compute_cube_into, has_cube, locked, run_dir
+        progress: bool = True, executor: str | None = None, scheduler: str | None = None) -> dict[str, Any]:
+    """Compute the cube (if needed) and render the reports; return the manifest (also written to disk).
 
-    folder = run_dir(cfg, cadence, as_of)
-    with locked(folder):
+    `executor` "local" (the default, or config runner.executor) renders on a pool of this machine's processes;
+    "dask" on the Dask cluster whose scheduler is at `scheduler` (or config runner.scheduler)."""
+    folder = runfolder.run_dir(cfg, cadence, as_of)
+    with runfolder.locked(folder):
         handler = logging.FileHandler(folder / "run.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         try:
             t0 = time.perf_counter()
-            pool = _pool(cfg, workers, plan_owners(folder, cfg, cadence, level, owner))
+            pool = _executor(cfg, executor, scheduler, workers, plan_owners(folder, cfg, cadence, level, owner))
             try:
-                if force_cube or not has_cube(folder):  # the workers start their kernels meanwhile
+                if force_cube or not runfolder.has_cube(folder):  # the workers start their kernels meanwhile
                     log.info("computing the cube for %s as of %s", cadence, as_of)
-                    compute_cube_into(cfg, cadence, as_of, folder)
+                    runfolder.compute_cube_into(cfg, cadence, as_of, folder)
                 cube_s = time.perf_counter() - t0
                 manifest = _render_run(cfg, folder, cadence, as_of, level, owner, resume, pool, progress, t0, cube_s)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
-            _write_manifest(folder, manifest)
+            runfolder.write_manifest(folder, manifest)
             log.info("done: %d rendered, %d failed", manifest["rendered"], len(manifest["failed"]))
             prune_runs(cfg, cadence, spare=folder)
             return manifest
@@ -238,6 +247,17 @@ def plan_owners(folder: Path, cfg: Config, cadence: str, level: str | None, owne
     if (folder / "owners.parquet").is_file():
         return len(plan(cfg, folder, cadence, level=level, owner=owner))
     return 1 if owner else 1000
+
+
+def _executor(cfg: Config, executor: str | None, scheduler: str | None, workers: int | None, jobs: int) -> Any:
+    """The local pool (default) or a Dask cluster's (executor "dask", or a scheduler given): ProcessPoolExecutor
+    or dask_executor.DaskPool, both with shutdown(); _render_all renders on either."""
+    kind = executor or ("dask" if scheduler else cfg.runner.executor)
+    if kind == "dask":
+        from spm_lib.batch.dask_executor import DaskPool  # here: distributed is an optional dependency
+
+        return DaskPool(cfg, scheduler or cfg.runner.scheduler)
+    return _pool(cfg, workers, jobs)
 
 
 def _pool(cfg: Config, workers: int | None, jobs: int) -> ProcessPoolExecutor:
@@ -255,12 +275,10 @@ def _noop() -> None:
 
 
 def _render_run(cfg: Config, folder: Path, cadence: str, as_of: date, level: str | None, owner: str | None,
-                resume: bool, pool: ProcessPoolExecutor, progress: bool, t0: float, cube_s: float) -> dict[str, Any]:
+                resume: bool, pool: Any, progress: bool, t0: float, cube_s: float) -> dict[str, Any]:
     """Render the planned owners on the pool and return the updated manifest."""
-    from tqdm import tqdm
-
-    manifest = _read_manifest(folder)
-    meta = json.loads((folder / "cube.json").read_text())
+    manifest = runfolder.read_manifest(folder)
+    meta = read_cube_meta(folder)
     if manifest.get("run_id") != meta["run_id"]:
         manifest = {"run_id": meta["run_id"], "generation": int(manifest.get("generation", 0)) + 1,
                     "owners": {}}
@@ -285,8 +303,9 @@ def _render_run(cfg: Config, folder: Path, cadence: str, as_of: date, level: str
     return manifest
 
 
-def _render_all(pool: ProcessPoolExecutor, jobs: list[Job], cadence: str, as_of: str, folder: str,
-                bar: Any) -> list[Outcome]:
+def _render_all(pool: Any, jobs: list[Job], cadence: str, as_of: str, folder: str, bar: Any) -> list[Outcome]:
+    if not isinstance(pool, ProcessPoolExecutor):  # the Dask executor (dask_executor.DaskPool)
+        return pool.render(jobs, cadence, as_of, folder, bar)  # type: ignore[no-any-return]
     outcomes: list[Outcome] = []
     futures = {pool.submit(render_one, j, cadence, as_of, folder): j for j in jobs}
     for fut in as_completed(futures):
@@ -294,19 +313,13 @@ def _render_all(pool: ProcessPoolExecutor, jobs: list[Job], cadence: str, as_of:
         try:
             outcomes.append(fut.result())
         except Exception as e:  # a worker died: that owner failed, the rest go on  # noqa: BLE001
-            outcomes.append(Outcome(j.owner_id, j.level, "failed", 0.0, j.ipynb, "", "unknown",
-                                    f"worker crashed: {type(e).__name__}: {e}"))
+            outcomes.append(crashed(j, e))
         bar.update(1)
     bar.close()
     return outcomes
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    p = folder / "manifest.json"
-    return json.loads(p.read_text()) if p.is_file() else {"owners": {}}
-
-
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    from spm_lib.batch.export import write_atomic
-
-    write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+def crashed(job: Job, error: BaseException) -> Outcome:
+    """The outcome of a job whose worker died (or that failed outside render_one): failed, with the reason."""
+    return Outcome(job.owner_id, job.level, "failed", 0.0, job.ipynb, "", "unknown",
+                   f"worker crashed: {type(error).__name__}: {error}")

@@ -42,13 +42,14 @@ from spm_lib.config import Config
 from spm_lib.deliver.images import Chart, Exporter, ImageError, png_size
 from spm_lib.deliver.smtp import DeliveryError, Pace, SendFailed, SmtpSender, message_bytes
 from spm_lib.domain import links
+from spm_lib.engine.cube import read_cube_meta
 from spm_lib.errors import RunError
 from spm_lib.report import markup
 from spm_lib.report.core import Report, load
 from spm_lib.report.figures import EMAIL_CHARTS, figures_json, figures_path
 from spm_lib.report.markup import LEVEL_TITLES, STATUS_COLOURS, STATUS_WORDS
 from spm_lib.state import ledger
-from spm_lib.store.runfolder import has_cube, locked
+from spm_lib.store.runfolder import has_cube, has_manifest, locked, read_manifest
 from spm_lib.util.atomic import write_atomic
 
 log = logging.getLogger("spm.send")
@@ -660,13 +661,12 @@ def send_all(cfg: Config, run_dir: Path, *, owner: str | None = None, level: str
              pace: Pace | None = None) -> Summary:
     """Email every owner of a run their report (or one owner / one level); never twice; a dry run writes .eml files."""
     run_dir = Path(run_dir)
-    manifest_path = run_dir / "manifest.json"
-    if not has_cube(run_dir) or not manifest_path.is_file():
+    if not has_cube(run_dir) or not has_manifest(run_dir):
         raise RunError(f"{run_dir} holds no rendered run: run `spm run --cadence {run_dir.parent.name} "
                        f"--as-of {run_dir.name}` first")
     with locked(run_dir), project_env(cfg.root), _send_log(run_dir):
-        manifest = json.loads(manifest_path.read_text())
-        cube_id = json.loads((run_dir / "cube.json").read_text()).get("run_id")
+        manifest = read_manifest(run_dir)
+        cube_id = read_cube_meta(run_dir).get("run_id")
         if manifest.get("run_id") != cube_id:
             raise RunError(f"{run_dir}: the cube was recomputed after the reports were rendered; render them "
                            f"again with `spm run --cadence {run_dir.parent.name} --as-of {run_dir.name}` first")

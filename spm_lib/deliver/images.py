@@ -29,7 +29,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
+import kaleido
 import numpy as np
+from plotly.io._utils import validate_coerce_fig_to_dict
 
 from spm_lib.errors import SpmError
 from spm_lib.util.tasks import daemon_thread
@@ -64,8 +66,6 @@ def browser_path() -> str:
 
 def _figure_dict(fig: Any) -> dict[str, Any]:
     """A plotly figure, figure dict or figure JSON text as a validated figure dict."""
-    from plotly.io._utils import validate_coerce_fig_to_dict
-
     if isinstance(fig, str | bytes):
         try:
             fig = json.loads(fig)
@@ -79,8 +79,6 @@ def _figure_dict(fig: Any) -> dict[str, Any]:
 
 def _kaleido_class() -> type:
     """kaleido.Kaleido, reloading a tab after every RELOAD_EVERY images rather than after each one."""
-    import kaleido
-
     class Kaleido(kaleido.Kaleido):  # type: ignore[misc] # kaleido is untyped: its class is Any
         spm_failed = False
 

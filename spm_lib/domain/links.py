@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from spm_lib.domain.org import org_of
 from spm_lib.domain.periods import CADENCES, check_cadence
 from spm_lib.errors import OrgError, SpmError
 
@@ -168,8 +169,6 @@ def parse_duration(text: str) -> timedelta:
 
 def allowed(viewer_owner_id: str, target_owner_id: str, org_owners: pd.DataFrame) -> bool:
     """True when `target_owner_id` is the viewer or anyone below them in the current hierarchy."""
-    from spm_lib.domain.org import org_of
-
     try:
         return str(target_owner_id).strip() in org_of(org_owners).subtree(viewer_owner_id)
     except OrgError:  # the viewer is not (or no longer) an owner

@@ -146,13 +146,12 @@ def build_context(cfg: Config, data: Dataset, cadence: str, as_of: date) -> Cube
     """Prepare the shared inputs of one cube run and register them as DuckDB views."""
     calendar = FiscalCalendar.from_config(cfg)
     windows = calendar.windows(cadence, as_of)
-    owners = data.table("owners").drop_duplicates("owner_id", keep="last").reset_index(drop=True)
+    org = Org.from_owners(data.table("owners"))
     # every contract column (a source without `email` still has the column, empty); a level not given is read
     # from the tree (the template of an owner without reports is the rep's), see Org.scope_kind
     owners = all_columns("owners", data.table("owners").drop_duplicates("owner_id", keep="last").reset_index(drop=True))
     owners["level"] = owners["level"].fillna(owners["owner_id"].map(org.level_or_tree))
     owners["name"] = owners["name"].fillna(owners["owner_id"])  # shown by id when the source has no name
-    org = Org.from_owners(data.table("owners"))
     history = data.tables.get("opportunity_history")
     notes: list[str] = []
     if history is None or history.empty:

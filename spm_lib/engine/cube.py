@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ from spm_lib.engine import decomposition, forecast, targets, trust
 from spm_lib.engine.context import (
     KPI_COLUMNS,
     CubeContext,
-    as_of_date,
     all_columns,
+    as_of_date,
     build_context,
 )
 from spm_lib.engine.targets import attainment, status
@@ -369,15 +370,13 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
 
     trust_df, trust_rows = trust.compute_trust(ctx, bookings_by_month=_month_bookings(ctx, periods, base))
     decomp = decomposition.decompose(ctx, allk, pd.concat([tgt, q_targets], ignore_index=True))
-    import uuid
-
     win = ctx.windows
     meta = {"run_id": uuid.uuid4().hex[:12], "computed_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "as_of": ctx.as_of.isoformat(), "cadence": cadence,
             "closed_period": win.closed.label,
             "forward_period": q.label, "forward_start": q.start.isoformat(), "forward_end": q.end.isoformat(),
             "notes": ctx.notes, "owners": len(scopes), "opportunities": int(len(ctx.snapshot)),
-            "above_the_line": cfg.kpis.above_the_line, "weak_stage_rule": cfg.kpis.weak_stage.model_dump(),
+            "above_the_line": cfg.kpis.above_the_line,
             "kpi_meta": {k.id: {"label": k.label, "unit": k.unit, "direction": k.direction, "kind": k.kind,
                                 "definition": k.definition} for k in registry.REGISTRY.values() if not k.hidden}}
     owners = ctx.owners.copy()
@@ -709,11 +708,17 @@ def _encoded(cube: Cube, name: str) -> Future[bytes] | None:
     return data if frame is not None and frame is getattr(cube, name) else None
 
 
+def read_cube_meta(run_dir: Path) -> dict[str, Any]:
+    """A run folder's cube.json (Cube.meta: run id, periods, notes, KPI declarations): the one reader of it."""
+    meta: dict[str, Any] = json.loads((run_dir / "cube.json").read_text())
+    return meta
+
+
 def read_cube(run_dir: Path) -> Cube:
     """Read a cube written by `write_cube`."""
     parts = {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in CUBE_FILES}
     facts = pd.read_parquet(run_dir / "facts" / "opportunities.parquet")
-    meta = json.loads((run_dir / "cube.json").read_text())
+    meta = read_cube_meta(run_dir)
     return Cube(kpis=parts["kpis"], trust=parts["trust"], trust_rows=parts["trust_rows"],
                 decomposition=parts["decomposition"], facts=facts, probabilities=parts["probabilities"],
                 owners=parts["owners"], quality=parts["quality"], meta=meta)

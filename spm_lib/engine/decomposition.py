@@ -28,7 +28,7 @@ import pandas as pd
 
 from spm_lib.config import StatusBands
 from spm_lib.engine.context import CubeContext
-from spm_lib.engine.targets import attainment, status
+from spm_lib.engine.targets import attainment, resolve_targets, status
 from spm_lib.util.frames import isin
 
 TREE_COLUMNS = ["owner_id", "period", "node", "parent", "label", "unit", "required", "actual", "attainment",
@@ -245,8 +245,6 @@ def decompose(ctx: CubeContext, kpis: pd.DataFrame, targets: pd.DataFrame) -> pd
 
 def _q_target(ctx: CubeContext, targets: pd.DataFrame, metric: str, q: Any) -> pd.Series:
     """Target of `metric` for Q per owner: from the resolved targets given, else resolved now."""
-    from spm_lib.engine.targets import resolve_targets
-
     t = targets[(targets["metric"] == metric) & (targets["period"] == str(q.label))] \
         if {"metric", "period"} <= set(targets.columns) else targets.iloc[0:0]
     if t.empty:

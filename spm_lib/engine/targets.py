@@ -27,6 +27,7 @@ import pandas as pd
 from spm_lib.config import StatusBands
 from spm_lib.domain.periods import Window
 from spm_lib.engine.context import CubeContext
+from spm_lib.metrics import kpis
 from spm_lib.util.frames import isin, trimmed_already
 
 TARGET_COLUMNS = ["owner_id", "period", "metric", "target", "source"]
@@ -99,8 +100,6 @@ def resolve_targets(ctx: CubeContext, metric: str, periods: list[Any]) -> pd.Dat
 
 def is_additive(metric: str) -> bool:
     """True when targets of `metric` add up over periods and owners (currency and count KPIs, unknown metrics)."""
-    from spm_lib.metrics import kpis
-
     kpi = kpis.REGISTRY.get(metric)
     return kpi is None or kpi.unit in ADDITIVE_UNITS
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from spm_lib.config import Threshold
-from spm_lib.data.asof import SortedHistory, first_of_run
+from spm_lib.data.asof import SortedHistory, first_of_run, snapshot
 from spm_lib.errors import SpmError, did_you_mean
 from spm_lib.metrics import checks
 from spm_lib.metrics.kpis import not_available
@@ -288,8 +288,6 @@ def _won_in_month(ctx: CubeContext, start: date, end: date) -> pd.DataFrame:
     """Deals won with close date in [start, end], as they stood at `end` (history) or as they stand now."""
     history = ctx.data.tables.get("opportunity_history")
     if history is not None and not history.empty:
-        from spm_lib.data.asof import snapshot
-
         snap = snapshot(ctx.data.table("opportunities"), history, end, ctx.cfg.stages)
     else:
         snap = ctx.snapshot
@@ -526,6 +524,8 @@ def scope_offenders(trust_rows: pd.DataFrame, deals: pd.DataFrame, checks: Itera
     if checks is not None:
         rows = rows[rows["check"].isin(set(checks))]
     return rows.sort_values(["amount", "opportunity_id"], ascending=[False, True], na_position="last")
+
+
 DEAD_CHECKS = ("opps_stale_60d",)  # a deal flagged by these is not pushed: it goes to the trust list
 
 
@@ -534,8 +534,6 @@ def dead_deals(trust_rows: pd.DataFrame, deals: pd.DataFrame) -> pd.Series:
     by a check of DEAD_CHECKS; pushing it moves nothing until its owner updates it)."""
     dead = trust_rows.loc[trust_rows["check"].isin(DEAD_CHECKS), "opportunity_id"]
     return deals["opportunity_id"].isin(set(dead))
-
-
 
 
 def offenders_for(trust_rows: pd.DataFrame, facts: pd.DataFrame, owner_id: str, limit: int = 20,

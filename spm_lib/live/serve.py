@@ -38,11 +38,14 @@ import pandas as pd
 from jupyter_server.auth.identity import IdentityProvider, User
 from markupsafe import escape
 from tornado import web
+from traitlets.config import Config as TConfig
 
 from spm_lib.config import Config, LiveConfig
 from spm_lib.domain import links
+from spm_lib.domain.org import Org
+from spm_lib.domain.periods import CADENCES, FiscalCalendar
 from spm_lib.engine.trust import worst_by_owner
-from spm_lib.errors import ConfigError, SpmError
+from spm_lib.errors import ConfigError, SpmError, did_you_mean
 from spm_lib.live import log_redact
 from spm_lib.live.kernels import BudgetedManager, KernelBudget, default_max_kernels
 from spm_lib.live.request import (
@@ -57,6 +60,7 @@ from spm_lib.live.request import (
 from spm_lib.live.sessions import Session, Sessions, link_key
 from spm_lib.project import templates_dir
 from spm_lib.state import revocations
+from spm_lib.store.runfolder import ensure_cube, has_cube, run_dir
 
 SESSION_COOKIE = "spm-session"
 TEMPLATE_NAME = "spm"  # the Voila page template under spm_lib/share/jupyter/voila/templates/
@@ -85,8 +89,6 @@ class Runs:
 
     def folder(self, cadence: str, as_of: date | None = None) -> Path | None:
         """The run folder live pages of `cadence` read (a link's as-of, the server's, or the newest), None if none."""
-        from spm_lib.store.runfolder import has_cube
-
         base = self.project / "runs" / cadence
         pinned = as_of or self.as_of
         if pinned is not None:
@@ -480,8 +482,6 @@ def landing_body(runs: Runs, templates: Path, claims: links.Claims, token: str, 
 
 
 def _subtree(owner_id: str, owners: pd.DataFrame) -> list[str]:
-    from spm_lib.domain.org import Org
-
     return Org.from_owners(owners).subtree(owner_id)
 
 
@@ -554,6 +554,7 @@ def _rule_for(pattern: str) -> Callable[[web.RequestHandler], None]:
 
 
 def _voila_class() -> type:
+    # here: importing voila takes ~3 s (measured), which the commands and tests that never serve do not pay
     from voila.app import Voila
     from voila.request_info_handler import RequestInfoSocketHandler
 
@@ -617,8 +618,6 @@ def max_kernels(live: LiveConfig, templates: Path) -> int:
 
 def voila_config(cfg: Config, templates: Path, *, host: str, port: int, secret: str) -> Any:
     """The traitlets config of the live server (pools, culling, page template, identity provider)."""
-    from traitlets.config import Config as TConfig
-
     live = cfg.live
     c = TConfig()
     c.Voila.ip = host
@@ -651,8 +650,6 @@ def voila_config(cfg: Config, templates: Path, *, host: str, port: int, secret: 
 
 def check_pools(cfg: Config, templates: Path) -> None:
     """Every template named in live.pools exists."""
-    from spm_lib.errors import ConfigError, did_you_mean
-
     known = sorted(p.stem for p in templates.glob("*.ipynb"))
     for name in cfg.live.pools:
         if name not in known:
@@ -662,9 +659,6 @@ def check_pools(cfg: Config, templates: Path) -> None:
 
 def ensure_runs(cfg: Config, as_of: date | None, echo: Any = print) -> dict[str, Path]:
     """Make sure the run of each cadence live pages read exists (computing the cube when missing)."""
-    from spm_lib.domain.periods import CADENCES, FiscalCalendar
-    from spm_lib.store.runfolder import ensure_cube, has_cube, run_dir
-
     cal = FiscalCalendar.from_config(cfg)
     out = {}
     for cadence in CADENCES:

@@ -16,8 +16,10 @@ from typing import Any
 
 import ipywidgets as w
 import pandas as pd
+from IPython.display import HTML, display
 
 from spm_lib.config import cached_config
+from spm_lib.domain.org import org_of
 from spm_lib.domain.periods import CadenceWindows, FiscalCalendar
 from spm_lib.engine.decomposition import KPI_INPUTS, MONTHS_PER_YEAR, what_if
 from spm_lib.errors import KpiError, OrgError, SpmError, did_you_mean
@@ -40,8 +42,6 @@ class Live(Html):
     show_body: bool = True
 
     def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
-
         if self.show_body:
             display(HTML(self.body))
         display(self.widget)
@@ -67,8 +67,6 @@ _SUBTREES: dict[tuple[int, str], frozenset[str]] = {}
 
 def viewer_subtree(rpt: Report) -> frozenset[str]:
     """The owners the report's viewer may open: themselves and everyone below them (empty without a viewer)."""
-    from spm_lib.domain.org import org_of
-
     key = (id(rpt.cube), str(rpt.viewer_id))
     if key not in _SUBTREES:
         try:

@@ -10,13 +10,14 @@ or from config/kpis.yml `custom` (see `register_custom`).
 
 from __future__ import annotations
 
+import runpy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pandas as pd
 
-from spm_lib.config import CustomKpi
+from spm_lib.config import Config, CustomKpi
 from spm_lib.errors import KpiError, did_you_mean
 
 NOT_AVAILABLE = "not available — needs "  # the one wording of a KPI or check whose data is absent (SPEC §3)
@@ -284,9 +285,6 @@ def _builtins() -> list[Kpi]:
             "Share of opportunities that reached a stage and went on to the next.", ("opportunity_history",),
             external=True),
     ]
-        Kpi("stage_exits", "Deals leaving the stage", "count", "higher", "leading",
-            "Opportunities that reached a stage and left it in the trend window (what stage conversion counts).",
-            ("opportunity_history",), external=True),
 
 
 for _k in _builtins():
@@ -335,13 +333,8 @@ def _default_date(table: str) -> str:
             "costs": "period_start"}.get(table, "date")
 
 
-def load_custom(cfg: object) -> None:
+def load_custom(cfg: Config) -> None:
     """Register the custom KPIs of config/kpis.yml and run the Python files it lists."""
-    import runpy
-
-    from spm_lib.config import Config
-
-    assert isinstance(cfg, Config)
     for path in cfg.kpis.python_files:
         file = cfg.path(path)
         if not file.is_file():

@@ -7,7 +7,6 @@ authoring (Lab or nbval: defaults). Every section returns an object that display
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,15 +19,16 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup, escape
 
-from spm_lib.config import WeakStageRule
 from spm_lib.engine.cube import Cube, read_cube, read_cube_meta
-from spm_lib.engine.forecast import stage_worth, weak_stage
-from spm_lib.engine.trust import checks_with_status, dead_deals, owner_status, scope_offenders, worst_by_owner
+from spm_lib.engine.forecast import weak_stage
+from spm_lib.engine.trust import checks_with_status, owner_status, scope_offenders, worst_by_owner
 from spm_lib.errors import OrgError, RunError, did_you_mean
 from spm_lib.metrics import kpis as registry
+from spm_lib.project import project_dir
 from spm_lib.report import charts, markup
 from spm_lib.report.actions_view import actions_html
 from spm_lib.report.markup import LEVEL_TITLES, TRUST_BADGE
+from spm_lib.store.runfolder import has_cube
 from spm_lib.util.frames import isin
 
 CADENCE_FOCUS = {
@@ -90,15 +90,11 @@ class Html:
 # ---------------------------------------------------------------- locating the run
 def project_root() -> Path:
     """The project folder reports read their runs from."""
-    from spm_lib.project import project_dir
-
     return project_dir()
 
 
 def latest_run(cadence: str, root: Path | None = None) -> Path:
     """The newest run folder of `cadence` that holds a cube."""
-    from spm_lib.store.runfolder import has_cube
-
     base = (root or project_root()) / "runs" / cadence
     runs = sorted(p for p in base.glob("????-??-??") if has_cube(p)) if base.is_dir() else []
     if not runs:
@@ -109,7 +105,7 @@ def latest_run(cadence: str, root: Path | None = None) -> Path:
 def load_cube(run_dir: Path) -> Cube:
     """The cube of a run folder, read once per process and reloaded when the run was recomputed."""
     run_dir = run_dir.resolve()
-    meta = json.loads((run_dir / "cube.json").read_text())
+    meta = read_cube_meta(run_dir)
     cached = _CACHE.get(run_dir)
     if cached and cached[0] == meta.get("run_id"):
         return cached[1]
@@ -145,7 +141,6 @@ def load(owner_id: str | None = None, cadence: str | None = None, as_of: str | d
         folder = project_root() / "runs" / cadence / str(as_of)
     else:
         folder = latest_run(cadence)
-    from spm_lib.store.runfolder import has_cube
 
     if not has_cube(folder):
         raise RunError(f"{folder} holds no cube: run `spm run --cadence {cadence} --as-of {folder.name}` first")
@@ -483,10 +478,8 @@ class Report:
                        f"the {self.forward} target.")
         weak = self.weak_stage()
         if weak:
-            cost = f", ≈ {markup.fmt_value(weak['cost'], 'currency', self.currency)} of bookings" \
-                if weak.get("cost") is not None else ""
-            out.append(f"{weak['stage']} → {weak['next']} converts at {weak['rate']:.0f} % against "
-                       f"{weak['benchmark_rate']:.0f} % for {weak['benchmark']}: {weak['deals']} deals{cost}.")
+            out.append(f"{weak['stage']} → next stage converts at {weak['rate']:.0f} % against "
+                       f"{weak['benchmark_rate']:.0f} % for {weak['benchmark']}.")
         t = self.cube.trust[(self.cube.trust["owner_id"] == self.owner_id) & (self.cube.trust["check"] ==
                                                                              "opps_stale_60d")]
         if not t.empty and pd.notna(t.iloc[0]["count"]) and t.iloc[0]["count"]:  # NA: the check is not available
@@ -506,13 +499,7 @@ class Report:
         if bench is None:
             return None
         both = pd.concat([owner_kpis(self.cube, self.owner_id), owner_kpis(self.cube, bench)])
-        rule = WeakStageRule(**self.cube.meta.get("weak_stage_rule", {}))
-        theirs = self.kpi("avg_deal_size", "TTM", owner_id=bench)  # the team's deal size when the owner has none
-        sizes = (self.value("avg_deal_size", "TTM"), math.nan if theirs is None else float(theirs["value"]))
-        size = next((v for v in sizes if math.isfinite(v)), math.nan)
-        worth = stage_worth(self.cube.probabilities, size) if math.isfinite(size) else None
-        conv = both[both["kpi"].isin(["stage_conversion", "stage_exits"]) & (both["period"] == self.closed)]
-        res = weak_stage(conv, self.owner_id, bench, rule, worth)
+        res = weak_stage(both[(both["kpi"] == "stage_conversion") & (both["dim"] == "stage")], self.owner_id, bench)
         if res is None:
             return None
         return {**res, "benchmark": "the team" if self.level == "rep" else "the organisation above"}
@@ -641,21 +628,12 @@ class Report:
         open_ = f[~f["is_closed"].fillna(False).astype(bool) & f["close_date"].notna()]
         first = pd.Timestamp(self.as_of) + pd.Timedelta(days=1)
         q_end = pd.Timestamp(str(self.cube.meta["forward_end"]))
-        dead = dead_deals(self.cube.trust_rows, soon)
-        left_out = ""
-        if dead.any():
-            n = int(dead.sum())
-            left_out = (f'<p class="spm-muted">{n} deal{"s" if n != 1 else ""} closing in {esc(self.forward)} '
-                        f"({markup.fmt_value(soon.loc[dead, 'amount'].sum(), 'currency', self.currency)}) "
-                        f"{'are' if n != 1 else 'is'} left out: no update for too long to push. On the data-trust "
-                        "list: update first.</p>")
-        soon = soon[~dead]
         soon = open_[(open_["close_date"] >= first) & (open_["close_date"] <= q_end)]
         prob = self.cube.probabilities.set_index("stage")["probability"]
         soon = soon.assign(p=soon["stage"].map(prob), owner=soon["owner_id"].map(
             self.cube.owners.set_index("owner_id")["name"])).sort_values("amount", ascending=False).head(limit)
         if soon.empty:
-            return Html('<p class="spm-muted">No open deal closes in the rest of the period.</p>' + left_out)
+            return Html('<p class="spm-muted">No open deal closes in the rest of the period.</p>')
         table = markup.table_html(
             soon[["name", "owner", "stage", "amount", "close_date", "p"]],
             {"name": "Deal", "owner": "Owner", "stage": "Stage", "amount": "Amount", "close_date": "Close date",
@@ -671,7 +649,7 @@ class Report:
                 {"dim_value": "Type", "value": "Activities"}, {"value": lambda v: markup.fmt_value(v, "count", "")}))
         return Html(f"<p>The largest open deals that can still close in {esc(self.forward)}: "
                     f"where a push this {self.cadence[:-2] if self.cadence.endswith('ly') else 'period'} "
-                    f"moves the result.</p>{table}{left_out}{mix_html}")
+                    f"moves the result.</p>{table}{mix_html}")
 
     def priorities(self) -> Html:
         """Quarterly: where bookings came from against the trailing year (products, segments, channels), and

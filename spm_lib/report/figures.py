@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from plotly.io.json import to_json_plotly
+
 from spm_lib.report.core import Report
 from spm_lib.util.atomic import write_atomic
 
@@ -36,8 +38,6 @@ def figures_path(report_html: str | Path) -> Path:
 
 def figures_json(rpt: Any) -> str:
     """The owner's email charts as plotly JSON text ({key: figure}), in email order."""
-    from plotly.io.json import to_json_plotly
-
     return str(to_json_plotly({k: f.to_plotly_json() for k, f in email_figures(rpt).items()}))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from spm_lib.config import Config
 from spm_lib.errors import RunError
+from spm_lib.store.runfolder import locked, run_dir
 
 log = logging.getLogger("spm.run")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -22,8 +23,6 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 def run_folders(cfg: Config, cadence: str) -> list[Path]:
     """The run folders of a cadence, oldest as-of first (folders not named YYYY-MM-DD are not runs)."""
-    from spm_lib.store.runfolder import run_dir
-
     base = run_dir(cfg, cadence, date(2000, 1, 1)).parent
     if not base.is_dir():
         return []
@@ -33,8 +32,6 @@ def run_folders(cfg: Config, cadence: str) -> list[Path]:
 
 def prune_runs(cfg: Config, cadence: str, *, spare: Path | None = None) -> list[Path]:
     """Delete the run folders of `cadence` older than the newest `runs.keep` (never `spare` or one in use)."""
-    from spm_lib.store.runfolder import locked
-
     folders = run_folders(cfg, cadence)
     spare_at = spare.resolve() if spare is not None else None
     removed = []
