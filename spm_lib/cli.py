@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import click
@@ -315,8 +315,6 @@ def send_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None,
 @click.pass_context
 def alerts_cmd(ctx: click.Context, as_of: object, cadence: str, dry_run: bool) -> None:
     """Evaluate config/alerts.yml and mail each new alert once (and each cleared one once) to its owner."""
-    from datetime import timedelta
-
     from spm_lib.deliver.alerts import run_alerts
 
     cfg = _config(ctx.obj["project"])

@@ -275,7 +275,7 @@ def fire(cfg: Config, job_name: str, now: datetime, run_fn: Action, send_fn: Act
 
 def _alert_operator(cfg: Config, job_name: str, cadence: str, as_of: date, error: Exception) -> None:
     """Mail a failed firing to delivery.operator_email (nobody watches a scheduled job), unless the send already did."""
-    from spm_lib.deliver.alerts import AlertsUnsent
+    from spm_lib.deliver.alerts import AlertsUnsent  # here: it imports compose, as below
     from spm_lib.deliver.compose import Unsent, notify_operator  # here: compose loads the report (~2 s, measured)
 
     if isinstance(error, Unsent | AlertsUnsent):  # the send's own summary, failures listed, went to the operator
