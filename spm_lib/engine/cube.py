@@ -376,7 +376,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
             "closed_period": win.closed.label,
             "forward_period": q.label, "forward_start": q.start.isoformat(), "forward_end": q.end.isoformat(),
             "notes": ctx.notes, "owners": len(scopes), "opportunities": int(len(ctx.snapshot)),
-            "above_the_line": cfg.kpis.above_the_line,
+            "above_the_line": cfg.kpis.above_the_line, "weak_stage_rule": cfg.kpis.weak_stage.model_dump(),
             "kpi_meta": {k.id: {"label": k.label, "unit": k.unit, "direction": k.direction, "kind": k.kind,
                                 "definition": k.definition} for k in registry.REGISTRY.values() if not k.hidden}}
     owners = ctx.owners.copy()
@@ -672,8 +672,8 @@ def _facts(ctx: CubeContext) -> pd.DataFrame:
     facts = (snap if in_order else snap.take(order)).reset_index(drop=True)  # a new frame: snap keeps its columns
     lists = pd.Series(owners, dtype=object).map(anc)  # like frames.map_values: NaN for an owner without ancestors
     per_code = np.append(lists.to_numpy(), np.nan)  # code -1 (no owner) picks the NaN at the end
-    facts = all_columns("opportunities", facts)  # every contract column: absent ones empty, never a KeyError
     facts["scope_ids"] = pd.Series(per_code[owner[order]], index=facts.index, dtype=lists.dtype)
+    facts = all_columns("opportunities", facts)  # every contract column: absent ones empty, never a KeyError
     facts["name"] = facts["name"].fillna(facts["opportunity_id"])  # a deal without a name is shown by its id
     return facts
 

@@ -284,6 +284,9 @@ def _builtins() -> list[Kpi]:
         Kpi("stage_conversion", "Stage conversion", "pct", "higher", "leading",
             "Share of opportunities that reached a stage and went on to the next.", ("opportunity_history",),
             external=True),
+        Kpi("stage_exits", "Deals leaving the stage", "count", "higher", "leading",
+            "Opportunities that reached a stage and left it in the trend window (what stage conversion counts).",
+            ("opportunity_history",), external=True),
     ]
 
 

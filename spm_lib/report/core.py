@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup, escape
 
+from spm_lib.config import WeakStageRule
 from spm_lib.engine.cube import Cube, read_cube, read_cube_meta
-from spm_lib.engine.forecast import weak_stage
-from spm_lib.engine.trust import checks_with_status, owner_status, scope_offenders, worst_by_owner
+from spm_lib.engine.forecast import stage_worth, weak_stage
+from spm_lib.engine.trust import checks_with_status, dead_deals, owner_status, scope_offenders, worst_by_owner
 from spm_lib.errors import OrgError, RunError, did_you_mean
 from spm_lib.metrics import kpis as registry
 from spm_lib.project import project_dir
@@ -478,8 +479,10 @@ class Report:
                        f"the {self.forward} target.")
         weak = self.weak_stage()
         if weak:
-            out.append(f"{weak['stage']} → next stage converts at {weak['rate']:.0f} % against "
-                       f"{weak['benchmark_rate']:.0f} % for {weak['benchmark']}.")
+            cost = f", ≈ {markup.fmt_value(weak['cost'], 'currency', self.currency)} of bookings" \
+                if weak.get("cost") is not None else ""
+            out.append(f"{weak['stage']} → {weak['next']} converts at {weak['rate']:.0f} % against "
+                       f"{weak['benchmark_rate']:.0f} % for {weak['benchmark']}: {weak['deals']} deals{cost}.")
         t = self.cube.trust[(self.cube.trust["owner_id"] == self.owner_id) & (self.cube.trust["check"] ==
                                                                              "opps_stale_60d")]
         if not t.empty and pd.notna(t.iloc[0]["count"]) and t.iloc[0]["count"]:  # NA: the check is not available
@@ -499,10 +502,19 @@ class Report:
         if bench is None:
             return None
         both = pd.concat([owner_kpis(self.cube, self.owner_id), owner_kpis(self.cube, bench)])
-        res = weak_stage(both[(both["kpi"] == "stage_conversion") & (both["dim"] == "stage")], self.owner_id, bench)
+        rule = WeakStageRule(**self.cube.meta.get("weak_stage_rule", {}))
+        theirs = self.kpi("avg_deal_size", "TTM", owner_id=bench)  # the team's deal size when the owner has none
+        sizes = (self.value("avg_deal_size", "TTM"), math.nan if theirs is None else float(theirs["value"]))
+        size = next((v for v in sizes if math.isfinite(v)), math.nan)
+        worth = stage_worth(self.cube.probabilities, size) if math.isfinite(size) else None
+        conv = both[both["kpi"].isin(["stage_conversion", "stage_exits"]) & (both["period"] == self.closed)]
+        res = weak_stage(conv, self.owner_id, bench, rule, worth)
         if res is None:
             return None
-        return {**res, "benchmark": "the team" if self.level == "rep" else "the organisation above"}
+        stages = self.cube.probabilities.sort_values("stage_index")["stage"].astype(str).tolist()
+        at = stages.index(res["stage"]) if res["stage"] in stages else -1
+        nxt = stages[at + 1] if 0 <= at < len(stages) - 1 else "won"
+        return {**res, "next": nxt, "benchmark": "the rest of the team" if self.level == "rep" else "the other teams"}
 
     def focus(self) -> Html:
         """Findings in words; for managers and up their direct reports ranked; funnel, channels, products."""
@@ -629,11 +641,20 @@ class Report:
         first = pd.Timestamp(self.as_of) + pd.Timedelta(days=1)
         q_end = pd.Timestamp(str(self.cube.meta["forward_end"]))
         soon = open_[(open_["close_date"] >= first) & (open_["close_date"] <= q_end)]
+        dead = dead_deals(self.cube.trust_rows, soon)
+        left_out = ""
+        if dead.any():
+            n = int(dead.sum())
+            left_out = (f'<p class="spm-muted">{n} deal{"s" if n != 1 else ""} closing in {esc(self.forward)} '
+                        f"({markup.fmt_value(soon.loc[dead, 'amount'].sum(), 'currency', self.currency)}) "
+                        f"{'are' if n != 1 else 'is'} left out: no update for too long to push. On the data-trust "
+                        "list: update first.</p>")
+        soon = soon[~dead]
         prob = self.cube.probabilities.set_index("stage")["probability"]
         soon = soon.assign(p=soon["stage"].map(prob), owner=soon["owner_id"].map(
             self.cube.owners.set_index("owner_id")["name"])).sort_values("amount", ascending=False).head(limit)
         if soon.empty:
-            return Html('<p class="spm-muted">No open deal closes in the rest of the period.</p>')
+            return Html('<p class="spm-muted">No open deal closes in the rest of the period.</p>' + left_out)
         table = markup.table_html(
             soon[["name", "owner", "stage", "amount", "close_date", "p"]],
             {"name": "Deal", "owner": "Owner", "stage": "Stage", "amount": "Amount", "close_date": "Close date",
@@ -649,7 +670,7 @@ class Report:
                 {"dim_value": "Type", "value": "Activities"}, {"value": lambda v: markup.fmt_value(v, "count", "")}))
         return Html(f"<p>The largest open deals that can still close in {esc(self.forward)}: "
                     f"where a push this {self.cadence[:-2] if self.cadence.endswith('ly') else 'period'} "
-                    f"moves the result.</p>{table}{mix_html}")
+                    f"moves the result.</p>{table}{left_out}{mix_html}")
 
     def priorities(self) -> Html:
         """Quarterly: where bookings came from against the trailing year (products, segments, channels), and
