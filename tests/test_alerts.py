@@ -17,7 +17,9 @@ import pandas as pd
 import pytest
 import yaml
 from aiosmtpd.controller import Controller
+from click.testing import CliRunner
 
+from spm_lib.cli import cli
 from spm_lib.config import AlertsConfig, Config, StateConfig, load_config
 from spm_lib.deliver import schedule
 from spm_lib.deliver.alerts import run_alerts
@@ -343,3 +345,10 @@ def test_an_alerts_job_runs_as_of_the_day_before_and_once(tmp_path: Path) -> Non
         {"jobs": {"alerts": {"cadence": "monthly", "kind": "alerts", "business_day": 2}}})})
     with pytest.raises(ConfigError, match="job `alerts`: an alerts job needs `cron`"):
         schedule.fire(bad, "alerts", at, None, None, None, alerts=(alerts_fn, lambda c, a: False))  # type: ignore[arg-type]
+
+
+def test_the_command_prints_the_summary_and_writes_the_dry_run(project: Config) -> None:
+    result = CliRunner().invoke(cli, ["--project", str(project.root), "alerts", "--as-of", "2026-12-05", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("alerts monthly as of 2026-12-05: 5 new and 0 cleared written as .eml (dry run)")
+    assert f"Emails written to {project.root / 'runs/monthly/2026-12-05/alerts'}" in result.output
