@@ -277,33 +277,43 @@ def read_backtest(folder: Path) -> pd.DataFrame | None:
 
 
 LABELS = {"forecast": "calibrated forecast", "stage": "stage weighting (today's)", "run_rate": "naive run-rate"}
+COLOURS = {"forecast": "#1f5fa8", "stage": "#9aa5b1", "run_rate": "#e3a33b"}
 
 
 def chart_html(bt: Backtest) -> str:
-    """A self-contained page: MdAPE and bias per level and method at each point, and the top scope's forecast
-    (with its P10-P90 range) against what was booked, period by period."""
+    """A self-contained page (its own plotly.js) holding `chart_figure`."""
+    fig = chart_figure(bt)
+    bundle = resources.files("spm_lib.static").joinpath("plotly-finance.min.js").read_text(encoding="utf-8")
+    body = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"backtest-{bt.cadence}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>spm backtest — {bt.cadence}</title>"
+            f"<script>{bundle}</script></head><body>{body}</body></html>")
+
+
+def chart_figure(bt: Backtest) -> Any:
+    """MdAPE and bias per level and method at each point, and the top scope's forecast (with its P10-P90 range)
+    against what was booked, period by period (a plotly Figure)."""
     import plotly.graph_objects as go  # optional at import time: only the chart needs plotly
     from plotly.subplots import make_subplots
 
     s = bt.summary[bt.summary["level"] != "rep"]
     fig = make_subplots(rows=3, cols=1, vertical_spacing=0.12, subplot_titles=(
         "Median absolute % error (manager level and up)", "Bias: Σ(forecast − actual) / Σ actual, %",
-        "Top scope at mid-period: forecast with P10–P90 vs booked"))
+        "The whole company at mid-period: forecast with P10–P90 vs booked"))
     x = s["point"] + " · " + s["level"]
     for m in METHODS:
-        fig.add_trace(go.Bar(x=x, y=s[f"{m}_mdape"], name=LABELS[m], legendgroup=m), row=1, col=1)
-        fig.add_trace(go.Bar(x=x, y=s[f"{m}_bias"], name=LABELS[m], legendgroup=m, showlegend=False), row=2, col=1)
-    top = bt.rows[(bt.rows["point"] == "middle")]
-    top = top[top["level"] == top["level"].iloc[0]] if len(top) else top
-    top = top[top["owner_id"] == top["owner_id"].iloc[0]] if len(top) else top
+        fig.add_trace(go.Bar(x=x, y=s[f"{m}_mdape"], name=LABELS[m], legendgroup=m, marker_color=COLOURS[m]),
+                      row=1, col=1)
+        fig.add_trace(go.Bar(x=x, y=s[f"{m}_bias"], name=LABELS[m], legendgroup=m, showlegend=False,
+                             marker_color=COLOURS[m]), row=2, col=1)
+    mid = bt.rows[bt.rows["point"] == "middle"]
+    top = mid[mid["owner_id"] == mid.groupby("owner_id")["actual"].sum().idxmax()] if len(mid) else mid
     fig.add_trace(go.Scatter(x=top["period"], y=top["forecast"], mode="markers", name="forecast (P10–P90)",
+                             marker_color=COLOURS["forecast"],
                              error_y={"type": "data", "symmetric": False, "array": top["p90"] - top["forecast"],
                                       "arrayminus": top["forecast"] - top["p10"]}), row=3, col=1)
-    fig.add_trace(go.Scatter(x=top["period"], y=top["actual"], mode="lines+markers", name="booked"), row=3, col=1)
+    fig.add_trace(go.Scatter(x=top["period"], y=top["actual"], mode="lines+markers", name="booked",
+                             line_color="#222222"), row=3, col=1)
     fig.add_trace(go.Scatter(x=top["period"], y=top["stage"], mode="markers", name="stage weighting",
-                             marker={"symbol": "x"}), row=3, col=1)
+                             marker={"symbol": "x", "color": COLOURS["stage"], "size": 9}), row=3, col=1)
     fig.update_layout(height=1000, barmode="group", title=f"spm backtest — {bt.cadence}", template="plotly_white")
-    bundle = resources.files("spm_lib.static").joinpath("plotly-finance.min.js").read_text(encoding="utf-8")
-    body = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"backtest-{bt.cadence}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>spm backtest — {bt.cadence}</title>"
-            f"<script>{bundle}</script></head><body>{body}</body></html>")
+    return fig
