@@ -243,11 +243,15 @@ class StagesConfig(Strict):
 
 # ---------------------------------------------------------------- trust.yml
 class Threshold(Strict):
-    """Warn/fail limits of one trust check; `unit` says whether they are counts or rates."""
+    """Warn/fail limits of one trust check; `unit` says what they compare: a count of deals, a share of the open
+    pipeline value (`rate`), a percentage deviation (`pct`), or (`material`) the flagged value as a share of the
+    scope's pipeline closing in the rest of the forward period: what the session decides on. `fail_amount`: the
+    check also fails when the flagged value reaches this absolute amount."""
 
     warn: float | None = None
     fail: float | None = None
-    unit: Literal["count", "rate", "pct"] = "count"
+    unit: Literal["count", "rate", "pct", "material"] = "count"
+    fail_amount: float | None = Field(None, ge=0)
 
 
 class TrustConfig(Strict):

@@ -57,3 +57,10 @@ def test_push_list_leaves_out_dead_deals_and_says_so() -> None:
     assert "o6" not in html and "Proposal" not in html
     assert "2026-12-10" in html and "2026-11-15" in html
     assert "1 deal closing in FY2026-Q4 (400 €) is left out" in html
+    # o6 is 400 of R1's 470 closing in the rest of the quarter (o9 70): the stale check fails, the numbers above
+    # the line, the forward look and the findings are marked provisional; R2 has no failing check
+    r1 = Report(c, "R1", Path("."))
+    assert r1.trust_status() == "fail"
+    for section in (r1.above_the_line(), r1.forward_look(), r1.focus()):
+        assert "Provisional: these numbers rest on data failing" in str(section)
+    assert Report(c, "R2", Path(".")).provisional() == ""

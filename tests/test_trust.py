@@ -569,3 +569,32 @@ def test_through_build_context_history_drives_open_pushes_and_month_end_bookings
     # M submitted none: R1's 100 covers M's scope; actual 300 -> +200 %; R2 has no forecast at all
     assert row(trust, "M", "forecast_deviation_pct")["value"] == pytest.approx(200.0)
     assert row(trust, "R2", "forecast_deviation_pct")["status"] == "not_available"
+
+
+def test_material_checks_weigh_the_flagged_value_against_the_forward_pipeline() -> None:
+    import dataclasses
+    from types import SimpleNamespace
+
+    from spm_lib.domain.periods import Window
+
+    material = {"opps_past_close_date": Threshold(warn=0, fail=0.2, unit="material"),
+                "opps_stale_60d": Threshold(warn=0, fail=0.5, unit="material", fail_amount=300)}
+    cfg = Config(root=Path("."), source=SourceConfig(kind="folder", path="data"),
+                 trust=TrustConfig(thresholds={"default": DEFAULT | material}))
+    # the rest of the forward period (FY2026-Q4 after Oct 15): open deals closing Oct 16 - Dec 31 are
+    # O2 (R1, 20), O3 (R2, no amount), O4 (M, 300), O6 (R2, 580): R1 20, R2 580, M and E 900
+    windows = SimpleNamespace(remaining=Window(date(2026, 10, 16), date(2026, 12, 31)))
+    ctx = dataclasses.replace(make_context(), cfg=cfg, windows=windows)
+    trust, rows = compute_trust(ctx, BOOKINGS_SEP)
+    expected = {  # (owner, check): (value, status)
+        ("R1", "opps_past_close_date"): (100 / 20, "fail"),  # O1 (100) against R1's 20: it decides the month
+        ("M", "opps_past_close_date"): (100 / 900, "warn"),  # 11 % of the team's: listed, not decisive
+        ("R2", "opps_past_close_date"): (0.0, "pass"),
+        ("R1", "opps_stale_60d"): (20 / 20, "fail"),
+        ("M", "opps_stale_60d"): (320 / 900, "fail"),  # 36 % < 50 %, but 320 reaches fail_amount 300
+        ("E", "opps_stale_60d"): (320 / 900, "fail"),
+    }
+    for (owner, check), (value, status) in expected.items():
+        r = row(trust, owner, check)
+        assert r["value"] == pytest.approx(value) and r["status"] == status, (owner, check)
+    assert offending(rows, "opps_past_close_date") == ["O1"]  # the deals are listed whatever the status

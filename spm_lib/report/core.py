@@ -400,7 +400,16 @@ class Report:
             if not with_target.empty else ""
         trend = self._figure("trend", charts.trend(self.trend_rows("bookings"), "Bookings", "currency",
                                                    self.currency))
-        return Html(f'<div class="spm-grid">{table}</div>{chart}{trend}')
+        return Html(f'{self.provisional()}<div class="spm-grid">{table}</div>{chart}{trend}')
+
+    def provisional(self) -> str:
+        """A mark on each section whose numbers rest on data failing a trust check (empty when none fails)."""
+        if self.trust_status() != "fail":
+            return ""
+        t = self.cube.trust
+        failing = t.loc[(t["owner_id"] == self.owner_id) & (t["status"] == "fail"), "label"].astype(str).tolist()
+        return (f'<p class="spm-provisional">Provisional: these numbers rest on data failing '
+                f'{esc(", ".join(failing))}. Fix the data first (section 2).</p>')
 
     def kpi_table(self, rows: pd.DataFrame) -> str:
         """HTML table of KPI rows (`kpi_rows`): value, target, attainment and status badge."""
@@ -450,7 +459,7 @@ class Report:
                                                                                  self.currency))
         table = markup.table_html(rows, {"label": "Forward look", "value": "Value", "definition": "Definition"},
                                 {"value": Markup})
-        return self._panel("forward_look", Html(f"{table}{fig}{stage_fig}{month_fig}"))
+        return self._panel("forward_look", Html(f"{self.provisional()}{table}{fig}{stage_fig}{month_fig}"))
 
     def _forward_row(self, kpi_id: str) -> dict[str, str]:
         k = self.kpi_meta.get(kpi_id)
@@ -519,7 +528,7 @@ class Report:
     def focus(self) -> Html:
         """Findings in words; for managers and up their direct reports ranked; funnel, channels, products."""
         words = "".join(f"<li>{esc(s)}</li>" for s in self.findings()) or "<li>No finding stands out.</li>"
-        parts = [f'<ul class="spm-findings">{words}</ul>']
+        parts = [self.provisional(), f'<ul class="spm-findings">{words}</ul>']
         if not self.reports.empty:
             parts.append(f"<h4>Direct reports ranked</h4>{self.team_ranking_html()}")
         conv = self.breakdown("stage_conversion", "stage")
