@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from spm_lib.config import StagesConfig
+from spm_lib.domain.stages import Stages
 
 EXTRA_COLUMNS = ["pushes", "amount_decreased", "stage_entered_at", "max_stage_index", "days_in_stage",
                  "asof_from_history"]
@@ -124,16 +125,17 @@ def _closed_flags(opps: pd.DataFrame, stages: StagesConfig) -> tuple[pd.Series, 
     """(is_closed, is_won) from each stage; a missing or unconfigured stage keeps the table's own flags."""
     stage = opps["stage"].astype("string") if "stage" in opps.columns else pd.Series(pd.NA, index=opps.index,
                                                                                       dtype="string")
-    known = stage.isin([*stages.open_names, *stages.won, *stages.lost]).fillna(False).astype(bool)
-    won = stage.isin(stages.won).fillna(False).astype(bool)
-    lost = stage.isin(stages.lost).fillna(False).astype(bool)
+    rule = Stages.of(stages)
+    known = pd.Series(rule.is_known(stage), index=stage.index)
+    won = pd.Series(rule.is_won(stage), index=stage.index)
+    closed = pd.Series(rule.is_closed(stage), index=stage.index)
 
     def flag(col: str, derived: pd.Series) -> pd.Series:
         table = (opps[col].astype("boolean") if col in opps.columns
                  else pd.Series(pd.NA, index=opps.index, dtype="boolean"))
         return derived.astype("boolean").where(known, table.fillna(False)).astype("boolean")
 
-    return flag("is_closed", won | lost), flag("is_won", won)
+    return flag("is_closed", closed), flag("is_won", won)
 
 
 def _sort_order(code: np.ndarray, when: np.ndarray) -> np.ndarray | None:
@@ -192,7 +194,7 @@ def _from_history(opps: pd.DataFrame, h: SortedHistory, stages: StagesConfig, as
 
     prev_stage = h.previous(h.stage_ff, -1)
     pushed = h.close_ff > h.previous(h.close_ff, np.datetime64("NaT", "ns"))  # NaT compares False
-    closed = np.r_[h.stages.isin([*stages.won, *stages.lost]), False]  # per stage code; code -1: no stage
+    closed = np.r_[Stages.of(stages).is_closed(h.stages), False]  # per stage code; code -1: no stage
     decreased = (h.amount_ff < h.previous(h.amount_ff, np.nan)) & ~closed[prev_stage]
     entered = (h.stage_ff >= 0) & ((prev_stage < 0) | (h.stage_ff != prev_stage))
     index_of = _stage_index(pd.Series(h.stages, dtype="string"), stages).fillna(-1).to_numpy(dtype="int64")

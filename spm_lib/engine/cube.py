@@ -28,6 +28,7 @@ from spm_lib.data.asof import created_by
 from spm_lib.data.quality import FINDING_COLUMNS
 from spm_lib.domain.contract import Dataset
 from spm_lib.domain.periods import Period
+from spm_lib.domain.stages import Stages
 from spm_lib.engine import decomposition, forecast, targets, trust
 from spm_lib.engine.context import (
     KPI_COLUMNS,
@@ -143,8 +144,8 @@ def _closed_states(ctx: CubeContext) -> pd.DataFrame:
     text_code, texts = pd.factorize(stage_text)  # each distinct stage text looked up once, not every deal's
     cats = pd.Index(texts).append(pd.Index([] if h is None else h.stages)).unique()
     cur_stage = np.append(cats.get_indexer(texts), -1)[text_code]  # -1: no stage
-    closed_cat = np.r_[np.asarray(cats.isin(ctx.cfg.stages.won + ctx.cfg.stages.lost), dtype=bool), False]
-    won_cat = np.r_[np.asarray(cats.isin(ctx.cfg.stages.won), dtype=bool), False]  # index -1: False
+    rule = Stages.of(ctx.cfg.stages)
+    closed_cat, won_cat = np.r_[rule.is_closed(cats), False], np.r_[rule.is_won(cats), False]  # index -1: False
 
     def flag(col: str, rows: np.ndarray) -> np.ndarray:  # the table's flag: 1 true, 0 false, -1 none
         values = cur[col].astype("boolean") if col in cur else pd.Series(pd.NA, index=cur.index, dtype="boolean")
