@@ -22,6 +22,7 @@ from markupsafe import Markup, escape
 from spm_lib.config import WeakStageRule
 from spm_lib.engine.cube import Cube, read_cube, read_cube_meta
 from spm_lib.engine.forecast import stage_worth, weak_stage
+from spm_lib.engine.priorities import bookings_shift, resource_needs, team_year
 from spm_lib.engine.trust import checks_with_status, dead_deals, owner_status, scope_offenders, worst_by_owner
 from spm_lib.errors import OrgError, RunError, did_you_mean
 from spm_lib.metrics import kpis as registry
@@ -690,13 +691,7 @@ class Report:
             ttm = self.breakdown("bookings", dim, "TTM")
             if now.empty:
                 continue
-            df = now[["dim_value", "value"]].merge(ttm[["dim_value", "value"]], on="dim_value", how="outer",
-                                                    suffixes=("", "_ttm")).fillna(0.0)
-            tot, tot_ttm = df["value"].sum(), df["value_ttm"].sum()
-            df["share"] = df["value"] / tot * 100 if tot else float("nan")
-            df["share_ttm"] = df["value_ttm"] / tot_ttm * 100 if tot_ttm else float("nan")
-            df["shift"] = df["share"] - df["share_ttm"]
-            df = df.sort_values("shift")
+            df = bookings_shift(now, ttm)
             parts.append(f"<h4>{title}: share of bookings, this period against the trailing year</h4>")
             parts.append(str(markup.table_html(
                 df[["dim_value", "value", "share", "share_ttm", "shift"]],
@@ -707,15 +702,10 @@ class Report:
                  "share_ttm": lambda v: markup.fmt_value(v, "pct", ""),
                  "shift": lambda v: f"{v:+.1f}"})))
         if not self.reports.empty:
-            cov = self.team_rows("pipeline_coverage")
             k = self.cube.kpis
             cov = k[k["owner_id"].isin(self.reports["owner_id"]) & (k["kpi"] == "pipeline_coverage")
-                    & (k["period"] == self.forward) & k["dim"].isna()][["owner_id", "value"]]
-            att = self.team_rows("quota_attainment")[["owner_id", "name", "value"]]
-            df = att.merge(cov, on="owner_id", how="left", suffixes=("_att", "_cov"))
-            df["need"] = [("support: behind with thin pipeline" if (a < 90 and (pd.isna(c) or c < 2)) else
-                           "protect: behind, pipeline there" if a < 90 else "on track")
-                          if pd.notna(a) else "no target" for a, c in zip(df["value_att"], df["value_cov"])]
+                    & (k["period"] == self.forward) & k["dim"].isna()]
+            df = resource_needs(self.team_rows("quota_attainment"), cov)
             parts.append("<h4>Resources: attainment against coverage of the rest of the period</h4>")
             parts.append(str(markup.table_html(
                 df[["name", "value_att", "value_cov", "need"]],
@@ -729,18 +719,9 @@ class Report:
         year's target requires (the driver tree below the line)."""
         parts = []
         ytd = f"{self.closed}-YTD" if not self.closed.endswith("-YTD") else self.closed
-        rows = []
-        team: list[Any] = list(self.reports.itertuples()) or [None]
-        for r in team:
-            oid = self.owner_id if r is None else str(r.owner_id)
-            heads = len(self._subtree_reps(oid)) or 1
-            bk = self.kpi("bookings", owner_id=oid)
-            rows.append({"name": self.name if r is None else r.name, "reps": heads,
-                         "bookings": bk["value"] if bk is not None else float("nan"),
-                         "attainment": bk["attainment"] * 100 if bk is not None and pd.notna(bk["attainment"])
-                         else float("nan"),
-                         "per_rep": (bk["value"] / heads) if bk is not None and heads else float("nan")})
-        df = pd.DataFrame(rows)
+        teams: list[tuple[str, object]] = [(str(o), n) for o, n in zip(self.reports["owner_id"], self.reports["name"],
+                                                                        strict=True)] or [(self.owner_id, self.name)]
+        df = team_year(self.cube.owners, {o: self.kpi("bookings", owner_id=o) for o, _ in teams}, teams)
         parts.append(f"<h4>The year {esc(self.closed)} by team: productivity per sales executive</h4>")
         parts.append(str(markup.table_html(
             df, {"name": "Team", "reps": "Sales executives", "bookings": "Bookings", "attainment": "Attainment",
@@ -753,12 +734,3 @@ class Report:
             parts.append(f"<p>Cost of sales: {esc(markup.fmt_value(cos['value'], 'pct', ''))} of bookings "
                          f"({esc(ytd)} budget discussion).</p>")
         return Html("".join(parts))
-
-    def _subtree_reps(self, owner_id: str) -> list[str]:
-        o = self.cube.owners
-        out, frontier = [], [owner_id]
-        while frontier:
-            kids = o[o["manager_id"].isin(frontier)]
-            out += kids.loc[kids["level"] == "rep", "owner_id"].astype(str).tolist()
-            frontier = kids["owner_id"].astype(str).tolist()
-        return out
