@@ -40,6 +40,7 @@ PARTS: dict[str, str] = {
     "email": "benchmarks.email:run",
     "live": "benchmarks.live:run",
     "backtest": "benchmarks.backtest:run",
+    "dask": "benchmarks.dask_cluster:run",
 }
 
 

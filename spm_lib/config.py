@@ -502,6 +502,27 @@ class RunsConfig(Strict):
     keep: int = Field(24, ge=1)
 
 
+# ---------------------------------------------------------------- runner.yml
+class RunnerConfig(Strict):
+    """Where `spm run` renders: the local worker pool (default) or a Dask cluster (`--executor`, `--scheduler`)."""
+
+    executor: Literal["local", "dask"] = "local"
+    scheduler: str | None = None  # the Dask scheduler's address, e.g. tcp://10.0.0.5:8786 (executor dask)
+    connect_timeout_s: int = Field(20, ge=1, le=600)  # how long to try reaching the scheduler before giving up
+
+    @field_validator("scheduler")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        return None if v is None else scheduler_address(v)
+
+
+def scheduler_address(address: str) -> str:
+    """`address` when it is a Dask scheduler's (tcp://HOST:PORT, tls://…); ValueError saying what is expected."""
+    if not re.fullmatch(r"(tcp|tls|ws|wss|ucx)://[^\s/:]+(:\d+)?/?", address):
+        raise ValueError(f"{address!r} is not a Dask scheduler address: use tcp://HOST:PORT (or tls://HOST:PORT)")
+    return address
+
+
 # ---------------------------------------------------------------- the whole config
 SECTIONS: dict[str, type[Strict]] = {
     "company": CompanyConfig,
@@ -516,6 +537,7 @@ SECTIONS: dict[str, type[Strict]] = {
     "schedule": ScheduleConfig,
     "runs": RunsConfig,
     "alerts": AlertsConfig,
+    "runner": RunnerConfig,
 }
 
 
@@ -537,6 +559,7 @@ class Config(BaseModel):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     runs: RunsConfig = Field(default_factory=RunsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
     def path(self, relative: str | Path) -> Path:
         """Resolve a path from config against the project root."""
