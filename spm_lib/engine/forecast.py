@@ -182,18 +182,18 @@ def _one_year_before(d: date) -> date:
 def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.DataFrame | None = None) -> pd.DataFrame:
     """Forecast vs target of the forward period Q for every scope: pipeline, weighted pipeline, gap, coverage."""
     win = ctx.windows
-    q = win.forward  # type: ignore[attr-defined]
+    q = win.forward
     label = str(q.label)
     probs = win_probabilities(ctx) if probabilities is None else probabilities
     snap = ctx.snapshot
     is_open = ~_flag(snap["is_closed"])
     cols = [c for c in ("owner_id", "amount", "stage", "close_date", "forecast_category") if c in snap]  # used
-    pipe = snap.loc[is_open & _between(snap["close_date"], win.remaining), cols]  # type: ignore[attr-defined]
+    pipe = snap.loc[is_open & _between(snap["close_date"], win.remaining), cols]
     pipe["amount"] = pipe["amount"].astype("float64").fillna(0.0)
     probability = map_values(pipe["stage"], probs.set_index("stage")["probability"])
     pipe["probability"] = probability.astype("float64").fillna(0.0)
     pipe["weighted"] = pipe["amount"] * pipe["probability"]
-    won = snap.loc[_flag(snap["is_won"]) & _between(snap["close_date"], win.to_date), cols]  # type: ignore[attr-defined]
+    won = snap.loc[_flag(snap["is_won"]) & _between(snap["close_date"], win.to_date), cols]
     won["amount"] = won["amount"].astype("float64").fillna(0.0)
 
     scopes = _scopes(ctx)
@@ -288,7 +288,7 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
     or last activity (open deals: last history change or activity up to as_of) falls in the trend window.
     Needs opportunity_history: with only current stages the path of a deal is unknown.
     """
-    label = str(ctx.windows.closed.label)  # type: ignore[attr-defined]
+    label = str(ctx.windows.closed.label)
     scopes = _scopes(ctx)
     if not _has_history(ctx):
         return pd.concat([_na(scopes, kpi, label, not_available(["opportunity_history"]))
@@ -298,7 +298,7 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
     snap = ctx.snapshot
     closed = _flag(snap["is_closed"])
     event = pd.to_datetime(snap["close_date"]).where(closed, pd.Series(_last_activity(ctx), index=snap.index))
-    window = (ctx.windows.trend[0].start, ctx.as_of)  # type: ignore[attr-defined]
+    window = (ctx.windows.trend[0].start, ctx.as_of)
     furthest = _furthest(ctx).to_numpy()
     keep = np.flatnonzero(_between(event, window).to_numpy() & (furthest >= 0))
     furthest = furthest[keep]

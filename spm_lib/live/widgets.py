@@ -168,7 +168,7 @@ def period_options(rpt: Report, kpi: str) -> list[tuple[str, str]]:
 def _window(rpt: Report, kpi: str, period: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     """First and last day a number's deals are dated in, for `period` (forward numbers: within the rest of Q)."""
     win = _windows(rpt)
-    start, end = pd.Timestamp(win.remaining.start), pd.Timestamp(win.remaining.end)  # type: ignore[attr-defined]
+    start, end = pd.Timestamp(win.remaining.start), pd.Timestamp(win.remaining.end)
     if period == ALL:
         return start, end
     p = FiscalCalendar.from_config(cached_config()).parse(period)
