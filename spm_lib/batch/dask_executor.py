@@ -14,6 +14,8 @@ its reason, like a crashed local worker. `distributed` is an optional dependency
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -28,6 +30,7 @@ try:
 except ImportError:  # optional dependency: DaskPool says what to install
     Client = WorkerPlugin = None  # type: ignore[assignment,misc]
 
+log = logging.getLogger("spm.run")
 PLUGIN = "spm-warm-kernel"
 RETRIES = 2  # a job's retries after an error outside render_one (a lost worker is rescheduled by the scheduler)
 
@@ -100,12 +103,16 @@ class DaskPool:
 
     def render(self, jobs: list[Job], cadence: str, as_of: str, folder: str, bar: Any) -> list[Outcome]:
         """Render `jobs` on the cluster; one Outcome per job, in the order they finish."""
-        self._ready.result()
+        try:
+            self._ready.result()
+        except Exception as e:  # noqa: BLE001 - whatever a worker raised while starting its kernel
+            raise RunError(f"the Dask workers could not start their warm kernels: {type(e).__name__}: {e}") from e
         if not self.client.scheduler_info().get("workers"):
             raise RunError(f"the Dask scheduler at {self.client.scheduler.address} has no workers: start some "
                            f"(`dask worker {self.client.scheduler.address} --nthreads 1`)")
+        token = uuid.uuid4().hex[:8]  # this run's task keys (the owner's id shows on the dashboard)
         futures = {self.client.submit(render_on_worker, j, cadence, as_of, folder, pure=False, retries=RETRIES,
-                                      key=f"spm-render-{j.owner_id}-{id(j)}"): j for j in jobs}
+                                      key=f"spm-render-{j.owner_id}-{token}"): j for j in jobs}
         outcomes: list[Outcome] = []
         for fut in dask_completed(list(futures), loop=self.client.loop):
             j = futures[fut]
@@ -122,8 +129,8 @@ class DaskPool:
         try:
             self._ready.result()
             self.client.unregister_worker_plugin(PLUGIN)
-        except Exception:  # noqa: BLE001,S110 - the scheduler is gone: its workers' kernels went with it
-            pass
+        except Exception as e:  # noqa: BLE001 - the scheduler is gone: its workers' kernels went with it
+            log.warning("could not stop the Dask workers' kernels: %s: %s", type(e).__name__, e)
         finally:
             self._starter.shutdown(wait=False)
             self.client.close()

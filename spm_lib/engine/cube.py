@@ -29,7 +29,7 @@ from spm_lib.data.quality import FINDING_COLUMNS
 from spm_lib.domain.contract import Dataset
 from spm_lib.domain.periods import Period
 from spm_lib.domain.stages import Stages
-from spm_lib.engine import decomposition, forecast, targets, trust
+from spm_lib.engine import backtest, calibration, decomposition, forecast, targets, trust
 from spm_lib.engine.context import (
     KPI_COLUMNS,
     CubeContext,
@@ -363,9 +363,10 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     base = _apply_formulas(base, ids, ctx)
 
     probs = forecast.win_probabilities(ctx)
+    calibrated, calibrated_by = calibration.cube_forecast(ctx, probs, forecast.last_touch_days(ctx))
     q = ctx.windows.forward
     q_targets = targets.resolve_targets(ctx, "bookings", [q]) if "bookings" in target_metrics else tgt.iloc[0:0]
-    fwd = forecast.forward_look(ctx, q_targets, probs)
+    fwd = forecast.forward_look(ctx, q_targets, probs, calibrated)
     conv = forecast.stage_conversion(ctx)
     allk = _top_only_unattributed(_finish(base, [fwd, conv], ctx), ctx)
 
@@ -376,6 +377,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
             "as_of": ctx.as_of.isoformat(), "cadence": cadence,
             "closed_period": win.closed.label,
             "forward_period": q.label, "forward_start": q.start.isoformat(), "forward_end": q.end.isoformat(),
+            "forecast": backtest.forecast_meta(calibrated_by, cfg.root, ctx.calendar, ctx.as_of),
             "notes": ctx.notes, "owners": len(scopes), "opportunities": int(len(ctx.snapshot)),
             "above_the_line": cfg.kpis.above_the_line, "weak_stage_rule": cfg.kpis.weak_stage.model_dump(),
             "kpi_meta": {k.id: {"label": k.label, "unit": k.unit, "direction": k.direction, "kind": k.kind,

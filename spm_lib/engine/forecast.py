@@ -179,8 +179,13 @@ def _one_year_before(d: date) -> date:
 
 
 # ---------------------------------------------------------------- forward look
-def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Forecast vs target of the forward period Q for every scope: pipeline, weighted pipeline, gap, coverage."""
+def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.DataFrame | None = None,
+                 calibrated: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Forecast vs target of the forward period Q for every scope: pipeline, weighted pipeline, gap, coverage.
+
+    `calibrated` (calibration.cube_forecast: rest, p10_rest, p90_rest per scope): the expected result is the
+    bookings to date plus its `rest` (else plus the weighted pipeline), with rows of its range (dim "range").
+    """
     win = ctx.windows
     q = win.forward
     label = str(q.label)
@@ -203,6 +208,9 @@ def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.Data
     to_date = _scope_totals(ctx, won, "close_date", [], ["amount"]).set_index("scope_id")["amount"].reindex(
         scopes, fill_value=0.0)
     expected = to_date + weighted
+    if calibrated is not None:  # the calibrated forecast of what is still to come (engine/calibration)
+        rest = calibrated.reindex(scopes).fillna(0.0)
+        expected = to_date + rest["rest"]
 
     target = _q_target(targets, label).reindex(scopes)
     remaining_target = target - to_date
@@ -238,6 +246,9 @@ def forward_look(ctx: CubeContext, targets: pd.DataFrame, probabilities: pd.Data
                      _text_where(denom <= 0, met_reason)),
         _breakdowns(ctx, pipe, label, stage_ok, ctx.data.has("opportunities", "forecast_category")),
     ]
+    if calibrated is not None and stage_ok:
+        parts += [_rows(to_date + rest[f"{p.lower()}_rest"], "forecast_expected", label, dim="range",
+                        dim_value=p) for p in ("P10", "P90")]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -297,7 +308,7 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
     idx = stages.set_index("stage")["stage_index"]
     snap = ctx.snapshot
     closed = _flag(snap["is_closed"])
-    event = pd.to_datetime(snap["close_date"]).where(closed, pd.Series(_last_activity(ctx), index=snap.index))
+    event = pd.to_datetime(snap["close_date"]).where(closed, pd.Series(last_touch_days(ctx), index=snap.index))
     window = (ctx.windows.trend[0].start, ctx.as_of)
     furthest = _furthest(ctx).to_numpy()
     keep = np.flatnonzero(_between(event, window).to_numpy() & (furthest >= 0))
@@ -331,7 +342,7 @@ def stage_conversion(ctx: CubeContext) -> pd.DataFrame:
     return pd.concat([out, exits], ignore_index=True)[ROW_COLUMNS]
 
 
-def _last_activity(ctx: CubeContext) -> np.ndarray:
+def last_touch_days(ctx: CubeContext) -> np.ndarray:
     """Per snapshot deal, the day of its last history change or logged activity up to the end of as_of (NaT: none)."""
     last = ctx.last_activity()
     h = ctx.sorted_history()

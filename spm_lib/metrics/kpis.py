@@ -272,7 +272,8 @@ def _builtins() -> list[Kpi]:
             "Bookings of the forward period up to the as-of date.", ("opportunities.amount",), external=True,
             target_metric="bookings"),
         Kpi("forecast_expected", "Expected result", "currency", "higher", "leading",
-            "Bookings to date + weighted pipeline closing in the rest of the period.", ("opportunities.stage",),
+            "Bookings to date + the open deals, each by its chance of being won within the period (learnt from "
+            "history), + the deals not created yet; stage weighting without history.", ("opportunities.stage",),
             external=True, target_metric="bookings"),
         Kpi("gap_to_target", "Gap to target", "currency", "lower", "leading",
             "Target of the period − expected result.", ("targets",), external=True),

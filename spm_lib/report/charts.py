@@ -40,6 +40,8 @@ DEFINITIONS = {
     "booked": "Won deals closed in the period so far.",
     "weighted": "Open deals expected to close in the period, each weighted by its win probability.",
     "expected": "Booked plus weighted pipeline: where the period is likely to land.",
+    "calibrated": ("Open deals, each by its chance of being won within the period (learnt from the company's "
+                   "own history), plus the deals not created yet."),
     "target": "The target of the period.",
     "pipeline_by_stage": "Open pipeline: value of the open deals in each stage on the as-of date.",
     "pipeline_by_close_month": "Open pipeline by the month its deals are expected to close.",
@@ -200,8 +202,9 @@ def attainment_bullets(rows: pd.DataFrame, currency: str) -> go.Figure:
 
 
 def forecast_vs_target(booked: float, weighted: float, target: float | None, label: str, currency: str,
-                       *, definition: str = "") -> go.Figure:
+                       *, definition: str = "", calibrated: bool = False) -> go.Figure:
     """Booked, plus weighted pipeline, gives the expected landing (a waterfall), against the target line and its gap.
+    calibrated: `weighted` is the calibrated forecast of the rest of the period (open and new deals).
 
     booked and weighted in currency; target None when no target is set; label names the KPI (e.g. 'Bookings').
     """
@@ -212,9 +215,9 @@ def forecast_vs_target(booked: float, weighted: float, target: float | None, lab
     expected = booked_v + weighted_v
     tgt = float("nan") if target is None or pd.isna(target) else float(target)
     has_target = not np.isnan(tgt)
-    steps = ["Booked", "+ Weighted pipeline", "Expected"]
+    steps = ["Booked", "+ Open and new deals" if calibrated else "+ Weighted pipeline", "Expected"]
     amounts = _fmt([booked_v, weighted_v, expected], "currency", currency)
-    defs = [DEFINITIONS["booked"], DEFINITIONS["weighted"], DEFINITIONS["expected"]]
+    defs = [DEFINITIONS["booked"], DEFINITIONS["calibrated" if calibrated else "weighted"], DEFINITIONS["expected"]]
     if definition:
         defs = [f"{d} {definition}" for d in defs]
     customdata, template = _hover([steps, amounts, [_wrap(d) for d in defs]])

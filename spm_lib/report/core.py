@@ -440,14 +440,17 @@ class Report:
         """Forecast vs target, gap, coverage and required run-rate for the forward period."""
         ids = ["bookings_to_date_q", "pipeline_open_value", "weighted_pipeline", "forecast_expected",
                "gap_to_target", "pipeline_coverage", "required_run_rate"]
-        rows = pd.DataFrame([self._forward_row(i) for i in ids])
+        rows = pd.DataFrame([self._forward_row(i) for i in ids] + self.forecast_rows())
         booked = self.value("bookings_to_date_q", self.forward)
         weighted = self.value("weighted_pipeline", self.forward)
         r = self.kpi("forecast_expected", self.forward)
+        calibrated = self.forecast_method() == "calibrated"
+        if calibrated and r is not None and pd.notna(r["value"]):  # the chart adds up to the expected result
+            weighted = float(r["value"]) - (0.0 if math.isnan(booked) else booked)
         target = float(r["target"]) if r is not None and pd.notna(r["target"]) else None
         fig = self._figure("forecast", charts.forecast_vs_target(
             0.0 if math.isnan(booked) else booked, 0.0 if math.isnan(weighted) else weighted, target,
-            self.forward, self.currency))
+            self.forward, self.currency, calibrated=calibrated))
         by_stage = self.breakdown("pipeline_open_value", "stage", self.forward)
         order = {s: i for i, s in enumerate(self.cube.probabilities.sort_values("stage_index")["stage"])}
         stage_df = by_stage.assign(stage=by_stage["dim_value"], count=float("nan"),
@@ -461,6 +464,39 @@ class Report:
         table = markup.table_html(rows, {"label": "Forward look", "value": "Value", "definition": "Definition"},
                                 {"value": Markup})
         return self._panel("forward_look", Html(f"{self.provisional()}{table}{fig}{stage_fig}{month_fig}"))
+
+    def forecast_method(self) -> str:
+        """How the run forecast (\"calibrated\" or \"stage weighting\"; \"stage weighting\" for a run from before)."""
+        return str(self.cube.meta.get("forecast", {}).get("method", "stage weighting"))
+
+    def forecast_rows(self) -> list[dict[str, str]]:
+        """The forecast's range, its method and its track record for this owner, as forward-look rows."""
+        info = self.cube.meta.get("forecast", {})
+        rng = self.breakdown("forecast_expected", "range", self.forward).set_index("dim_value")["value"]
+        out = []
+        if {"P10", "P90"} <= set(rng.index):
+            shown = f"{self.fmt('forecast_expected', rng['P10'])} – {self.fmt('forecast_expected', rng['P90'])}"
+            out.append({"label": "Forecast range (P10–P90)", "value": esc(shown),
+                        "definition": "At least 8 times in 10 the result lands in this range: each open deal won or "
+                                      "not, the deals not created yet, and the error all deals share."})
+        method = self.forecast_method()
+        why = str(info.get("reason", "a run from before the calibrated forecast"))
+        out.append({"label": "Forecast method",
+                    "value": esc("Calibrated on the company's history" if method == "calibrated"
+                                 else "Stage weighting only"), "definition": esc(why)})
+        record = info.get("track_record", {}).get(self.owner_id)
+        if record and record.get("mdape") is not None:
+            bias = record.get("bias") or 0.0
+            value = (f"Off by {record['mdape']:.0f} % (median), bias {bias:+.0f} %, over {record['periods']} "
+                     f"past periods")
+            note = (f"The same forecast replayed at the middle of each past period with only the data known "
+                    f"then (spm backtest, {info.get('backtest')}), against what was booked.")
+        else:
+            value = "Not measured yet"
+            note = (f"Run spm backtest --cadence {info.get('cadence', 'quarterly')} to replay this forecast on "
+                    "past periods.")
+        out.append({"label": "Forecast track record", "value": esc(value), "definition": esc(note)})
+        return out
 
     def _forward_row(self, kpi_id: str) -> dict[str, str]:
         k = self.kpi_meta.get(kpi_id)
