@@ -194,3 +194,25 @@ def test_cube_forecast_of_the_forward_period(tmp_path) -> None:  # noqa: ANN001 
     expected = (100 * 0.4 + 1000 * (2 / 3)) * 430 / 400 + 50  # as in test_calibrated_forecast_by_hand
     assert rest.loc["E", "rest"] == pytest.approx(expected) and rest.loc["R", "rest"] == pytest.approx(expected)
     assert rest.loc["M", "p10_rest"] < expected < rest.loc["M", "p90_rest"]
+
+
+# ---------------------------------------------------------------- the cube uses it
+def test_the_cube_says_which_forecast_it_used(tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
+    from spm_lib.config import Config, SourceConfig
+    from spm_lib.domain.contract import Dataset
+    from spm_lib.engine.cube import compute_cube
+
+    opps, hist = opportunities_and_history()
+    data = Dataset(tables={"owners": owners(), "opportunities": opps, "opportunity_history": hist})
+    cfg = Config(root=tmp_path, source=SourceConfig(kind="duckdb", path="unused.duckdb", tables={}))
+    cube = compute_cube(cfg, data, "weekly", date(2026, 1, 31))  # forward period: February
+    info = cube.meta["forecast"]
+    # one whole month of history: too short for calibration (4 periods): stage weighting, and the cube says so
+    assert info["method"] == STAGE and "needs 4 periods" in info["reason"]
+    assert info["cadence"] == "monthly" and info["track_record"] == {}
+    k = cube.kpis[(cube.kpis["owner_id"] == "E") & (cube.kpis["kpi"] == "forecast_expected")
+                  & (cube.kpis["period"] == "2026-02")]
+    assert k[k["dim"].isna()]["value"].item() == pytest.approx(100 * 0.4 + 1000 * 0.6)
+    rng = k[k["dim"] == "range"].set_index("dim_value")["value"]
+    sigma = math.sqrt(100 ** 2 * 0.4 * 0.6 + 1000 ** 2 * 0.6 * 0.4)
+    assert rng["P10"] == pytest.approx(640 - Z90 * sigma) and rng["P90"] == pytest.approx(640 + Z90 * sigma)

@@ -540,7 +540,7 @@ def cube_forecast(ctx: CubeContext, probabilities: pd.DataFrame, last_touch: np.
     """The forecast of the run's forward period for every scope (index owner_id: rest = expected bookings after
     as_of, p10_rest, p90_rest), learnt from the run's data up to as_of; and the calibration (method, reason).
     `last_touch`: per deal of the run's snapshot, the day of its last activity or history change."""
-    q = ctx.windows.forward  # type: ignore[attr-defined]
+    q = ctx.windows.forward
     deals = DealHistory.from_dataset(ctx.data, ctx.cfg.stages)
     deals.use_snapshot(ctx.as_of, ctx.snapshot.assign(last_touch=pd.Series(last_touch, index=ctx.snapshot.index)))
     stage_p = dict(zip(probabilities["stage"].astype(str), probabilities["probability"].astype(float), strict=True))
