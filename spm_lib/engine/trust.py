@@ -30,7 +30,7 @@ from spm_lib.util.frames import day_of, isin, join_positions, map_values, positi
 if TYPE_CHECKING:
     from spm_lib.engine.context import CubeContext
 
-Unit = Literal["count", "rate", "pct"]
+Unit = Literal["count", "rate", "pct", "material"]  # the units of config.Threshold
 TRUST_COLUMNS = ["owner_id", "level", "check", "status", "value", "count", "amount", "open_count", "open_value",
                  "warn", "fail", "unit", "available", "na_reason", "label", "definition"]
 TRUST_ROW_COLUMNS = ["check", "opportunity_id", "owner_id", "name", "account_id", "stage", "amount", "close_date",
