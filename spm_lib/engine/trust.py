@@ -21,6 +21,7 @@ import pandas as pd
 
 from spm_lib.config import Threshold
 from spm_lib.data.asof import SortedHistory, first_of_run, snapshot
+from spm_lib.domain.periods import Window
 from spm_lib.domain.stages import Stages
 from spm_lib.errors import SpmError, did_you_mean
 from spm_lib.metrics import checks
@@ -91,6 +92,12 @@ def _asof_ts(ctx: CubeContext) -> pd.Timestamp:
 def _dates(s: pd.Series) -> pd.Series:
     """A date/datetime column as midnight timestamps (time of day dropped)."""
     return day_of(pd.to_datetime(s))
+
+
+def _in_window(deals: pd.DataFrame, window: Window) -> np.ndarray:
+    """True for each deal whose close date falls in `window` (e.g. the rest of the forward period)."""
+    cd = _dates(deals["close_date"])
+    return (cd.ge(pd.Timestamp(window.start)) & cd.le(pd.Timestamp(window.end))).fillna(False).to_numpy(dtype=bool)
 
 
 def _fmt_date(s: pd.Series) -> pd.Series:
@@ -376,7 +383,9 @@ def compute_trust(ctx: CubeContext, bookings_by_month: pd.DataFrame | None = Non
     scopes = _scopes(ctx)
     in_scope = _ScopePairs.of(deals, asof_ancestors(ctx), scopes["owner_id"])
     open_count, open_value = in_scope.totals(deals["value"].to_numpy(), None)
-    base = scopes.assign(open_count=open_count, open_value=open_value)
+    forward_value = (in_scope.totals(deals["value"].to_numpy(), _in_window(deals, ctx.windows.remaining))[1]
+                     if ctx.windows is not None else np.full(len(scopes), np.nan))  # no windows: no material unit
+    base = scopes.assign(open_count=open_count, open_value=open_value, forward_value=forward_value)
     row_cols = [c for c in TRUST_ROW_COLUMNS if c in deals]  # the deal columns of the offending rows
 
     parts: list[pd.DataFrame] = []
@@ -452,6 +461,7 @@ def _statuses(ctx: CubeContext, df: pd.DataFrame) -> pd.DataFrame:
     ths = [threshold_for(ctx, lv, ck) for lv, ck in zip(keys["level"], keys["check"], strict=True)]
     th = keys.assign(warn=pd.Series([t.warn for t in ths], index=keys.index, dtype="float64"),
                      fail=pd.Series([t.fail for t in ths], index=keys.index, dtype="float64"),
+                     fail_amount=pd.Series([t.fail_amount for t in ths], index=keys.index, dtype="float64"),
                      unit=pd.Series([t.unit for t in ths], index=keys.index, dtype="str"))
     df = df.merge(th, on=["level", "check"], how="left")
     per_deal = _per_check(df["check"], lambda c: CHECKS[c].flag is not None).astype(bool)
@@ -459,6 +469,10 @@ def _statuses(ctx: CubeContext, df: pd.DataFrame) -> pd.DataFrame:
     count = df["count"].astype("Int64")
     value = value.mask(per_deal & (df["unit"] == "count"), count.astype("Float64").astype("float64"))
     value = value.mask(per_deal & (df["unit"] == "pct"), df["metric"] * 100)
+    amount = df["amount"].astype("float64")
+    with np.errstate(divide="ignore", invalid="ignore"):  # a flagged value against no forward pipeline: infinite
+        material = np.where(amount.fillna(0) > 0, amount / df["forward_value"].astype("float64"), 0.0)
+    value = value.mask(per_deal & (df["unit"] == "material"), pd.Series(material, index=df.index))
     value = value.where(df["available"])
     compared = value.abs()
     warn = df["warn"].astype("float64")
@@ -466,6 +480,8 @@ def _statuses(ctx: CubeContext, df: pd.DataFrame) -> pd.DataFrame:
     status = pd.Series("pass", index=df.index, dtype="object")
     status = status.mask(warn.notna() & (compared > warn), "warn")
     status = status.mask(fail.notna() & (compared > fail), "fail")
+    fail_amount = df["fail_amount"].astype("float64")
+    status = status.mask(per_deal & fail_amount.notna() & (amount >= fail_amount), "fail")
     status = status.mask(value.isna(), "not_available")
     available = df["available"] & value.notna()
     df = df.assign(value=value, status=status, available=available.astype(bool),
