@@ -418,3 +418,16 @@ def test_a_real_report_attached_to_its_email_draws_every_figure_offline(
     page.close()
     assert len(drawn) == n_figures and note_hidden
     assert remote == [] and errors == []
+
+
+@pytest.mark.parametrize(("value", "unit", "expected"), [
+    (0.074, "rate", "7 % of open value"),
+    (0.356, "material", "36 % of the forward pipeline"),
+    (float("inf"), "material", "no pipeline closing in the forward period"),
+    (-23.4, "pct", "-23 %"),
+    (16.0, "count", "16"),
+])
+def test_trust_value_text_says_what_the_value_is_a_share_of(value: float, unit: str, expected: str) -> None:
+    from spm_lib.report.markup import trust_value_text
+
+    assert trust_value_text(value, unit) == expected

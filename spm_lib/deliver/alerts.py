@@ -33,7 +33,7 @@ from spm_lib.deliver.smtp import DeliveryError, SmtpSender, message_bytes
 from spm_lib.domain import links
 from spm_lib.engine.alerts import Evaluation, evaluate
 from spm_lib.engine.cube import read_cube
-from spm_lib.report.markup import fmt_value
+from spm_lib.report.markup import fmt_value, trust_value_text
 from spm_lib.state import alerts as ledger
 from spm_lib.store.runfolder import ensure_cube
 from spm_lib.util.atomic import write_atomic
@@ -110,6 +110,8 @@ def _label(key: ledger.Key) -> str:
 def _fmt(value: Any, unit: str, currency: str) -> str:
     if unit == "rate":  # a trust check's share of open value
         return fmt_value(float(value) * 100, "pct")
+    if unit == "material":  # a trust check's share of the forward pipeline
+        return trust_value_text(float(value), unit)
     return compose.format_value(value, unit, currency)
 
 

@@ -68,7 +68,7 @@ def _trust_value(status: object, v: Any, na_reason: object, unit: object) -> str
         return esc(str(na_reason or "not available"))
     if pd.isna(v):
         return "—"
-    return f"{v * 100:.0f} % of open value" if unit == "rate" else (f"{v:+.0f} %" if unit == "pct" else f"{int(v)}")
+    return markup.trust_value_text(float(v), str(unit))
 
 
 def _trust_badge(status: object) -> str:

@@ -120,6 +120,18 @@ def fmt_value(value: Any, unit: str, currency: str = "EUR") -> str:
 
 
 # ---------------------------------------------------------------- figures
+def trust_value_text(value: float, unit: str) -> str:
+    """A trust check's value in words by its threshold unit (config.Threshold): a count, a share of the open
+    value (rate), a share of the pipeline closing in the rest of the forward period (material), or a % deviation."""
+    if unit in ("rate", "material") and math.isinf(value):
+        return "no pipeline closing in the forward period"
+    if unit == "rate":
+        return f"{value * 100:.0f} % of open value"
+    if unit == "material":
+        return f"{value * 100:.0f} % of the forward pipeline"
+    return f"{value:+.0f} %" if unit == "pct" else f"{int(value)}"
+
+
 def div_id(*parts: object) -> str:
     """A stable HTML id from `parts` (owner id, section …): a [a-z0-9-] slug, with a short hash when text was lost."""
     raw = "-".join(str(p) for p in parts)
