@@ -21,3 +21,17 @@ def test_the_rule_of_the_default_stages_configuration() -> None:
     rule = Stages.of(StagesConfig())
     assert rule.won == ("Closed Won",) and rule.lost == ("Closed Lost",)
     assert rule.is_closed(["Closed Won", "Closed Lost", rule.open[0]]).tolist() == [True, True, False]
+
+
+def test_the_generic_closed_stages_open_lost_kind_and_funnel_index() -> None:
+    rule = Stages(open=("Qualify", "Propose"), won=("Closed Won",), lost=("Closed Lost",), generic=("Closed",))
+    names = pd.Series(["Qualify", "Closed Won", "Closed Lost", "Closed", None], dtype="string")
+    assert rule.is_closed(names).tolist() == [False, True, True, False, False]  # generic: only when asked
+    assert rule.is_closed(names, generic=True).tolist() == [False, True, True, True, False]
+    assert rule.is_generic(names).tolist() == [False, False, False, True, False]
+    assert rule.is_open(names).tolist() == [True, False, False, False, False]
+    assert rule.is_lost(names).tolist() == [False, False, True, False, False]
+    assert [rule.kind(n) for n in ("Propose", "Closed Won", "Closed Lost", "Closed")] == ["open", "won", "lost",
+                                                                                          "closed"]
+    assert rule.funnel_index() == {"Qualify": 0, "Propose": 1, "Closed Won": 1}
+    assert Stages.of(StagesConfig()).generic == ("Closed",)

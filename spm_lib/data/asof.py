@@ -114,8 +114,7 @@ def created_by(opportunities: pd.DataFrame, as_of: date) -> pd.DataFrame:
 
 def _stage_index(stage: pd.Series, stages: StagesConfig) -> pd.Series:
     """Index of each stage in stages.open_names; won stages count as the last open stage; others NA."""
-    index = {name: i for i, name in enumerate(stages.open_names)}
-    index |= {name: len(stages.open_names) - 1 for name in stages.won}
+    index = Stages.of(stages).funnel_index()
     codes, uniques = pd.factorize(stage.astype("string"))  # map the few distinct stages, not every row
     per_stage = pd.Series(uniques, dtype="string").map(index).astype("Int64").array
     return pd.Series(per_stage.take(codes, allow_fill=True), index=stage.index, dtype="Int64")

@@ -10,6 +10,7 @@ import pandas as pd
 from spm_lib.config import Config, StagesConfig
 from spm_lib.data.mapping import row_ids
 from spm_lib.data.quality import Findings
+from spm_lib.domain.stages import Stages
 from spm_lib.errors import format_ids
 
 STAGES_FIX = "config/stages.yml"
@@ -70,9 +71,8 @@ def settle_stage_flags(opps: pd.DataFrame, ids: pd.Series, stages: StagesConfig,
     """The rule: a deal's stage decides is_closed / is_won (open: neither; won: both; lost: closed, not won), except
     the generic closed stages (`closed`, the contract's `Closed`), where is_won decides, shown under the first won or
     lost label. Flags that contradict the stage are a warning naming the deals; the table is changed only then."""
-    stage = opps["stage"]
-    open_, won, lost, generic = (stage.isin(names).to_numpy(dtype=bool) for names in
-                                 (stages.open_names, stages.won, stages.lost, stages.closed))
+    stage, rule = opps["stage"], Stages.of(stages)
+    open_, won, lost, generic = rule.is_open(stage), rule.is_won(stage), rule.is_lost(stage), rule.is_generic(stage)
     flag_won, flag_closed = (_flag(opps, col) for col in ("is_won", "is_closed"))
     want_won = np.where(open_ | lost, 0, np.where(won, 1, -1))  # -1: the stage does not decide
     want_closed = np.where(open_, 0, np.where(won | lost | generic, 1, -1))
@@ -81,8 +81,7 @@ def settle_stage_flags(opps: pd.DataFrame, ids: pd.Series, stages: StagesConfig,
     clash = won_clash | closed_clash
     for value in sorted(stage[clash].astype(str).unique()):
         rows = clash & (stage == value).fillna(False).to_numpy(dtype=bool)
-        kind = ("open" if value in stages.open_names else "won" if value in stages.won
-                else "lost" if value in stages.lost else "closed")
+        kind = rule.kind(value)
         said = _flags_said(np.where(won_clash, flag_won, -1)[rows], np.where(closed_clash, flag_closed, -1)[rows])
         outcome = {"open": " (not won)", "lost": " (not won)", "won": "", "closed": " (won or lost as is_won says)"}
         findings.add("opportunities", "is_won", "flags_contradict_stage", "warning", ids[rows],
@@ -114,7 +113,7 @@ def settle_stage_flags(opps: pd.DataFrame, ids: pd.Series, stages: StagesConfig,
 
 def relabel_generic(stage: pd.Series, won: pd.Series, stages: StagesConfig) -> pd.Series:
     """`stage` with each generic closed stage replaced by the first won label where `won`, else the first lost one."""
-    generic = stage.isin(stages.closed).fillna(False).astype(bool)
+    generic = Stages.of(stages).is_generic(stage)
     if not generic.any():
         return stage
     label = pd.Series(np.where(won.fillna(False).astype(bool), stages.won[0], stages.lost[0]), index=stage.index)
@@ -123,7 +122,7 @@ def relabel_generic(stage: pd.Series, won: pd.Series, stages: StagesConfig) -> p
 
 def relabel_history(history: pd.DataFrame, opps: pd.DataFrame, stages: StagesConfig) -> pd.DataFrame:
     """History rows on a generic closed stage shown under the won / lost label of their deal's outcome."""
-    if "stage" not in history.columns or not history["stage"].isin(stages.closed).any() \
+    if "stage" not in history.columns or not Stages.of(stages).is_generic(history["stage"]).any() \
             or "opportunity_id" not in history.columns or "is_won" not in opps.columns:
         return history
     won = opps.drop_duplicates("opportunity_id").set_index("opportunity_id")["is_won"]

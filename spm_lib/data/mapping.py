@@ -12,11 +12,13 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from spm_lib.config import Config, NumberFormat, OwnersFromHierarchy, TableMapping
 from spm_lib.data.quality import Findings
 from spm_lib.domain.contract import CONTRACT, PANDAS_DTYPES
+from spm_lib.domain.stages import Stages
 from spm_lib.errors import MappingError, did_you_mean, format_ids
 from spm_lib.util.frames import day_of, trimmed_already
 
@@ -144,17 +146,21 @@ def map_table(table: str, raw: pd.DataFrame, mapping: TableMapping, cfg: Config,
 def finish(table: str, df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """Complete contract defaults (flags from stages, owner names) and keep only contract columns."""
     if table == "opportunities" and "stage" in df.columns:
-        stages = cfg.stages
+        rule, stage = Stages.of(cfg.stages), clean_strings(df["stage"])
         if "is_won" not in df.columns:  # unknown (missing) on a generic closed stage: its outcome is is_won's
-            generic = clean_strings(df["stage"]).isin(stages.closed).to_numpy(dtype=bool)
-            df["is_won"] = derive_flag(df["stage"], stages.won).mask(generic)
+            df["is_won"] = _stage_flag(stage, rule.is_won(stage)).mask(rule.is_generic(stage))
         if "is_closed" not in df.columns:
-            df["is_closed"] = derive_flag(df["stage"], stages.closed_names)
+            df["is_closed"] = _stage_flag(stage, rule.is_closed(stage, generic=True))
     if table == "owners" and "owner_id" in df.columns:
         df["name"] = df["name"].fillna(df["owner_id"]) if "name" in df.columns else df["owner_id"]
     cols = [c.name for c in CONTRACT[table].columns if c.name in df.columns]
     out = df[cols].reset_index(drop=True)
     return out.astype({c.name: PANDAS_DTYPES[c.dtype] for c in CONTRACT[table].columns if c.name in cols})
+
+
+def _stage_flag(stage: pd.Series, flag: np.ndarray) -> pd.Series:
+    """A stage rule's answer as a nullable flag, missing where the (cleaned) stage is missing."""
+    return pd.Series(flag, index=stage.index, dtype="boolean").mask(stage.isna())
 
 
 def derive_flag(values: pd.Series, members: list[Any], negate: bool = False) -> pd.Series:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from spm_lib.config import StagesConfig
 from spm_lib.data.asof import carry_forward, first_of_run
+from spm_lib.domain.stages import Stages
 
 COLUMNS = ["opportunity_id", "owner_id", "stage", "amount", "close_date", "created_date", "is_closed", "is_won",
            "pushes", "days_in_stage", "max_stage_index"]
@@ -57,8 +58,8 @@ class Replay:
         prev_stage = np.where(starts, -1, prev_stage)
         entered = (self.stage_ff >= 0) & ((prev_stage < 0) | (self.stage_ff != prev_stage))
         self.entered_ff = carry_forward(np.where(entered, t, _NAT), entered, starts)
-        self.index_of = {name: i for i, name in enumerate(stages.open_names)}
-        self.index_of |= {name: len(stages.open_names) - 1 for name in stages.won}
+        rule = Stages.of(stages)
+        self.index_of = rule.funnel_index()
         per_name = np.r_[pd.Series(self.stage_names, dtype="object").map(self.index_of).fillna(-1).to_numpy(
             dtype=np.int64), -1]
         row_index = per_name[self.stage_ff]  # code -1 (no stage yet) picks the -1 at the end
@@ -68,9 +69,6 @@ class Replay:
         self.base = int(self.seconds.min()) if len(t) else 0
         self.span = int(self.seconds.max()) - self.base + 2 if len(t) else 2
         self.key = self.code.astype(np.int64) * self.span + (self.seconds - self.base)
-        self.closed_names = [*stages.won, *stages.lost]
-        self.known_names = [*stages.open_names, *self.closed_names]
-        self.won_names = list(stages.won)
         self.created = (pd.to_datetime(o["created_date"]).to_numpy(dtype="datetime64[ns]")
                         if "created_date" in o else np.full(len(o), np.datetime64("NaT", "ns")))
         # every deal's current values, as arrays; stages as codes into `cats` (history stages, then current ones)
@@ -80,9 +78,9 @@ class Replay:
         self.hist_cat = np.r_[self.cats.get_indexer(self.stage_names.astype("object")), -1]  # stage_ff -1: -1
         self.cur_cat = np.r_[self.cats.get_indexer(pd.Index(cur_names, dtype="object")), -1][cur_code]
         cat_names = pd.Series(self.cats, dtype="object")
-        self.cat_known = np.r_[np.asarray(cat_names.isin(self.known_names), dtype=bool), False]
-        self.cat_closed = np.r_[np.asarray(cat_names.isin(self.closed_names), dtype=bool), False]
-        self.cat_won = np.r_[np.asarray(cat_names.isin(self.won_names), dtype=bool), False]
+        self.cat_known = np.r_[rule.is_known(cat_names), False]
+        self.cat_closed = np.r_[rule.is_closed(cat_names), False]
+        self.cat_won = np.r_[rule.is_won(cat_names), False]
         self.cat_index = np.r_[cat_names.map(self.index_of).fillna(-1).to_numpy(dtype=np.int64), -1]
         self.cur_amount = (pd.to_numeric(o["amount"]).to_numpy(dtype="float64", na_value=np.nan) if "amount" in o
                            else np.full(len(o), np.nan))

@@ -25,6 +25,7 @@ from spm_lib.data.mapping import row_ids
 from spm_lib.data.quality import Finding, Findings
 from spm_lib.domain.contract import CONTRACT, PANDAS_DTYPES, REQUIRED_TABLES
 from spm_lib.domain.org import HierarchyScreen, hierarchy_problems, overlapping_owners
+from spm_lib.domain.stages import Stages
 from spm_lib.errors import SpmError, did_you_mean, format_ids
 from spm_lib.metrics import checks, kpis
 from spm_lib.util.frames import isin
@@ -52,6 +53,7 @@ def validate(tables: dict[str, pd.DataFrame], cfg: Config, findings: Findings) -
     """Check contract tables, record every problem in `findings`, return the tables to use (unusable rows dropped)."""
     out = {name: _typed(name, df, findings) if name in CONTRACT else df for name, df in tables.items()}
     known = _owner_ids(out.get("owners"))
+    # not util.tasks.in_background: one worker runs the queued masks in order and cancels the unasked ones
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spm-validate") as pool:
         ahead = _start_references(out, known, pool)
         try:
@@ -424,8 +426,10 @@ def _check_stages(opps: pd.DataFrame, ids: pd.Series, cfg: Config, findings: Fin
 def _closed_won(opps: pd.DataFrame, cfg: Config) -> tuple[pd.Series, pd.Series]:
     """(closed, won) as plain booleans: the flags when present, else derived from the configured stages."""
     stage = opps["stage"] if "stage" in opps.columns else pd.Series(pd.NA, index=opps.index, dtype="string")
-    won = opps["is_won"] if "is_won" in opps.columns else stage.isin(cfg.stages.won)
-    closed = opps["is_closed"] if "is_closed" in opps.columns else stage.isin(cfg.stages.closed_names)
+    rule = Stages.of(cfg.stages)
+    won = opps["is_won"] if "is_won" in opps.columns else pd.Series(rule.is_won(stage), index=opps.index)
+    closed = (opps["is_closed"] if "is_closed" in opps.columns
+              else pd.Series(rule.is_closed(stage, generic=True), index=opps.index))
     won = won.astype("boolean").fillna(False).astype(bool)
     return closed.astype("boolean").fillna(False).astype(bool) | won, won
 
