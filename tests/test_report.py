@@ -64,3 +64,31 @@ def test_push_list_leaves_out_dead_deals_and_says_so() -> None:
     for section in (r1.above_the_line(), r1.forward_look(), r1.focus()):
         assert "Provisional: these numbers rest on data failing" in str(section)
     assert Report(c, "R2", Path(".")).provisional() == ""
+
+
+def test_at_a_glance_gives_the_status_word_three_findings_and_the_decision(cube) -> None:
+    m = Report(cube, "M", Path("."))
+    # M: October bookings at 124 % of target (green), no FY2026-Q4 target, every trust check passes
+    assert m.session_status() == "green"
+    glance = m.at_a_glance()
+    assert "On track" in glance and "provisional" not in glance
+    assert glance.count("<li>") == min(3, len(m.findings())) and "Bookings at 124 % of target" in glance
+    assert "This session decides: activity level and focus" in glance
+    assert glance in str(m.header())  # right under the header
+    trust = str(m.trust())
+    assert "The numbers can be trusted" in trust and "<details" in trust  # passing: one line, the checks folded
+
+
+def test_a_failing_trust_check_makes_the_glance_provisional_and_shows_five_deals() -> None:
+    data = company()
+    opps = data.tables["opportunities"]
+    opps.loc[opps["opportunity_id"] == "o6", "last_modified_date"] = pd.Timestamp("2026-08-01")  # stale, 400
+    c = compute_cube(_cfg(), data, "monthly", AS_OF)
+    c.meta["currency"] = "EUR"
+    r1 = Report(c, "R1", Path("."))
+    # R1: October at 60 % of target (red) and the stale check failing: off track, and provisional
+    assert r1.session_status() == "red"
+    assert "Off track — the numbers are provisional until the data is fixed" in r1.at_a_glance()
+    assert "The 1 largest deal to fix" in str(r1.trust()) and "trust.csv" not in str(r1.trust())  # a rep: no CSV
+    trust_m = str(Report(c, "M", Path(".")).trust())
+    assert 'href="M.trust.csv"' in trust_m  # a manager's CSV of every deal to fix, beside the report

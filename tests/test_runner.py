@@ -11,8 +11,9 @@ import duckdb
 import nbformat
 import pytest
 
-from spm_lib.batch.runner import run, safe_name
+from spm_lib.batch.runner import run
 from spm_lib.config import load_config
+from spm_lib.store.runfolder import safe_name
 
 AS_OF = date(2026, 10, 31)
 EVIL = "<script>alert('x')</script> Mega deal"

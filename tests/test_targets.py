@@ -193,3 +193,15 @@ def test_attainment_and_status_vectorised_over_series() -> None:
     assert st.tolist() == ["amber", "green", "red", "amber", "none"]
     assert status(0.89, StatusBands(green=1.0, amber=0.9)) == "red"
     assert status(float("nan"), StatusBands()) == "none"
+
+
+def test_session_status_is_the_worst_against_target_and_provisional_data_is_at_best_at_risk() -> None:
+    from spm_lib.engine.targets import session_status
+
+    assert session_status(["green", "green"], "pass") == "green"
+    assert session_status(["green", "amber"], "warn") == "amber"  # a warning does not change the word
+    assert session_status(["red", "green"], "pass") == "red"
+    assert session_status(["green", "none"], "fail") == "amber"  # on track, but on data failing a check
+    assert session_status(["red"], "fail") == "red"
+    assert session_status(["none", "none"], "pass") == "none"  # no target at all: no word to give
+    assert session_status([], "fail") == "amber"

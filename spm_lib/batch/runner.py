@@ -8,7 +8,6 @@ rename. One owner's failure never stops the others; the manifest records every o
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ from spm_lib.errors import OrgError, RunError, did_you_mean
 from spm_lib.project import templates_dir
 from spm_lib.store import runfolder
 from spm_lib.store.prune import prune_runs
+from spm_lib.store.runfolder import safe_name
 from spm_lib.util.atomic import write_atomic
 from spm_lib.util.spreadsheet import to_safe_csv
 
@@ -61,14 +61,6 @@ class Outcome:
     trust_status: str
     error: str | None = None
     worker: str = ""  # who rendered it: "local-<pid>" (the local pool) or the Dask worker's address
-
-
-def safe_name(owner_id: str) -> str:
-    """A file name for an owner id: letters, digits, '.', '_' and '-' only; a hash suffix when changed."""
-    clean = re.sub(r"[^A-Za-z0-9._-]", "_", owner_id).strip("._") or "owner"
-    if clean != owner_id:
-        clean = f"{clean[:60]}-{hashlib.sha1(owner_id.encode()).hexdigest()[:8]}"
-    return clean
 
 
 def template_path(cfg: Config, level: str, cadence: str) -> Path:

@@ -26,7 +26,6 @@ from typing import Any
 import pandas as pd
 from markupsafe import escape
 
-from spm_lib.batch.runner import safe_name
 from spm_lib.config import AlertRule, Config
 from spm_lib.deliver import compose
 from spm_lib.deliver.smtp import DeliveryError, SmtpSender, message_bytes
@@ -35,7 +34,7 @@ from spm_lib.engine.alerts import Evaluation, evaluate
 from spm_lib.engine.cube import read_cube
 from spm_lib.report.markup import fmt_value, trust_value_text
 from spm_lib.state import alerts as ledger
-from spm_lib.store.runfolder import ensure_cube
+from spm_lib.store.runfolder import ensure_cube, safe_name
 from spm_lib.util.atomic import write_atomic
 
 log = logging.getLogger("spm.alerts")

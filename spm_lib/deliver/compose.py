@@ -37,7 +37,7 @@ import pandas as pd
 from markupsafe import escape
 from tqdm import tqdm
 
-from spm_lib.batch.runner import plan, safe_name
+from spm_lib.batch.runner import plan
 from spm_lib.config import Config
 from spm_lib.deliver.images import Chart, Exporter, ImageError, png_size
 from spm_lib.deliver.smtp import DeliveryError, Pace, SendFailed, SmtpSender, message_bytes
@@ -49,7 +49,7 @@ from spm_lib.report.core import Report, load
 from spm_lib.report.figures import EMAIL_CHARTS, figures_json, figures_path
 from spm_lib.report.markup import LEVEL_TITLES, STATUS_COLOURS, STATUS_WORDS
 from spm_lib.state import ledger
-from spm_lib.store.runfolder import has_cube, has_manifest, locked, read_manifest
+from spm_lib.store.runfolder import has_cube, has_manifest, locked, read_manifest, safe_name
 from spm_lib.util.atomic import write_atomic
 
 log = logging.getLogger("spm.send")

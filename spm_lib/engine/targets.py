@@ -75,6 +75,20 @@ def status(attainment: Any, bands: StatusBands) -> Any:
     return pd.Series(out, index=index, dtype=object)
 
 
+SESSION_ORDER = ("none", "green", "amber", "red")  # worse to the right
+
+
+def session_status(statuses: list[str], trust: str) -> str:
+    """A session's status from its statuses against target (the closed period's attainment, the forward period's
+    expected result): the worst of them (green, amber or red; 'none' without any target), and at best amber
+    when the data fails a trust check (the numbers are provisional)."""
+    known = [s for s in statuses if s in SESSION_ORDER[1:]]
+    if not known:
+        return "amber" if trust == "fail" else "none"
+    worst = max(known, key=SESSION_ORDER.index)
+    return "amber" if trust == "fail" and worst == "green" else worst
+
+
 # ---------------------------------------------------------------- resolution
 def resolve_targets(ctx: CubeContext, metric: str, periods: list[Any]) -> pd.DataFrame:
     """The target of `metric` for every scope owner and each period, with where it came from (see module doc)."""

@@ -23,6 +23,7 @@ from spm_lib.config import WeakStageRule
 from spm_lib.engine.cube import Cube, read_cube, read_cube_meta
 from spm_lib.engine.forecast import stage_worth, weak_stage
 from spm_lib.engine.priorities import bookings_shift, resource_needs, team_year
+from spm_lib.engine.targets import session_status
 from spm_lib.engine.trust import checks_with_status, dead_deals, owner_status, scope_offenders, worst_by_owner
 from spm_lib.errors import OrgError, RunError, did_you_mean
 from spm_lib.metrics import kpis as registry
@@ -30,7 +31,7 @@ from spm_lib.project import project_dir
 from spm_lib.report import charts, markup
 from spm_lib.report.actions_view import actions_html
 from spm_lib.report.markup import LEVEL_TITLES, TRUST_BADGE
-from spm_lib.store.runfolder import has_cube
+from spm_lib.store.runfolder import has_cube, safe_name
 from spm_lib.util.frames import isin
 
 CADENCE_FOCUS = {
@@ -278,9 +279,26 @@ class Report:
                 f'<p class="spm-sub">{esc(LEVEL_TITLES.get(self.level, self.level))} · '
                 f'{esc(self.cadence)} session · closed period <b>{esc(self.closed)}</b> · '
                 f'forward look <b>{esc(self.forward)}</b> · as of {esc(self.as_of)} · {esc(fresh_txt)}</p>'
-                f'<p class="spm-agenda">This session decides: {esc(CADENCE_FOCUS.get(self.cadence, ""))}.</p>'
                 + (f'<ul class="spm-notes">{notes}</ul>' if notes else "") + "</div>")
-        return Html(body)
+        return Html(body + self.at_a_glance())
+
+    # ---- 0. at a glance (under the header)
+    def session_status(self) -> str:
+        """green / amber / red / none: the closed period's attainment and the forward period's expected result
+        against target, at best amber when the data fails a trust check (engine.targets.session_status)."""
+        rows = [self.kpi("quota_attainment"), self.kpi("forecast_expected", self.forward)]
+        return session_status([str(r["status"]) for r in rows if r is not None], self.trust_status())
+
+    def at_a_glance(self) -> str:
+        """One block that fits a phone screen: the session's status word, the three findings that matter most
+        and what this session decides."""
+        status = self.session_status()
+        word = markup.SESSION_WORDS[status]
+        why = " — the numbers are provisional until the data is fixed" if self.trust_status() == "fail" else ""
+        found = "".join(f"<li>{esc(f)}</li>" for f in self.findings()[:3]) or "<li>No finding stands out.</li>"
+        return (f'<div class="spm-glance spm-glance-{status}"><p class="spm-glance-word">{esc(word)}{esc(why)}</p>'
+                f'<ul class="spm-findings">{found}</ul>'
+                f'<p class="spm-agenda">This session decides: {esc(CADENCE_FOCUS.get(self.cadence, ""))}.</p></div>')
 
     # ---- 2. trust
     def trust_status(self) -> str:
@@ -310,21 +328,31 @@ class Report:
             parts.append(markup.banner("success", "The numbers can be trusted", "Every trust check passes."))
         t["shown"] = [_trust_value(status, value, reason, unit) for status, value, reason, unit
                       in zip(t["status"], t["value"], t["na_reason"], t["unit"], strict=True)]
-        parts.append(markup.table_html(
+        checks = markup.table_html(
             t[["label", "status", "shown", "count", "amount", "definition"]],
             {"label": "Check", "status": "Status", "shown": "Value", "count": "Deals", "amount": "Value of deals",
              "definition": "What it means"},
             {"status": _trust_badge, "shown": Markup,
              "amount": lambda v: markup.fmt_value(v, "currency", self.currency),
-             "count": lambda v: markup.fmt_value(v, "count", "")}))
+             "count": lambda v: markup.fmt_value(v, "count", "")})
+        # passing: the checks collapsed under the one line; otherwise the checks, the 5 largest deals, the rest
+        # collapsed (managers and up: every deal in the CSV written beside the report)
+        parts.append(markup.details("The checks", checks) if status == "pass" else checks)
         off = self.offenders()
         if not off.empty:
-            if self.level == "rep" or self.reports.empty:
-                parts.append(f"<h4>Deals to fix</h4>{self.offender_table(off.head(50))}")
-            else:
+            deals = self._dedupe(off)
+            if not (self.level == "rep" or self.reports.empty):
                 parts.append(f"<h4>By direct report</h4>{self._offenders_by_report(off)}")
-                top = self.offender_table(self._dedupe(off).head(20))
-                parts.append(f"<h4>The {min(20, off['opportunity_id'].nunique())} largest deals to fix</h4>{top}")
+            shown = min(5, len(deals))
+            parts.append(f"<h4>The {shown} largest deal{'s' if shown != 1 else ''} to fix</h4>"
+                         f"{self.offender_table(deals.head(5))}")
+            if len(deals) > 5:
+                parts.append(markup.details(f"The other {min(len(deals), 50) - 5} deals to fix",
+                                            self.offender_table(deals.iloc[5:50])))
+            if not self.reports.empty:
+                csv = f"{safe_name(self.owner_id)}.trust.csv"
+                parts.append(f'<p class="spm-muted">Every deal to fix in your scope ({len(deals)}): '
+                             f'<a href="{esc(csv)}">{esc(csv)}</a>.</p>')
         q = self.cube.quality
         if not q.empty:
             q = q[q["severity"] != "info"]

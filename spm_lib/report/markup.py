@@ -29,6 +29,7 @@ STATUSES = ("green", "amber", "red", "none")
 # the one home of what a status looks like and says, for the report, its charts, the email and the live panels
 STATUS_COLOURS = {"green": "#1a9850", "amber": "#f5a623", "red": "#d73027", "none": "#9e9e9e"}
 STATUS_WORDS = {"green": "on track", "amber": "at risk", "red": "behind", "none": "no target"}
+SESSION_WORDS = {"green": "On track", "amber": "At risk", "red": "Off track", "none": "No target"}  # at a glance
 TRUST_BADGE = {"pass": "green", "warn": "amber", "fail": "red", "not_available": "none"}  # trust status -> badge
 LEVEL_TITLES = {"rep": "Sales executive", "manager": "Manager", "director": "Director", "executive": "Executive"}
 BANNER_KINDS = ("info", "success", "warning", "error")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -17,6 +19,16 @@ from spm_lib.errors import PeriodError, RunError, did_you_mean
 from spm_lib.metrics import kpis
 from spm_lib.util.atomic import write_atomic
 from spm_lib.util.memory import retained_memory
+
+
+def safe_name(owner_id: str) -> str:
+    """A file name for an owner id: letters, digits, '.', '_' and '-' only; a hash suffix when changed."""
+    clean = re.sub(r"[^A-Za-z0-9._-]", "_", owner_id).strip("._") or "owner"
+    if clean != owner_id:
+        clean = f"{clean[:60]}-{hashlib.sha1(owner_id.encode()).hexdigest()[:8]}"
+    return clean
+
+
 
 
 def run_dir(cfg: Config, cadence: str, as_of: date) -> Path:
