@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import sys
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from spm_lib.errors import SpmError
 
+if TYPE_CHECKING:
+    from spm_lib.config import Config
+    from spm_lib.deliver.schedule import Action, Done
 
-def _config(project: str | None):  # type: ignore[no-untyped-def]
+
+def _config(project: str | None) -> Config:
     from spm_lib.config import load_config
 
     return load_config(Path(project) if project else None)
@@ -34,14 +39,14 @@ def cli(ctx: click.Context, project: str | None) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="DuckDB file to write (default: data/demo.duckdb under the project).")
 @click.pass_context
-def demo_data(ctx: click.Context, seed: int, scale: float, end: object, out: str | None) -> None:
+def demo_data(ctx: click.Context, seed: int, scale: float, end: datetime | None, out: str | None) -> None:
     """Generate the seeded demo company into a DuckDB file."""
     from spm_lib.data.demo import default_end, generate
     from spm_lib.project import project_dir
 
     root = Path(ctx.obj["project"]) if ctx.obj["project"] else project_dir()
     target = Path(out) if out else root / "data" / "demo.duckdb"
-    end_date = end.date() if end is not None else default_end(date.today())  # type: ignore[attr-defined]
+    end_date = end.date() if end is not None else default_end(date.today())
     counts = generate(target, seed=seed, scale=scale, end=end_date)
     click.echo(f"Demo company written to {target} (data up to {end_date}):")
     for table, n in counts.items():
@@ -89,10 +94,10 @@ def init_cmd(folder: str, example: str | None, copy_templates: bool) -> None:
                    f"  spm --project {root} data check")
 
 
-def _as_of(value: object, cfg: object = None, cadence: str = "monthly") -> date:
+def _as_of(value: datetime | None, cfg: object = None, cadence: str = "monthly") -> date:
     """The --as-of date; default: the last day of the cadence's last closed period (month, quarter, year, week)."""
     if value is not None:
-        return value.date()  # type: ignore[attr-defined]
+        return value.date()
     from spm_lib.domain.periods import FiscalCalendar
 
     if cfg is None:
@@ -114,7 +119,7 @@ CADENCE = click.option("--cadence", type=click.Choice(["weekly", "monthly", "qua
 @CADENCE
 @click.option("--force", is_flag=True, help="Recompute even if the run folder already holds a cube.")
 @click.pass_context
-def cube_cmd(ctx: click.Context, as_of: object, cadence: str, force: bool) -> None:
+def cube_cmd(ctx: click.Context, as_of: datetime | None, cadence: str, force: bool) -> None:
     """Compute the cube (every KPI and trust check for every owner) into the run folder."""
     import time
 
@@ -141,7 +146,7 @@ def cube_cmd(ctx: click.Context, as_of: object, cadence: str, force: bool) -> No
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Write to this file instead of printing (needed for --format parquet).")
 @click.pass_context
-def kpis_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None, level: str | None,
+def kpis_cmd(ctx: click.Context, as_of: datetime | None, cadence: str, owner: str | None, level: str | None,
              which: str, dims: bool, fmt: str, output: str | None) -> None:
     """Print or export the KPIs of the cube."""
     from spm_lib.engine.cube import read_cube
@@ -159,7 +164,7 @@ def kpis_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None,
 @click.option("--owner", default=None, help="Only this owner's scope (and the deals to fix in it).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.pass_context
-def trust_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None, fmt: str) -> None:
+def trust_cmd(ctx: click.Context, as_of: datetime | None, cadence: str, owner: str | None, fmt: str) -> None:
     """List the failing trust checks and the opportunities to fix."""
     from spm_lib.engine.cube import read_cube
     from spm_lib.store.runfolder import ensure_cube
@@ -193,7 +198,7 @@ def trust_cmd(ctx: click.Context, as_of: object, cadence: str, owner: str | None
 @click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
               help="The Dask scheduler's address (implies --executor dask; default: config/runner.yml).")
 @click.pass_context
-def run_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, owner: str | None,
+def run_cmd(ctx: click.Context, as_of: datetime | None, cadence: str, level: str | None, owner: str | None,
             workers: int | None, resume: bool, recompute: bool, executor: str | None, scheduler: str | None) -> None:
     """Compute the cube once and render every owner's report (notebook + self-contained HTML)."""
     from spm_lib.batch.runner import run
@@ -289,7 +294,7 @@ def actions_export(ctx: click.Context, owner: str | None, cadence: str | None, s
 @click.option("--resend-unknown", is_flag=True, help="Also send emails an interrupted send left of unknown state.")
 @click.option("--resend-changed", is_flag=True, help="Send again to owners whose report changed since it was sent.")
 @click.pass_context
-def send_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None, owner: str | None,
+def send_cmd(ctx: click.Context, as_of: datetime | None, cadence: str, level: str | None, owner: str | None,
              dry_run: bool, resend_unknown: bool, resend_changed: bool) -> None:
     """Email each owner their report of a finished run (never twice); SMTP password from $SPM_SMTP_PASSWORD."""
     from spm_lib.deliver.compose import send_all
@@ -313,12 +318,12 @@ def send_cmd(ctx: click.Context, as_of: object, cadence: str, level: str | None,
 @click.option("--dry-run", is_flag=True, help="Write runs/<cadence>/<as_of>/alerts/*.eml instead of mailing; the "
                                               "alert ledger is left as it was.")
 @click.pass_context
-def alerts_cmd(ctx: click.Context, as_of: object, cadence: str, dry_run: bool) -> None:
+def alerts_cmd(ctx: click.Context, as_of: datetime | None, cadence: str, dry_run: bool) -> None:
     """Evaluate config/alerts.yml and mail each new alert once (and each cleared one once) to its owner."""
     from spm_lib.deliver.alerts import run_alerts
 
     cfg = _config(ctx.obj["project"])
-    day = as_of.date() if as_of is not None else date.today() - timedelta(days=1)  # type: ignore[attr-defined]
+    day = as_of.date() if as_of is not None else date.today() - timedelta(days=1)
     summary = run_alerts(cfg, cadence, day, dry_run=dry_run)
     click.echo(summary.text())
     if dry_run and summary.written:
@@ -338,7 +343,7 @@ def alerts_cmd(ctx: click.Context, as_of: object, cadence: str, dry_run: bool) -
 @click.option("--revoke-owner", "revoke_owner", default=None, metavar="ID",
               help="Revoke every link of this owner issued up to now.")
 @click.pass_context
-def link_cmd(ctx: click.Context, owner: str | None, cadence: str, as_of: object, expires: str | None,
+def link_cmd(ctx: click.Context, owner: str | None, cadence: str, as_of: datetime | None, expires: str | None,
              revoke: str | None, revoke_owner: str | None) -> None:
     """Print a signed, expiring link to an owner's live report, or revoke links (needs SPM_LINK_SECRET)."""
     from datetime import UTC, datetime, timedelta
@@ -367,7 +372,7 @@ def link_cmd(ctx: click.Context, owner: str | None, cadence: str, as_of: object,
     valid = parse_duration(expires) if expires else timedelta(days=cfg.live.link_days)
     owner = Org.from_owners(load_dataset(cfg).tables["owners"]).check_owner(owner)
     until = datetime.now(UTC) + valid
-    day = as_of.date() if as_of is not None else None  # type: ignore[attr-defined]
+    day = as_of.date() if as_of is not None else None
     token = sign(secret, owner, cadence, day, until)
     try:
         link_id = verify_signature(secret, token).link_id
@@ -383,12 +388,12 @@ def link_cmd(ctx: click.Context, owner: str | None, cadence: str, as_of: object,
 @click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None,
               help="Serve the runs of this as-of (default: the latest run of each cadence, newer runs picked up).")
 @click.pass_context
-def serve_cmd(ctx: click.Context, host: str | None, port: int | None, as_of: object) -> None:
+def serve_cmd(ctx: click.Context, host: str | None, port: int | None, as_of: datetime | None) -> None:
     """Serve every owner's report live (Voila), opened from signed links (needs SPM_LINK_SECRET)."""
     from spm_lib.live.serve import serve
 
     cfg = _config(ctx.obj["project"])
-    serve(cfg, host=host, port=port, as_of=as_of.date() if as_of is not None else None,  # type: ignore[attr-defined]
+    serve(cfg, host=host, port=port, as_of=as_of.date() if as_of is not None else None,
           echo=lambda m: click.echo(m, err=True))
 
 
@@ -427,7 +432,7 @@ def schedule_cmd(ctx: click.Context, show_next: bool, print_cron: bool, job: str
     schedule.serve(cfg, run_fn, send_fn, done, alerts=alerts)
 
 
-def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
+def _schedule_actions(cfg: Config) -> tuple[Action, Action, Done, tuple[Action, Done]]:
     """(run_fn, send_fn, done, (alerts_fn, alerts_done)) of the schedule: render (resume), send the unsent, done = all
     rendered and sent; an alerts job runs `spm alerts`, done once that day was evaluated."""
     from spm_lib.batch.runner import run
@@ -476,13 +481,13 @@ def _schedule_actions(cfg):  # type: ignore[no-untyped-def]
 @click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), default=None,
               help="Last period ending on or before this day (default: the end of the data).")
 @click.pass_context
-def backtest_cmd(ctx: click.Context, cadence: str, start: object, end: object) -> None:
+def backtest_cmd(ctx: click.Context, cadence: str, start: datetime | None, end: datetime | None) -> None:
     """Replay the forecast at each past period's start and middle against what was booked (and two baselines)."""
     from spm_lib.engine.backtest import backtest_and_write
 
     cfg = _config(ctx.obj["project"])
-    text, folder = backtest_and_write(cfg, cadence, start.date() if start else None,  # type: ignore[attr-defined]
-                                      end.date() if end else None)  # type: ignore[attr-defined]
+    text, folder = backtest_and_write(cfg, cadence, start.date() if start else None,
+                                      end.date() if end else None)
     click.echo(text)
     click.echo(f"Rows, summary and chart in {folder}")
 

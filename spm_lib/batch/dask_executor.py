@@ -28,14 +28,14 @@ try:
     from distributed import Client, WorkerPlugin, get_worker
     from distributed import as_completed as dask_completed
 except ImportError:  # optional dependency: DaskPool says what to install
-    Client = WorkerPlugin = None  # type: ignore[assignment,misc]
+    Client = WorkerPlugin = None  # type: ignore[assignment,misc]  # absent optional dependency: None marks it
 
 log = logging.getLogger("spm.run")
 PLUGIN = "spm-warm-kernel"
 RETRIES = 2  # a job's retries after an error outside render_one (a lost worker is rescheduled by the scheduler)
 
 
-class WarmKernelPlugin(WorkerPlugin if WorkerPlugin is not None else object):  # type: ignore[misc]
+class WarmKernelPlugin(WorkerPlugin if WorkerPlugin is not None else object):  # type: ignore[misc]  # base: dask or object
     """Gives a Dask worker one warm kernel for `project` (started at setup, stopped at teardown) and its thread."""
 
     def __init__(self, project: str) -> None:

@@ -51,7 +51,7 @@ class WarmKernel:
             run_sync(self.km.shutdown_kernel)(now=True)
 
 
-class _WarmClient(PapermillNotebookClient):  # type: ignore[misc] # papermill is untyped: its class is Any
+class _WarmClient(PapermillNotebookClient):
     """papermill's client that first empties the namespace (and warms the imports) of a reused kernel."""
 
     warm_kernel: WarmKernel | None = None
@@ -68,7 +68,7 @@ class _WarmClient(PapermillNotebookClient):  # type: ignore[misc] # papermill is
         super().papermill_execute_cells()
 
 
-class WarmKernelEngine(NBClientEngine):  # type: ignore[misc] # papermill is untyped: its class is Any
+class WarmKernelEngine(NBClientEngine):
     """papermill engine "spm-warm": runs the notebook on the WarmKernel passed as `warm_kernel`."""
 
     @classmethod

@@ -305,7 +305,7 @@ def _parse(df: pd.DataFrame, table: str, mapping: TableMapping, cfg: Config, fin
             samples = format_ids(clean_strings(s)[bad].drop_duplicates().head(5).map(repr), limit=5)
             findings.add(table, col.name, "unparseable", "warning", row_ids(df, table)[bad],
                          f"{int(bad.sum())} values are not {what} and were left empty, e.g. {samples}", fix)
-        df[col.name] = out.astype(PANDAS_DTYPES[col.dtype])  # type: ignore[call-overload]
+        df[col.name] = out.astype(PANDAS_DTYPES[col.dtype])
     return df
 
 

@@ -79,7 +79,7 @@ def _figure_dict(fig: Any) -> dict[str, Any]:
 
 def _kaleido_class() -> type:
     """kaleido.Kaleido, reloading a tab after every RELOAD_EVERY images rather than after each one."""
-    class Kaleido(kaleido.Kaleido):  # type: ignore[misc] # kaleido is untyped: its class is Any
+    class Kaleido(kaleido.Kaleido):
         spm_failed = False
 
         async def _return_kaleido_tab(self, tab: Any) -> None:

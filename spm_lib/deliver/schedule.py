@@ -149,7 +149,7 @@ def trigger(cfg: Config, job_name: str) -> BaseTrigger:
     job = _job(cfg, job_name)
     if job.cron is not None:
         try:
-            return CronTrigger(**job.cron, timezone=_tz(cfg))  # type: ignore[arg-type] # cron fields: text, checked here
+            return CronTrigger(**job.cron, timezone=_tz(cfg))  # cron fields: text, checked here
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config/schedule.yml: job `{job_name}`, key `cron`: {e} (APScheduler 3 CronTrigger "
                               "fields: year, month, day, week, day_of_week, hour, minute, second)") from None
@@ -295,7 +295,7 @@ def _time_of_day(cfg: Config, job_name: str) -> tuple[int, int] | None:
     job = _job(cfg, job_name)
     if job.cron is None:
         return job.hour, job.minute
-    fields = {f.name: str(f) for f in trigger(cfg, job_name).fields}  # type: ignore[attr-defined] # a CronTrigger's
+    fields = {f.name: str(f) for f in trigger(cfg, job_name).fields}  # a cron job's trigger: a CronTrigger
     if all(fields[k].isdigit() for k in ("hour", "minute", "second")):
         return int(fields["hour"]), int(fields["minute"])
     return None

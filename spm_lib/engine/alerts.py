@@ -77,7 +77,9 @@ def _kpi(rule_id: str, rule: AlertRule, cube: Cube) -> pd.DataFrame | str:
         reasons = rows["na_reason"].dropna().astype(str)
         return reasons.iloc[0] if len(reasons) else f"{rule.kpi} is not available for {period}"
     value = usable["value"].astype(float)
-    hit = value < rule.below if rule.below is not None else value > float(rule.above)  # type: ignore[arg-type]
+    threshold = rule.below if rule.below is not None else rule.above
+    assert threshold is not None  # config.AlertRule refuses a kpi rule without `below` or `above`
+    hit = value < threshold if rule.below is not None else value > float(threshold)
     left = days_left(cube)
     if rule.days_left_below is not None and not left < rule.days_left_below:
         hit &= False
@@ -85,7 +87,7 @@ def _kpi(rule_id: str, rule: AlertRule, cube: Cube) -> pd.DataFrame | str:
     found = usable[hit]
     return _frame(found, rule_id, subject="", subject_name=decl.label if decl else rule.kpi,
                   value=found["value"].astype(float),
-                  threshold=float(rule.below if rule.below is not None else rule.above),  # type: ignore[arg-type]
+                  threshold=float(threshold),
                   unit=decl.unit if decl else "count", period=period, days_left=left)
 
 

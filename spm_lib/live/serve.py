@@ -313,7 +313,7 @@ def open_rule(handler: web.RequestHandler) -> None:
 def guarded(base: type, rule: Callable[[web.RequestHandler], None]) -> type:
     """`base` with `rule` run before its own prepare (a refusal is answered at once) and the security headers."""
 
-    class Guarded(base):  # type: ignore[misc,valid-type] # a base chosen at run time
+    class Guarded(base):  # a base chosen at run time
         def set_default_headers(self) -> None:
             super().set_default_headers()
             for name, value in SECURITY_HEADERS.items():
@@ -502,7 +502,7 @@ def log_request(handler: web.RequestHandler) -> None:
 def report_handler(base: type) -> type:
     """Voila's report handler whose kernel manager counts and hands over the kernel this open receives."""
 
-    class ReportHandler(base):  # type: ignore[misc,valid-type] # a base chosen at run time
+    class ReportHandler(base):  # a base chosen at run time
         _spm_km: BudgetedManager | None = None
         spm_open: tuple[str, str | None, str] | None = None
 
@@ -558,14 +558,14 @@ def _voila_class() -> type:
     from voila.app import Voila
     from voila.request_info_handler import RequestInfoSocketHandler
 
-    class KernelQuerySocket(RequestInfoSocketHandler):  # type: ignore[misc] # voila is untyped: its class is Any
+    class KernelQuerySocket(RequestInfoSocketHandler):
         """Voila's query socket behind the kernel's key: /voila/query/<key>/<kernel id>."""
 
-        def open(self, key: str, kernel_id: str) -> None:  # type: ignore[override] # the route's own path kwargs
+        def open(self, key: str, kernel_id: str) -> None:  # the route's own path kwargs
             """Wait for (or receive at once) the request this kernel serves."""
             super().open(kernel_id)
 
-    class SpmVoila(Voila):  # type: ignore[misc] # voila is untyped: its class is Any
+    class SpmVoila(Voila):
         """Voila behind the gate: our pages in front, every route guarded, file browser and contents API removed."""
 
         def init_handlers(self) -> list[Any]:
