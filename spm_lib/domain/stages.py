@@ -1,5 +1,6 @@
 """The stage rule: which stage names are open (in funnel order), won or lost. The one home of "closed / won from the
-stage": the as-of snapshot, the cube's closed deals and the trust checks ask `Stages` rather than comparing names."""
+stage": the mapping's flags, validation, the as-of snapshot and its replay, the cube's closed deals and the trust
+checks ask `Stages` rather than comparing names."""
 
 from __future__ import annotations
 
