@@ -297,7 +297,7 @@ def _render_run(cfg: Config, folder: Path, cadence: str, as_of: date, level: str
 
 def _render_all(pool: Any, jobs: list[Job], cadence: str, as_of: str, folder: str, bar: Any) -> list[Outcome]:
     if not isinstance(pool, ProcessPoolExecutor):  # the Dask executor (dask_executor.DaskPool)
-        return pool.render(jobs, cadence, as_of, folder, bar)  # type: ignore[no-any-return]
+        return pool.render(jobs, cadence, as_of, folder, bar)
     outcomes: list[Outcome] = []
     futures = {pool.submit(render_one, j, cadence, as_of, folder): j for j in jobs}
     for fut in as_completed(futures):
