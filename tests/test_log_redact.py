@@ -55,7 +55,11 @@ def test_a_500_with_a_token_in_the_url_logs_no_token() -> None:
     handler = logging.StreamHandler(stream)
     handler.addFilter(RedactingFilter(Redactor(SECRET)))
     loggers = [logging.getLogger(n) for n in ("tornado.application", "tornado.access", "tornado.general")]
+    # an earlier logging.config.dictConfig in this process (Jupyter's apps call one) disables the loggers it does
+    # not name: listen to them as `spm serve` has them, enabled
+    was_disabled = [lg.disabled for lg in loggers]
     for lg in loggers:
+        lg.disabled = False
         lg.addHandler(handler)
     port = free_port()
     ready = threading.Event()
@@ -83,8 +87,9 @@ def test_a_500_with_a_token_in_the_url_logs_no_token() -> None:
         loop.call_soon_threadsafe(holder["server"].stop)  # type: ignore[union-attr]
         loop.call_soon_threadsafe(loop.stop)  # type: ignore[union-attr]
         thread.join(10)
-        for lg in loggers:
+        for lg, disabled in zip(loggers, was_disabled, strict=True):
             lg.removeHandler(handler)
+            lg.disabled = disabled
     log = stream.getvalue()
     assert "Uncaught exception GET /boom?t=…" in log and "500 GET /boom?t=…" in log
     assert "RuntimeError: kernel kernel:" in log  # the traceback is there, rewritten
