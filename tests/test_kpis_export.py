@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,20 @@ import pandas as pd
 SPM = str(Path(sys.executable).parent / "spm")
 
 
+def _copy(small_project: Path, tmp_path: Path) -> Path:
+    """A copy of the small project (read-only for tests: `spm kpis` writes its cube into the run folder)."""
+    project = tmp_path / "p"
+    shutil.copytree(small_project, project, ignore=shutil.ignore_patterns("runs", "state"))
+    return project
+
+
 def _spm(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SPM_PROJECT_DIR": str(project)}
     return subprocess.run([SPM, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_leads_by_channel_for_every_month_as_parquet_equal_sql_over_the_source(small_project, tmp_path) -> None:  # noqa: ANN001
+    small_project = _copy(small_project, tmp_path)
     out = tmp_path / "kpis.parquet"
     done = _spm(small_project, "kpis", "--cadence", "monthly", "--as-of", "2026-10-31", "--period", "all", "--dims",
                 "--format", "parquet", "--output", str(out))
@@ -38,7 +47,8 @@ def test_leads_by_channel_for_every_month_as_parquet_equal_sql_over_the_source(s
                                   expected.sort_values(key).reset_index(drop=True), check_dtype=False)
 
 
-def test_without_dims_the_listing_has_no_breakdown_rows_and_parquet_needs_a_file(small_project) -> None:  # noqa: ANN001
+def test_without_dims_the_listing_has_no_breakdown_rows_and_parquet_needs_a_file(small_project, tmp_path) -> None:  # noqa: ANN001
+    small_project = _copy(small_project, tmp_path)
     done = _spm(small_project, "kpis", "--cadence", "monthly", "--as-of", "2026-10-31", "--format", "csv")
     assert done.returncode == 0, done.stderr
     assert "dim_value" not in done.stdout.splitlines()[0]
