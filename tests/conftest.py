@@ -68,3 +68,18 @@ def browser():
     from tests.live_server import chromium
 
     yield from chromium()
+
+
+@pytest.fixture(scope="module")
+def smtp():  # noqa: ANN201 - yields (tests.test_deliver.Mailbox, port)
+    """A real SMTP server on loopback (aiosmtpd) collecting what it receives: (mailbox, port)."""
+    from aiosmtpd.controller import Controller
+
+    from tests.live_server import free_port
+    from tests.test_deliver import Mailbox
+
+    box, port = Mailbox(), free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield box, port
+    controller.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import shutil
-from collections.abc import Iterator
 from datetime import date, datetime
 from email import policy
 from email.message import EmailMessage
@@ -16,7 +15,6 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 import yaml
-from aiosmtpd.controller import Controller
 from click.testing import CliRunner
 
 from spm_lib.cli import cli
@@ -27,7 +25,7 @@ from spm_lib.engine.alerts import NEEDS_HISTORY, evaluate
 from spm_lib.engine.cube import Cube, write_cube
 from spm_lib.errors import ConfigError
 from spm_lib.state import alerts as alert_ledger
-from tests.test_deliver import Mailbox, _free_port
+from tests.test_deliver import Mailbox
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY1, DAY2 = date(2026, 12, 5), date(2026, 12, 6)  # 26 and 25 days left in FY2026-Q4
@@ -211,15 +209,6 @@ def test_the_shipped_alerts_file_is_valid() -> None:
 
 
 # ---------------------------------------------------------------- mailed once, cleared once, on a real SMTP server
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[tuple[Mailbox, int]]:
-    box, port = Mailbox(), _free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield box, port
-    controller.stop()
-
-
 @pytest.fixture
 def project(tmp_path: Path, smtp: tuple[Mailbox, int], monkeypatch: pytest.MonkeyPatch) -> Config:
     """A project whose monthly runs of DAY1 and DAY2 hold the hand-made cubes; its own state database."""

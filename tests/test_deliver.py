@@ -5,8 +5,6 @@ from __future__ import annotations
 import email
 import json
 import shutil
-import socket
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from email import policy
@@ -27,6 +25,7 @@ from spm_lib.deliver.compose import DeliveryError, clean_header, make_address, s
 from spm_lib.deliver.images import check_png
 from spm_lib.report.figures import EMAIL_CHARTS
 from spm_lib.state import ledger
+from tests.live_server import free_port
 
 AS_OF = date(2026, 10, 31)
 RUN_KEY = "monthly/2026-10-31"
@@ -81,21 +80,6 @@ class Mailbox:
 
     def to(self, address: str) -> list[EmailMessage]:
         return [m for rcpts, m in self.parsed() if address in rcpts]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[tuple[Mailbox, int]]:
-    box, port = Mailbox(), _free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield box, port
-    controller.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -384,7 +368,7 @@ def test_the_smtp_password_reaches_no_log_eml_or_ledger(project: Path, tmp_path:
         logins.append((auth_data.login, auth_data.password))
         return AuthResult(success=auth_data.password == b"s3cret-Pa55")
 
-    box, port = Mailbox(), _free_port()
+    box, port = Mailbox(), free_port()
     controller = Controller(box, hostname="127.0.0.1", port=port, authenticator=authenticator,
                             auth_require_tls=False)
     controller.start()
@@ -496,7 +480,7 @@ def tls_server(certificate: tuple[Path, Path], mode: str, logins: list[tuple[byt
     box.reset()
     tls = {"tls_context": context, "require_starttls": True} if mode == "starttls" else \
         {"ssl_context": context, "auth_require_tls": False}  # aiosmtpd only counts STARTTLS as TLS for AUTH
-    controller = Controller(box, hostname="127.0.0.1", port=_free_port(), authenticator=authenticator,
+    controller = Controller(box, hostname="127.0.0.1", port=free_port(), authenticator=authenticator,
                             auth_required=True, **tls)
     controller.start()
     return controller, box

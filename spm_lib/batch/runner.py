@@ -83,7 +83,9 @@ def plan(cfg: Config, run_dir: Path, cadence: str, *, level: str | None = None,
             raise OrgError(f"unknown level {level!r}{did_you_mean(level, levels)}; allowed: {', '.join(levels)}")
         owners = owners[owners["level"] == level]
     if owner is None and level is None:
-        owners = owners[owners["level"].astype(str).map(lambda lvl: _has_session(cfg, lvl, cadence))]
+        stems = {p.stem for p in templates_dir(cfg.root).glob("*.ipynb")}  # read once, not once per owner
+        levels = owners["level"].astype(str)
+        owners = owners[levels.map({lvl: _has_session(stems, lvl, cadence) for lvl in levels.unique()})]
     jobs = []
     for r in owners.sort_values(["level", "owner_id"]).itertuples():
         lvl = str(r.level)
@@ -94,10 +96,10 @@ def plan(cfg: Config, run_dir: Path, cadence: str, *, level: str | None = None,
     return jobs
 
 
-def _has_session(cfg: Config, level: str, cadence: str) -> bool:
-    """False when the level has templates, but none for this cadence (weekly is a rep's session: a manager is not
-    rendered, not failed); a level without any template stays in, to fail with the missing template named."""
-    stems = {p.stem for p in templates_dir(cfg.root).glob("*.ipynb")}
+def _has_session(stems: set[str], level: str, cadence: str) -> bool:
+    """False when the level has templates (`stems`: the template names), but none for this cadence (weekly is a
+    rep's session: a manager is not rendered, not failed); a level without any template stays in, to fail with
+    the missing template named."""
     return f"{level}_{cadence}" in stems or not any(s.startswith(f"{level}_") for s in stems)
 
 
