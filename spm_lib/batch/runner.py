@@ -84,8 +84,9 @@ def plan(cfg: Config, run_dir: Path, cadence: str, *, level: str | None = None,
         owners = owners[owners["level"] == level]
     if owner is None and level is None:
         stems = {p.stem for p in templates_dir(cfg.root).glob("*.ipynb")}  # read once, not once per owner
-        levels = owners["level"].astype(str)
-        owners = owners[levels.map({lvl: _has_session(stems, lvl, cadence) for lvl in levels.unique()})]
+        owner_levels = owners["level"].astype(str)
+        has_session = {lvl: _has_session(stems, lvl, cadence) for lvl in owner_levels.unique()}
+        owners = owners[owner_levels.map(has_session)]
     jobs = []
     for r in owners.sort_values(["level", "owner_id"]).itertuples():
         lvl = str(r.level)
