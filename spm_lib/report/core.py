@@ -295,10 +295,18 @@ class Report:
         status = self.session_status()
         word = markup.SESSION_WORDS[status]
         why = " — the numbers are provisional until the data is fixed" if self.trust_status() == "fail" else ""
-        found = "".join(f"<li>{esc(f)}</li>" for f in self.findings()[:3]) or "<li>No finding stands out.</li>"
+        found = "".join(f"<li>{esc(f)}</li>" for f in self.top_findings()) or "<li>No finding stands out.</li>"
         return (f'<div class="spm-glance spm-glance-{status}"><p class="spm-glance-word">{esc(word)}{esc(why)}</p>'
                 f'<ul class="spm-findings">{found}</ul>'
-                f'<p class="spm-agenda">This session decides: {esc(CADENCE_FOCUS.get(self.cadence, ""))}.</p></div>')
+                f'<p class="spm-agenda">This session decides: {esc(self.session_decides())}.</p></div>')
+
+    def top_findings(self) -> list[str]:
+        """The three findings that matter most: at a glance, and in the email."""
+        return [str(f) for f in self.findings()[:3]]
+
+    def session_decides(self) -> str:
+        """What this session should decide (at a glance, and in the email)."""
+        return CADENCE_FOCUS.get(self.cadence, "")
 
     # ---- 2. trust
     def trust_status(self) -> str:
@@ -340,7 +348,7 @@ class Report:
         parts.append(markup.details("The checks", checks) if status == "pass" else checks)
         off = self.offenders()
         if not off.empty:
-            deals = self._dedupe(off)
+            deals = self.deals_to_fix(off)
             if not (self.level == "rep" or self.reports.empty):
                 parts.append(f"<h4>By direct report</h4>{self._offenders_by_report(off)}")
             shown = min(5, len(deals))
@@ -363,6 +371,11 @@ class Report:
                     {"table": "Table", "column": "Column", "severity": "Severity", "count": "Rows",
                      "message": "Problem"}, {}))
         return Html("".join(parts))
+
+    def deals_to_fix(self, offenders: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The deals to fix of this owner's scope (of `offenders`, default all), one row per deal with what is wrong,
+        largest first: the trust section lists them, the email its first five."""
+        return self._dedupe(self.offenders() if offenders is None else offenders)
 
     @staticmethod
     def _dedupe(off: pd.DataFrame) -> pd.DataFrame:
