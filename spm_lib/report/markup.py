@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 from markupsafe import Markup, escape
 
+from spm_lib.domain.crm import fill_deal_url
 from spm_lib.errors import SpmError, did_you_mean
 
 # plotly.js 4 shows a "Share chart" button by default that uploads the figure (sales data) to Plotly Cloud:
@@ -179,6 +180,16 @@ def details(summary: str, body_html: str, open_: bool = False) -> str:
     """A collapsible block ('below the line') with an escaped summary and a body that is already HTML."""
     return Html(Markup('<details class="spm-details"{}><summary>{}</summary>{}</details>').format(
         Markup(" open") if open_ else "", summary, Markup(body_html)))
+
+
+def deal_link(opportunity_id: object, url_template: str | None, text: object = None) -> str:
+    """A deal's id (or `text`) as HTML: a link to its CRM page (new tab) when `url_template` (config/crm.yml
+    `deal_url`) is set, plain escaped text otherwise. The id is URL-quoted into the address, the text escaped."""
+    shown = escape(str(opportunity_id if text is None else text))
+    if not url_template or is_missing(opportunity_id):
+        return Html(shown)
+    return Html(Markup('<a href="{}" target="_blank" rel="noopener noreferrer">{}</a>').format(
+        fill_deal_url(url_template, opportunity_id), shown))
 
 
 # ---------------------------------------------------------------- tables
