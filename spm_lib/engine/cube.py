@@ -29,7 +29,7 @@ from spm_lib.data.quality import FINDING_COLUMNS
 from spm_lib.domain.contract import Dataset
 from spm_lib.domain.periods import Period
 from spm_lib.domain.stages import Stages
-from spm_lib.engine import backtest, calibration, decomposition, forecast, targets, trust
+from spm_lib.engine import backtest, calibration, comparisons, decomposition, forecast, movement, targets, trust
 from spm_lib.engine.context import (
     KPI_COLUMNS,
     CubeContext,
@@ -57,6 +57,8 @@ class Cube:
     owners: pd.DataFrame
     quality: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)  # cube.json: JSON values
+    # per scope, the steps of the pipeline's movement since the start of the closed period (engine.movement)
+    movement: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=movement.COLUMNS))
     # Parquet bytes of a part, encoded on a background thread while the rest was computed: part -> (the frame it
     # was encoded from, its bytes); write_cube uses them while that frame is still the cube's part
     encoded: dict[str, tuple[pd.DataFrame, Future[bytes]]] = field(default_factory=dict, repr=False)
@@ -64,7 +66,8 @@ class Cube:
 
 # ---------------------------------------------------------------- periods of the run
 def measure_periods(ctx: CubeContext) -> pd.DataFrame:
-    """The periods lagging/leading measures are computed for: the trend (ending with P), TTM and YTD."""
+    """The periods lagging/leading measures are computed for: the trend (ending with P), TTM, YTD and the same
+    period last year (when the trend does not reach it)."""
     win = ctx.windows
     rows = []
     for p in win.trend:
@@ -73,6 +76,8 @@ def measure_periods(ctx: CubeContext) -> pd.DataFrame:
     rows.append(("TTM", "ttm", ttm_start, ctx.as_of, ctx.as_of, "ttm"))
     fy = ctx.calendar.period("year", ctx.as_of)
     rows.append((f"{fy.label}-YTD", "ytd", fy.start, ctx.as_of, ctx.as_of, "ytd"))
+    for p in comparisons.extra_periods(ctx.calendar, win):  # the same period last year, beyond the trend
+        rows.append((p.label, p.grain, p.start, p.end, min(p.end, ctx.as_of), "compare"))
     df = pd.DataFrame(rows, columns=["label", "grain", "start", "end", "asof_end", "role"])
     for c in ("start", "end", "asof_end"):
         df[c] = pd.to_datetime(df[c])
@@ -372,6 +377,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
 
     trust_df, trust_rows = trust.compute_trust(ctx, bookings_by_month=_month_bookings(ctx, periods, base))
     decomp = decomposition.decompose(ctx, allk, pd.concat([tgt, q_targets], ignore_index=True))
+    moved, moved_info = movement.pipeline_movement(ctx)
     win = ctx.windows
     meta = {"run_id": uuid.uuid4().hex[:12], "computed_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "as_of": ctx.as_of.isoformat(), "cadence": cadence,
@@ -380,12 +386,15 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
             "forecast": backtest.forecast_meta(calibrated_by, cfg.root, ctx.calendar, ctx.as_of),
             "notes": ctx.notes, "owners": len(scopes), "opportunities": int(len(ctx.snapshot)),
             "above_the_line": cfg.kpis.above_the_line, "weak_stage_rule": cfg.kpis.weak_stage.model_dump(),
+            "comparisons": comparisons.comparison_meta(ctx.calendar, win, comparisons.first_day(ctx.snapshot)),
+            "movement": moved_info,
             "kpi_meta": {k.id: {"label": k.label, "unit": k.unit, "direction": k.direction, "kind": k.kind,
                                 "definition": k.definition} for k in registry.REGISTRY.values() if not k.hidden}}
     owners = ctx.owners.copy()
     owners["scope"] = [ctx.org.scope_kind(o) for o in owners["owner_id"]]
     return Cube(kpis=allk, trust=trust_df, trust_rows=trust_rows, decomposition=decomp, facts=facts,
-                probabilities=probs, owners=owners, quality=_quality(data), meta=meta, encoded=encoded)
+                probabilities=probs, owners=owners, quality=_quality(data), meta=meta, encoded=encoded,
+                movement=moved)
 
 
 def _month_bookings(ctx: CubeContext, periods: pd.DataFrame, rows: _Rows) -> pd.DataFrame | None:
@@ -683,6 +692,7 @@ def _facts(ctx: CubeContext) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- the run folder
 CUBE_FILES = ("kpis", "trust", "trust_rows", "decomposition", "probabilities", "owners", "quality")
+OPTIONAL_FILES = ("movement",)  # a run folder from before it reads it as empty
 
 
 def write_cube(cube: Cube, run_dir: Path) -> None:
@@ -690,7 +700,7 @@ def write_cube(cube: Cube, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "facts").mkdir(exist_ok=True)
     files = [("facts", run_dir / "facts" / "opportunities.parquet")]
-    files += [(name, run_dir / f"{name}.parquet") for name in CUBE_FILES]
+    files += [(name, run_dir / f"{name}.parquet") for name in CUBE_FILES + OPTIONAL_FILES]
     with ThreadPoolExecutor(max_workers=2) as pool:  # Parquet encoding releases the GIL: two files at a time
         for done in [pool.submit(_atomic_parquet, getattr(cube, name), path, _encoded(cube, name))
                      for name, path in files]:
@@ -722,9 +732,14 @@ def read_cube(run_dir: Path) -> Cube:
     parts = {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in CUBE_FILES}
     facts = pd.read_parquet(run_dir / "facts" / "opportunities.parquet")
     meta = read_cube_meta(run_dir)
-    return Cube(kpis=parts["kpis"], trust=parts["trust"], trust_rows=parts["trust_rows"],
+    optional = {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in OPTIONAL_FILES
+                if (run_dir / f"{name}.parquet").is_file()}
+    cube = Cube(kpis=parts["kpis"], trust=parts["trust"], trust_rows=parts["trust_rows"],
                 decomposition=parts["decomposition"], facts=facts, probabilities=parts["probabilities"],
                 owners=parts["owners"], quality=parts["quality"], meta=meta)
+    for name, frame in optional.items():
+        setattr(cube, name, frame)
+    return cube
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path, encoded: Future[bytes] | None = None) -> None:
