@@ -34,6 +34,7 @@ from spm_lib.engine.calibration import (
     calibrate,
     fit_win_model,
     scope_forecast,
+    shared_error,
 )
 
 PR, NG, P = "Proposal", "Negotiation", "Prospecting"
@@ -135,6 +136,20 @@ def test_calibrated_forecast_by_hand() -> None:
         assert row["p10"] == pytest.approx(max(expected - Z90 * math.sqrt(variance), 0.0))
         assert row["p90"] == pytest.approx(expected + Z90 * math.sqrt(variance))
         assert row["method"] == CALIBRATED
+
+
+def test_shared_error_is_the_spread_the_deals_own_variance_leaves() -> None:
+    # two training points of 4 deals of 100 in one cell: none won at point 0, all 4 at point 1; rate 0.5
+    rows = pd.DataFrame({"stage": ["A"] * 8, "won": [0] * 4 + [1] * 4, "amount": [100.0] * 8,
+                         "booked": [0.0] * 4 + [100.0] * 4, "point": [0] * 4 + [1] * 4})
+    model = fit_win_model(rows, ["stage"], prior=0.0, amount_edges=())
+    # expected 200 at each point, booked 0 and 400: squared errors 2 x 200^2 = 80,000; the deals' own variance
+    # 2 x 4 x 100^2 x 0.5 x 0.5 = 20,000; e^2 = (80,000 - 20,000) / (2 x 200^2) = 0.75
+    assert shared_error(model, rows) == pytest.approx(math.sqrt(0.75))
+    # 1 won of 4 at point 0, 3 of 4 at point 1: errors of 100 each (20,000) are within the deals' own variance
+    rows["won"] = [1, 0, 0, 0, 1, 1, 1, 0]
+    rows["booked"] = rows["won"] * 100.0
+    assert shared_error(fit_win_model(rows, ["stage"], prior=0.0, amount_edges=()), rows) == 0.0
 
 
 # ---------------------------------------------------------------- without enough history

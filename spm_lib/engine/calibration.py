@@ -14,6 +14,7 @@ toward the company's per-seller rate. Without enough history (fewer than `min_pe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -426,22 +427,31 @@ def calibrate(deals: DealHistory, calendar: Any, grain: str, cutoff: date, stage
     win = fit_win_model(train, use, settings.prior, edges, drift)
     new_train = pd.concat(new_rows, ignore_index=True)
     new = _fit_new_deals(new_train, settings.new_prior)
-    error = _model_error(win, train)
+    error = shared_error(win, train)
     reason = (f"calibrated on {n_periods} past {grain}s up to {cutoff} ({len(train):,} open-deal snapshots, "
               f"{n_won:,} won in their period); features: {', '.join(use)}")
     return Calibration(method=CALIBRATED, reason=reason, grain=grain, cutoff=cutoff, periods=n_periods, won=n_won,
                        win=win, new=new, stage_probabilities=stage_probabilities, model_error=error)
 
 
-def _model_error(win: WinModel, train: pd.DataFrame) -> float:
-    """The standard deviation over training points of (booked / expected - 1) of the training deals' bookings in
-    the rest of the period: the error every deal shares (seasons, a market), which the per-deal variance leaves
-    out (on a sample of deals it also holds the sample's own noise: a wider range, never a narrower one)."""
-    expected = pd.Series(win.predict(train) * train["amount"].fillna(0.0).to_numpy() * win.drift).groupby(
-        train["point"].to_numpy()).sum()
+def shared_error(win: WinModel, train: pd.DataFrame) -> float:
+    """The relative error every deal shares (seasons, a market), which the per-deal variance leaves out: over the
+    training points t, e² = Σ [(booked_t − expected_t)² − Σ per-deal variance_t] / Σ expected_t² (method of
+    moments, 0 when the deals' own variance explains the spread). Only the excess over the deals' own variance is
+    shared: the raw spread of booked / expected would count that variance twice (once per deal, once shared),
+    would hold the noise of the learning sample, and would weigh a point with little left to book (a tiny,
+    noisy expectation) as much as a point at the period's start."""
+    p = win.predict(train)
+    value = train["amount"].fillna(0.0).to_numpy() * win.drift
+    point = train["point"].to_numpy()
+    expected = pd.Series(value * p).groupby(point).sum()
+    variance = pd.Series(value ** 2 * p * (1 - p)).groupby(point).sum()
     booked = train.groupby("point")["booked"].sum()
-    ratio = (booked / expected.where(expected > 0)).dropna()
-    return float(ratio.std()) if len(ratio) > 1 else 0.0
+    scale = float((expected ** 2).sum())
+    if scale <= 0:
+        return 0.0
+    excess = float((((booked - expected) ** 2) - variance).sum())
+    return math.sqrt(max(excess, 0.0) / scale)
 
 
 def _fit_new_deals(rows: pd.DataFrame, prior: float) -> NewDealModel:
