@@ -581,20 +581,36 @@ def test_material_checks_weigh_the_flagged_value_against_the_forward_pipeline() 
                 "opps_stale_60d": Threshold(warn=0, fail=0.5, unit="material", fail_amount=300)}
     cfg = Config(root=Path("."), source=SourceConfig(kind="folder", path="data"),
                  trust=TrustConfig(thresholds={"default": DEFAULT | material}))
-    # the rest of the forward period (FY2026-Q4 after Oct 15): open deals closing Oct 16 - Dec 31 are
-    # O2 (R1, 20), O3 (R2, no amount), O4 (M, 300), O6 (R2, 580): R1 20, R2 580, M and E 900
+    # the rest of the forward period (FY2026-Q4 after Oct 15): the open deals due by Dec 31 are all of them:
+    # O1 (R1, 100, overdue), O2 (R1, 20), O3 (R2, no amount), O4 (M, 300), O6 (R2, 580): R1 120, R2 580, M and E 1000
     windows = SimpleNamespace(remaining=Window(date(2026, 10, 16), date(2026, 12, 31)))
     ctx = dataclasses.replace(make_context(), cfg=cfg, windows=windows)
     trust, rows = compute_trust(ctx, BOOKINGS_SEP)
     expected = {  # (owner, check): (value, status)
-        ("R1", "opps_past_close_date"): (100 / 20, "fail"),  # O1 (100) against R1's 20: it decides the month
-        ("M", "opps_past_close_date"): (100 / 900, "warn"),  # 11 % of the team's: listed, not decisive
+        ("R1", "opps_past_close_date"): (100 / 120, "fail"),  # O1 (100) of R1's 120: it decides the quarter
+        ("M", "opps_past_close_date"): (100 / 1000, "warn"),  # 10 % of the team's: listed, not decisive
         ("R2", "opps_past_close_date"): (0.0, "pass"),
-        ("R1", "opps_stale_60d"): (20 / 20, "fail"),
-        ("M", "opps_stale_60d"): (320 / 900, "fail"),  # 36 % < 50 %, but 320 reaches fail_amount 300
-        ("E", "opps_stale_60d"): (320 / 900, "fail"),
+        ("R1", "opps_stale_60d"): (20 / 120, "warn"),
+        ("M", "opps_stale_60d"): (320 / 1000, "fail"),  # 32 % < 50 %, but 320 reaches fail_amount 300
+        ("E", "opps_stale_60d"): (320 / 1000, "fail"),
     }
     for (owner, check), (value, status) in expected.items():
         r = row(trust, owner, check)
         assert r["value"] == pytest.approx(value) and r["status"] == status, (owner, check)
     assert offending(rows, "opps_past_close_date") == ["O1"]  # the deals are listed whatever the status
+
+    # a forward window up to Nov 15: due by then are O1 (overdue), O2 (Oct 25) and O6 (Nov 10); O4 (stale, 300,
+    # dated Nov 30) is after it: listed, but not weighed, and its 300 no longer reaches fail_amount
+    windows = SimpleNamespace(remaining=Window(date(2026, 10, 16), date(2026, 11, 15)))
+    trust, rows = compute_trust(dataclasses.replace(ctx, windows=windows), BOOKINGS_SEP)
+    r = row(trust, "M", "opps_stale_60d")
+    assert r["value"] == pytest.approx(20 / 700) and r["status"] == "warn" and r["amount"] == pytest.approx(320)
+    assert offending(rows, "opps_stale_60d") == ["O2", "O4"]
+    # up to Oct 20 only O1 is due: the stale deals (O2, O4) weigh 0 yet still warn (warn 0: any flagged deal)
+    windows = SimpleNamespace(remaining=Window(date(2026, 10, 16), date(2026, 10, 20)))
+    trust, _ = compute_trust(dataclasses.replace(ctx, windows=windows), BOOKINGS_SEP)
+    for owner in ("R1", "M"):
+        r = row(trust, owner, "opps_stale_60d")
+        assert r["value"] == 0.0 and r["status"] == "warn", owner
+        assert row(trust, owner, "opps_past_close_date")["value"] == pytest.approx(1.0)
+    assert row(trust, "R2", "opps_stale_60d")["status"] == "pass"

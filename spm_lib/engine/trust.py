@@ -6,7 +6,10 @@ the as-of hierarchy (`ancestors`) and counted per scope, so a manager's figures 
 every report's. The value compared with the thresholds of `config/trust.yml` depends on the threshold's unit:
 `count` = offending open deals, `rate` = their share of the scope's open pipeline value (a deal without amount
 weighs 0; when the offending deals have no value at all, the share of open deals is used instead), `pct` =
-rate × 100 (for `forecast_deviation_pct`: the signed forecast deviation in %, its absolute value is compared).
+rate × 100 (for `forecast_deviation_pct`: the signed forecast deviation in %, its absolute value is compared),
+`material` = the value of the offending deals due by the end of the forward period (dated in its rest, overdue or
+undated: what the session decides on) as a share of all the scope's open deals due by then; with `warn: 0` any
+offending deal warns, also one dated after the forward period.
 """
 
 from __future__ import annotations
@@ -94,10 +97,11 @@ def _dates(s: pd.Series) -> pd.Series:
     return day_of(pd.to_datetime(s))
 
 
-def _in_window(deals: pd.DataFrame, window: Window) -> np.ndarray:
-    """True for each deal whose close date falls in `window` (e.g. the rest of the forward period)."""
+def _due_by(deals: pd.DataFrame, window: Window) -> np.ndarray:
+    """True for each deal the session on `window` (the rest of the forward period) decides on: dated up to the
+    window's end, overdue ones included (they are due now), and undated ones (they may close in it)."""
     cd = _dates(deals["close_date"])
-    return (cd.ge(pd.Timestamp(window.start)) & cd.le(pd.Timestamp(window.end))).fillna(False).to_numpy(dtype=bool)
+    return cd.le(pd.Timestamp(window.end)).fillna(True).to_numpy(dtype=bool)
 
 
 def _fmt_date(s: pd.Series) -> pd.Series:
@@ -383,8 +387,9 @@ def compute_trust(ctx: CubeContext, bookings_by_month: pd.DataFrame | None = Non
     scopes = _scopes(ctx)
     in_scope = _ScopePairs.of(deals, asof_ancestors(ctx), scopes["owner_id"])
     open_count, open_value = in_scope.totals(deals["value"].to_numpy(), None)
-    forward_value = (in_scope.totals(deals["value"].to_numpy(), _in_window(deals, ctx.windows.remaining))[1]
-                     if ctx.windows is not None else np.full(len(scopes), np.nan))  # no windows: no material unit
+    due = _due_by(deals, ctx.windows.remaining) if ctx.windows is not None else None  # None: no material unit
+    forward_value = (in_scope.totals(deals["value"].to_numpy(), due)[1] if due is not None
+                     else np.full(len(scopes), np.nan))
     base = scopes.assign(open_count=open_count, open_value=open_value, forward_value=forward_value)
     row_cols = [c for c in TRUST_ROW_COLUMNS if c in deals]  # the deal columns of the offending rows
 
@@ -392,7 +397,7 @@ def compute_trust(ctx: CubeContext, bookings_by_month: pd.DataFrame | None = Non
     rows: list[pd.DataFrame] = []
     for check in CHECKS.values():  # a handful of checks; each is vectorised over deals and scopes
         part = base.assign(check=check.id, count=pd.Series(pd.NA, index=base.index, dtype="Int64"),
-                           amount=np.nan, metric=np.nan, available=True, na_reason=None)
+                           amount=np.nan, due_amount=np.nan, metric=np.nan, available=True, na_reason=None)
         missing = ctx.data.missing(list(check.needs))
         if missing:
             part = part.assign(available=False, na_reason=not_available(missing))
@@ -407,7 +412,10 @@ def compute_trust(ctx: CubeContext, bookings_by_month: pd.DataFrame | None = Non
             rows.append(_offending_rows(check.id, deals.loc[hit, row_cols], detail[hit]))
             count, amount = in_scope.totals(deals["value"].to_numpy(), hit.to_numpy())
             n, v = pd.Series(count, index=part.index, dtype="Int64"), pd.Series(amount, index=part.index)
-            part = part.assign(count=n, amount=v, metric=_rate(n, v, part["open_count"], part["open_value"]))
+            due_amount = (in_scope.totals(deals["value"].to_numpy(), hit.to_numpy() & due)[1] if due is not None
+                          else np.nan)  # the flagged value the session decides on (the material unit's)
+            part = part.assign(count=n, amount=v, due_amount=due_amount,
+                               metric=_rate(n, v, part["open_count"], part["open_value"]))
         parts.append(part)
     trust = _statuses(ctx, pd.concat(parts, ignore_index=True))
     trust_rows = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=TRUST_ROW_COLUMNS)
@@ -469,16 +477,21 @@ def _statuses(ctx: CubeContext, df: pd.DataFrame) -> pd.DataFrame:
     count = df["count"].astype("Int64")
     value = value.mask(per_deal & (df["unit"] == "count"), count.astype("Float64").astype("float64"))
     value = value.mask(per_deal & (df["unit"] == "pct"), df["metric"] * 100)
-    amount = df["amount"].astype("float64")
+    is_material = per_deal & (df["unit"] == "material")
+    # the material unit weighs only the flagged deals due by the forward period's end (`_due_by`), against all the
+    # open deals due by then; the other units weigh every flagged deal
+    amount = df["amount"].astype("float64").mask(is_material, df["due_amount"].astype("float64"))
     with np.errstate(divide="ignore", invalid="ignore"):  # a flagged value against no forward pipeline: infinite
         material = np.where(amount.fillna(0) > 0, amount / df["forward_value"].astype("float64"), 0.0)
-    value = value.mask(per_deal & (df["unit"] == "material"), pd.Series(material, index=df.index))
+    value = value.mask(is_material, pd.Series(material, index=df.index))
     value = value.where(df["available"])
     compared = value.abs()
     warn = df["warn"].astype("float64")
     fail = df["fail"].astype("float64")
     status = pd.Series("pass", index=df.index, dtype="object")
     status = status.mask(warn.notna() & (compared > warn), "warn")
+    # material: a warn of 0 warns on any flagged deal, also one dated after the forward period (it is listed)
+    status = status.mask(is_material & (warn == 0) & (count.fillna(0) > 0).astype(bool), "warn")
     status = status.mask(fail.notna() & (compared > fail), "fail")
     fail_amount = df["fail_amount"].astype("float64")
     status = status.mask(per_deal & fail_amount.notna() & (amount >= fail_amount), "fail")
