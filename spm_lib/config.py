@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from spm_lib.domain.crm import check_deal_url
 from spm_lib.errors import ConfigError, did_you_mean
 from spm_lib.project import project_dir
 
@@ -495,6 +496,18 @@ class AlertsConfig(Strict):
         return rules
 
 
+# ---------------------------------------------------------------- crm.yml
+class CrmConfig(Strict):
+    """Links out to the CRM: `deal_url` makes every deal id of the report, the email and the live page a link."""
+
+    deal_url: str | None = None  # e.g. https://crm.example.com/opp/{opportunity_id} (domain.crm checks it)
+
+    @field_validator("deal_url")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        return None if v is None else check_deal_url(v)
+
+
 # ---------------------------------------------------------------- runs.yml
 class RunsConfig(Strict):
     """Run folders: how many to keep per cadence (older ones are pruned; state is never touched)."""
@@ -538,6 +551,7 @@ SECTIONS: dict[str, type[Strict]] = {
     "runs": RunsConfig,
     "alerts": AlertsConfig,
     "runner": RunnerConfig,
+    "crm": CrmConfig,
 }
 
 
@@ -560,6 +574,7 @@ class Config(BaseModel):
     runs: RunsConfig = Field(default_factory=RunsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    crm: CrmConfig = Field(default_factory=CrmConfig)
 
     def path(self, relative: str | Path) -> Path:
         """Resolve a path from config against the project root."""

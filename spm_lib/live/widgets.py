@@ -209,7 +209,8 @@ def deals_html(rpt: Report, deals: pd.DataFrame, sort_by: str = "amount", ascend
         return str(pd.Timestamp(d).date())
 
     table = markup.table_html(df.head(limit), cols, {
-        "amount": lambda v: markup.fmt_value(v, "currency", rpt.currency), "created_date": day, "close_date": day},
+        "opportunity_id": rpt.deal_link, "amount": lambda v: markup.fmt_value(v, "currency", rpt.currency),
+        "created_date": day, "close_date": day},
         empty_text="No deal behind this number.")
     return markup.Html(head + table)
 

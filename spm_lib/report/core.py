@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup, escape
 
-from spm_lib.config import WeakStageRule
+from spm_lib.config import WeakStageRule, cached_config
 from spm_lib.engine.cube import Cube, read_cube, read_cube_meta
 from spm_lib.engine.forecast import stage_worth, weak_stage
 from spm_lib.engine.priorities import bookings_shift, resource_needs, team_year
@@ -250,6 +250,24 @@ class Report:
         """The as-of deals in this owner's (or `owner_id`'s) scope."""
         return self.cube.facts.iloc[scope_positions(self.cube, owner_id or self.owner_id)]
 
+    @cached_property
+    def deal_url(self) -> str | None:
+        """The CRM's deal-page template (config/crm.yml `deal_url`); None when not set: deal ids stay text."""
+        return cached_config().crm.deal_url
+
+    def deal_link(self, opportunity_id: object, text: object = None) -> str:
+        """A deal id (or `text`) as a link to the deal's CRM page; escaped text without `deal_url`."""
+        return markup.deal_link(opportunity_id, self.deal_url, text)
+
+    def linked_names(self, deals: pd.DataFrame) -> pd.Series:
+        """The `name` column of `deals`, each name a link to its deal's CRM page when `deal_url` is set (a deal
+        without a name shows its id); the names as they are otherwise."""
+        if not self.deal_url:
+            return deals["name"]
+        return pd.Series([self.deal_link(i, i if markup.is_missing(n) else n)
+                          for i, n in zip(deals["opportunity_id"], deals["name"], strict=True)],
+                         index=deals.index, dtype=object)
+
     def _figure(self, key: str, fig: object) -> str:
         self._figures[key] = fig
         return markup.figure_html(fig, self._id(key))
@@ -357,7 +375,7 @@ class Report:
             if len(deals) > 5:
                 parts.append(markup.details(f"The other {min(len(deals), 50) - 5} deals to fix",
                                             self.offender_table(deals.iloc[5:50])))
-            if not self.reports.empty:
+            if not self.reports.empty and not self.live:  # live: no file beside the page
                 csv = f"{safe_name(self.owner_id)}.trust.csv"
                 parts.append(f'<p class="spm-muted">Every deal to fix in your scope ({len(deals)}): '
                              f'<a href="{esc(csv)}">{esc(csv)}</a>.</p>')
@@ -393,7 +411,7 @@ class Report:
             off[["opportunity_id", "name", "owner", "stage", "amount", "close_date", "detail"]],
             {"opportunity_id": "Id", "name": "Opportunity", "owner": "Owner", "stage": "Stage", "amount": "Amount",
              "close_date": "Close date", "detail": "What is wrong"},
-            {"amount": lambda v: markup.fmt_value(v, "currency", self.currency),
+            {"opportunity_id": self.deal_link, "amount": lambda v: markup.fmt_value(v, "currency", self.currency),
              "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())})
 
     def _offenders_by_report(self, off: pd.DataFrame) -> str:
@@ -717,7 +735,8 @@ class Report:
         cols = [c for c in ["opportunity_id", "name", "owner", "account_id", "stage", "amount", "close_date"]
                 if c in df]
         return markup.table_html(df[cols], {c: c.replace("_", " ").capitalize() for c in cols},
-                               {"amount": lambda v: markup.fmt_value(v, "currency", self.currency),
+                               {"opportunity_id": self.deal_link,
+                                "amount": lambda v: markup.fmt_value(v, "currency", self.currency),
                                 "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())})
 
     # ---- cadence-specific agenda items
@@ -742,6 +761,7 @@ class Report:
             self.cube.owners.set_index("owner_id")["name"])).sort_values("amount", ascending=False).head(limit)
         if soon.empty:
             return Html('<p class="spm-muted">No open deal closes in the rest of the period.</p>' + left_out)
+        soon = soon.assign(name=self.linked_names(soon))
         table = markup.table_html(
             soon[["name", "owner", "stage", "amount", "close_date", "p"]],
             {"name": "Deal", "owner": "Owner", "stage": "Stage", "amount": "Amount", "close_date": "Close date",
