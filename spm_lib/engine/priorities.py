@@ -5,6 +5,7 @@ the trailing year, which direct reports need resources, and the year per team wi
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -47,11 +48,15 @@ def _need(att: float, cov: float) -> str:
     return "on track"
 
 
-def team_year(owners: pd.DataFrame, bookings: dict[str, pd.Series | None], teams: list[tuple[str, object]]
-              ) -> pd.DataFrame:
+def team_year(owners: pd.DataFrame, bookings: dict[str, pd.Series | None], teams: list[tuple[str, object]],
+              next_targets: Mapping[str, float] | None = None) -> pd.DataFrame:
     """The year per team: for each (owner id, name) of `teams`, the sales executives below them (at least one),
     their bookings row (`bookings`: owner id -> the closed period's bookings KPI row, None without), attainment (%)
-    and bookings per executive. `owners`: the cube's owners (the current hierarchy)."""
+    and bookings per executive. `owners`: the cube's owners (the current hierarchy).
+
+    With `next_targets` (owner id -> next year's bookings target; NaN or absent: none): next year's split too:
+    target_next, share_next (% of the teams' total), growth (% over this year's bookings), per_rep_next (target
+    per executive at today's head count)."""
     org = org_of(owners)
     level = owners.set_index(owners["owner_id"].astype(str))["level"]
     rows = []
@@ -63,4 +68,11 @@ def team_year(owners: pd.DataFrame, bookings: dict[str, pd.Series | None], teams
                      "attainment": bk["attainment"] * 100 if bk is not None and pd.notna(bk["attainment"])
                      else math.nan,
                      "per_rep": (bk["value"] / heads) if bk is not None and heads else math.nan})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if next_targets is not None:
+        df["target_next"] = [float(next_targets.get(oid, math.nan)) for oid, _ in teams]
+        total = df["target_next"].sum(min_count=1)
+        df["share_next"] = df["target_next"] / total * 100 if pd.notna(total) and total else math.nan
+        df["growth"] = (df["target_next"] / df["bookings"].where(df["bookings"] > 0) - 1) * 100
+        df["per_rep_next"] = df["target_next"] / df["reps"]
+    return df
