@@ -323,6 +323,61 @@ class KpisConfig(Strict):
     python_files: list[str] = Field(default_factory=list)  # config/*.py files registering KPIs
 
 
+# ---------------------------------------------------------------- findings.yml
+FindingRule = Literal["standing", "people", "deals", "stage", "dimensions", "stale"]
+FINDING_LEVELS: dict[str, list[FindingRule]] = {  # the rules each level runs unless findings.yml says otherwise
+    "rep": ["standing", "deals", "stage", "stale"],
+    "manager": ["standing", "people", "deals", "stage"],
+    "director": ["standing", "people", "stage", "dimensions"],
+    "executive": ["standing", "people", "dimensions"]}
+
+
+class PeopleFindings(Strict):
+    """The `people` rule: direct reports short of their bookings target (closed period) or expected short of the
+    forward period's target, by the money missing."""
+
+    below_pct: float = Field(100.0, gt=0)  # a direct report is named when at less than this % of the target
+    max: int = Field(3, ge=0)  # at most this many people named
+
+
+class DealFindings(Strict):
+    """The `deals` rule: the largest open deals closing by the end of the forward period that have a reason to act."""
+
+    max: int = Field(3, ge=0)  # at most this many deals named
+    checks: list[str] = Field(default_factory=lambda: [  # trust checks whose flag is a reason to act
+        "opps_past_close_date", "opps_stale_60d", "opps_pushed", "deals_no_activity", "deals_stalled_in_stage",
+        "deals_amount_decreased", "opps_early_stage_closing_30d"])
+    no_next_step: bool = True  # an empty next step is a reason (only where the CRM fills next steps at all)
+
+
+class DimensionFindings(Strict):
+    """The `dimensions` rule: breakdowns (segment, product, lead source) whose bookings fell below their
+    trailing-year average per period."""
+
+    dims: list[str] = Field(default_factory=lambda: ["segment", "product", "lead_source"])
+    drop_pct: float = Field(25.0, ge=0, le=100)  # named when this % or more below the trailing-year average
+    min_amount: float = Field(0.0, ge=0)  # and the drop is at least this amount
+    max: int = Field(2, ge=0)  # at most this many breakdown values named
+
+
+class FindingsConfig(Strict):
+    """Which finding rules each level's report runs (engine.findings) and their thresholds."""
+
+    levels: dict[str, list[FindingRule]] = Field(default_factory=dict)  # level (or default) -> its rules
+    people: PeopleFindings = Field(default_factory=PeopleFindings)
+    deals: DealFindings = Field(default_factory=DealFindings)
+    dimensions: DimensionFindings = Field(default_factory=DimensionFindings)
+    shown: int = Field(8, ge=1)  # findings listed in "Where to focus" (at a glance shows the 3 largest)
+
+    def rules_for(self, level: str) -> list[FindingRule]:
+        """The rules a level's report runs: its own list, else `default`, else the built-in list of the level
+        (a manager's for a level the built-in lists do not name)."""
+        for key in (level, "default"):
+            if key in self.levels:
+                return self.levels[key]
+        return FINDING_LEVELS.get(level, FINDING_LEVELS["manager"])
+
+
 # ---------------------------------------------------------------- targets.yml
 class TargetsConfig(Strict):
     """How annual targets are phased into quarters and months."""
@@ -551,6 +606,7 @@ SECTIONS: dict[str, type[Strict]] = {
     "runs": RunsConfig,
     "alerts": AlertsConfig,
     "runner": RunnerConfig,
+    "findings": FindingsConfig,
     "crm": CrmConfig,
 }
 
@@ -574,6 +630,7 @@ class Config(BaseModel):
     runs: RunsConfig = Field(default_factory=RunsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    findings: FindingsConfig = Field(default_factory=FindingsConfig)
     crm: CrmConfig = Field(default_factory=CrmConfig)
 
     def path(self, relative: str | Path) -> Path:
@@ -679,6 +736,10 @@ def _cross_check(cfg: Config) -> None:
             if cadence not in CADENCES:
                 raise ConfigError(f"config/kpis.yml: key `above_the_line.{level}.{cadence}`: unknown cadence"
                                   f"{did_you_mean(cadence, CADENCES)}; allowed: {', '.join(CADENCES)}")
+    for level in cfg.findings.levels:
+        if level not in levels:
+            raise ConfigError(f"config/findings.yml: key `levels.{level}`: unknown level"
+                              f"{did_you_mean(level, levels)}; allowed: {', '.join(sorted(levels))}")
     for rule_id, rule in cfg.alerts.rules.items():
         for level in rule.levels or []:
             if level not in cfg.company.levels:

@@ -24,8 +24,10 @@ def cube():
 def test_findings_in_words_come_from_the_cube(cube) -> None:
     rpt = Report(cube, "M", Path("."))
     words = rpt.findings()
-    # M's October bookings 620 against a target of 500 (test_cube computes both by hand): 124 %
-    assert words[0] == "Bookings at 124 % of target for 2026-10."
+    # M's October bookings 620 against a target of 500 (test_cube computes both by hand): 124 %, ahead, so nothing
+    # at stake; Rita's 120 of 200 is 80 short: she comes first (engine.findings ranks by money)
+    assert words == ["Rita booked 120 € of a 200 € target for 2026-10 (80 € short).",
+                     "The team booked 620 € of a 500 € target for 2026-10 (124 %, 120 € ahead)."]
 
 
 def test_an_analysts_figure_lands_in_the_html_with_a_stable_id(cube) -> None:
@@ -72,7 +74,7 @@ def test_at_a_glance_gives_the_status_word_three_findings_and_the_decision(cube)
     assert m.session_status() == "green"
     glance = m.at_a_glance()
     assert "On track" in glance and "provisional" not in glance
-    assert glance.count("<li>") == min(3, len(m.findings())) and "Bookings at 124 % of target" in glance
+    assert glance.count("<li>") == min(3, len(m.findings())) and "Rita booked 120 € of a 200 € target" in glance
     assert "This session decides: activity level and focus" in glance
     assert glance in str(m.header())  # right under the header
     trust = str(m.trust())

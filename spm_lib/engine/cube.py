@@ -386,6 +386,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
             "forecast": backtest.forecast_meta(calibrated_by, cfg.root, ctx.calendar, ctx.as_of),
             "notes": ctx.notes, "owners": len(scopes), "opportunities": int(len(ctx.snapshot)),
             "above_the_line": cfg.kpis.above_the_line, "weak_stage_rule": cfg.kpis.weak_stage.model_dump(),
+            "findings": cfg.findings.model_dump(),
             "comparisons": comparisons.comparison_meta(ctx.calendar, win, comparisons.first_day(ctx.snapshot)),
             "movement": moved_info,
             "kpi_meta": {k.id: {"label": k.label, "unit": k.unit, "direction": k.direction, "kind": k.kind,

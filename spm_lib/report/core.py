@@ -21,6 +21,8 @@ from markupsafe import Markup, escape
 
 from spm_lib.config import WeakStageRule, cached_config
 from spm_lib.engine.cube import Cube, read_cube, read_cube_meta
+from spm_lib.engine.findings import Scope, findings_config
+from spm_lib.engine.findings import findings as rank_findings
 from spm_lib.engine.forecast import stage_worth, weak_stage
 from spm_lib.engine.priorities import bookings_shift, resource_needs, team_year
 from spm_lib.engine.targets import session_status
@@ -569,31 +571,14 @@ class Report:
 
     # ---- 5. where to focus
     def findings(self) -> list[str]:
-        """The section's findings in words, computed from the cube."""
-        out = []
-        att = self.value("quota_attainment")
-        if not math.isnan(att):
-            out.append(f"Bookings at {att:.0f} % of target for {self.closed}.")
-        cov = self.value("pipeline_coverage", self.forward)
-        gap = self.value("gap_to_target", self.forward)
-        if not math.isnan(cov):
-            out.append(f"Coverage of the rest of {self.forward}: {cov:.1f}×.")
-        if not math.isnan(gap):
-            word = "short of" if gap > 0 else "ahead of"
-            out.append(f"The expected result is {markup.fmt_value(abs(gap), 'currency', self.currency)} {word} "
-                       f"the {self.forward} target.")
-        weak = self.weak_stage()
-        if weak:
-            cost = f", ≈ {markup.fmt_value(weak['cost'], 'currency', self.currency)} of bookings" \
-                if weak.get("cost") is not None else ""
-            out.append(f"{weak['stage']} → {weak['next']} converts at {weak['rate']:.0f} % against "
-                       f"{weak['benchmark_rate']:.0f} % for {weak['benchmark']}: {weak['deals']} deals{cost}.")
-        t = self.cube.trust[(self.cube.trust["owner_id"] == self.owner_id) & (self.cube.trust["check"] ==
-                                                                             "opps_stale_60d")]
-        if not t.empty and pd.notna(t.iloc[0]["count"]) and t.iloc[0]["count"]:  # NA: the check is not available
-            out.append(f"{int(t.iloc[0]['count'])} deals worth "
-                       f"{markup.fmt_value(t.iloc[0]['amount'], 'currency', self.currency)} are stale.")
-        return out
+        """The findings in words, the most money at stake first: the rules of this level (engine.findings,
+        config/findings.yml) naming people, deals, stages and breakdowns; worked out once."""
+        if "_findings" not in self.__dict__:
+            cfg = findings_config(self.cube.meta)
+            scope = Scope(self.cube, self.owner_id, self.scope_facts(),
+                          partial(markup.fmt_value, unit="currency", currency=self.currency), self.weak_stage())
+            self.__dict__["_findings"] = [f.text for f in rank_findings(scope, cfg)][:cfg.shown]
+        return list(self.__dict__["_findings"])
 
     def weak_stage(self) -> dict[str, object] | None:
         """The stage converting worst against the manager's team (or the org for the top); worked out once."""
