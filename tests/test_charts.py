@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
+from spm_lib.metrics import kpis
 from spm_lib.report import charts, markup
 from spm_lib.report.markup import RenderError
 
@@ -95,6 +96,13 @@ CHARTS: dict[str, tuple[Callable[[], go.Figure], Callable[[], go.Figure]]] = {
 }
 
 
+def value_column(fig: go.Figure) -> list[str]:
+    """The texts of horizontal bars, top to bottom: a column right of the plot, where no line can cross them."""
+    column = [a for a in fig.layout.annotations if a.yref == "y"]
+    assert all(a.xref == "paper" and a.x == 1 and a.xanchor == "left" for a in column)
+    return [a.text for a in column]
+
+
 def hover_texts(trace: go.BaseTraceType) -> list[str]:
     """What a reader sees on hover: the template with each point's customdata filled in."""
     out = []
@@ -113,7 +121,9 @@ def test_every_chart_uses_only_finance_bundle_traces_and_a_compact_layout(name: 
     assert {t.type for t in fig.data} <= FINANCE_TRACES
     assert fig.layout.height is not None and 260 <= fig.layout.height <= 340
     assert fig.layout.template.layout.font.size in (12, 13)
-    assert fig.layout.margin.l <= 20 and fig.layout.margin.r <= 20
+    # horizontal bars keep their values in a column right of the plot (about 7 px a character): nothing wider
+    column = max((len(a.text) * 7 + 12 for a in fig.layout.annotations if a.yref == "y"), default=20)
+    assert fig.layout.margin.l <= 20 and fig.layout.margin.r <= max(20, column)
 
 
 @pytest.mark.parametrize("name", CHARTS)
@@ -138,7 +148,8 @@ def test_attainment_bullets_bars_are_percent_of_target_coloured_by_status_with_v
     assert list(bar.y) == ["Bookings", "Win rate", "Cycle time"]
     np.testing.assert_allclose(bar.x, [80.0, 103.333333, 88.888889], rtol=1e-6)
     assert list(bar.marker.color) == [RED, GREEN, AMBER]
-    assert list(bar.text) == ["1.2M € / 1.5M €", "31 % / 30 %", "45 days / 40 days"]
+    assert value_column(fig) == ["1.2M € / 1.5M €", "31 % / 30 %", "45 days / 40 days"]
+    assert bar.text is None and fig.layout.xaxis.range[1] == pytest.approx(103.333333 * 1.04)
     hover = hover_texts(bar)
     assert "Attainment: 80 %" in hover[0] and "1.2M €" in hover[0] and DEF in hover[0]
     assert "Won deals / closed deals." in hover[1]
@@ -156,17 +167,18 @@ def test_forecast_waterfall_goes_booked_plus_weighted_to_expected_and_annotates_
     waterfall, target = fig.data
     assert waterfall.type == "waterfall"
     assert list(waterfall.measure) == ["absolute", "relative", "total"]
-    assert list(waterfall.x) == ["Booked", "+ Weighted pipeline", "Expected"]
+    assert list(waterfall.x) == ["Booked", "+ Weighted<br>pipeline", "Expected"]  # two lines: fits a phone
     assert list(waterfall.text) == ["1M €", "+230k €", "1.2M €"]
     assert list(target.y) == [1.5e6] * 3 and target.line.dash == "dash"
     notes = [a.text for a in fig.layout.annotations]
-    assert "Gap to target: 270k € (expected at 82 % of target)" in notes
-    assert "target 1.5M €" in notes
+    # the target is said above the plot, under the title, not on its line (where it met the bars' text)
+    assert notes == ["Target 1.5M €: expected 270k € short (82 %)"]
+    assert (fig.layout.annotations[0].x, fig.layout.annotations[0].xanchor) == (0, "left")
 
 
 def test_forecast_above_target_and_without_target() -> None:
     ahead = charts.forecast_vs_target(1.4e6, 200e3, 1.5e6, "Bookings", "USD")
-    assert "Expected above target by $100k" in [a.text for a in ahead.layout.annotations]
+    assert [a.text for a in ahead.layout.annotations] == ["Target $1.5M: expected $100k above"]
     untargeted = charts.forecast_vs_target(1.0e6, 0.0, None, "Bookings", "EUR")
     assert [t.type for t in untargeted.data] == ["waterfall"]
     assert [a.text for a in untargeted.layout.annotations] == ["No target set"]
@@ -174,16 +186,29 @@ def test_forecast_above_target_and_without_target() -> None:
 
 def test_pipeline_by_stage_keeps_the_stage_order_given_and_shows_deal_counts() -> None:
     df = stages().iloc[[2, 0, 1]]  # the report decides the order
-    (bar,) = charts.pipeline_by_stage(df, "EUR").data
-    assert list(bar.x) == ["Negotiation", "Qualify", "Proposal"]
-    assert list(bar.text) == ["90k €", "800k €", "420k €"]
+    fig = charts.pipeline_by_stage(df, "EUR")
+    (bar,) = fig.data
+    assert bar.orientation == "h"  # stage names on the side: they never collide on a phone
+    assert list(bar.y) == ["Negotiation", "Qualify", "Proposal"]
+    assert value_column(fig) == ["90k €", "800k €", "420k €"]
     assert "2 deals" in hover_texts(bar)[0]
 
 
 def test_pipeline_by_close_month_labels_months() -> None:
     (bar,) = charts.pipeline_by_close_month(months(), "EUR").data
-    assert list(bar.x) == ["Mar 2026", "Apr 2026", "May 2026"]
+    assert list(bar.x) == ["Mar<br>2026", "Apr<br>2026", "May<br>2026"]
     assert list(bar.y) == [300e3, 500e3, 90e3]
+
+
+def test_close_month_span_covers_the_next_six_months_with_zeros_and_nothing_else() -> None:
+    close = pd.Series(pd.to_datetime(["2026-11-03", "2026-11-20", "2027-01-05", "2027-05-01", "2026-10-01", None]))
+    amount = pd.Series([10e3, 5e3, 7e3, 100e3, 3e3, 4e3])
+    df = charts.close_month_span(close, amount, "2026-10-31")
+    # Nov 10k + 5k; Jan 7k; May 2027 is the 7th month and Oct 2026 is past: left out; no close date: left out
+    assert [str(m) for m in df["month"]] == ["2026-11", "2026-12", "2027-01", "2027-02", "2027-03", "2027-04"]
+    assert df["value"].tolist() == [15e3, 0.0, 7e3, 0.0, 0.0, 0.0]
+    # a weekly as-of inside a month starts with that month
+    assert str(charts.close_month_span(close, amount, "2026-10-25")["month"].iloc[0]) == "2026-10"
 
 
 def test_funnel_marks_the_weak_stage_in_colour_and_words() -> None:
@@ -192,7 +217,9 @@ def test_funnel_marks_the_weak_stage_in_colour_and_words() -> None:
     assert list(bars.marker.color) == [charts.NEUTRAL, RED, charts.NEUTRAL]
     assert list(bench.x) == [60.0, 48.0, 68.0]
     notes = [a.text for a in fig.layout.annotations]
-    assert notes == ["<b>weak stage: Proposal converts at 31 % vs 48 % for the team</b>"]
+    # wrapped to fit a phone, the chart grown by the extra line
+    assert notes == ["<b>weak stage: Proposal converts at 31 % vs</b><br><b>48 % for the team</b>"]
+    assert fig.layout.margin.b == 58 + 16
     assert all(c == charts.NEUTRAL for c in charts.funnel(conversion(), None).data[0].marker.color)
 
 
@@ -207,13 +234,32 @@ def test_trend_draws_the_target_dashed_and_skips_it_when_there_is_none() -> None
     assert no_target.layout.yaxis.ticksuffix == " %"
 
 
+def test_trend_leaves_out_the_periods_before_the_data_starts() -> None:
+    # FY2023 has no bookings and no target: the data starts later; a 0 after the start is a real 0
+    df = pd.DataFrame({"period": ["FY2023", "FY2024", "FY2025", "FY2026"], "value": [0.0, 5.7e6, 0.0, 6.2e6],
+                       "target": [np.nan, 6.3e6, np.nan, 7.0e6]})
+    (actual, target) = charts.trend(df, "Bookings", "currency", "EUR").data
+    assert list(actual.x) == ["FY2024", "FY2025", "FY2026"]
+    assert list(actual.y) == [5.7e6, 0.0, 6.2e6]
+    nothing = df.assign(value=0.0, target=np.nan)
+    assert [a.text for a in charts.trend(nothing, "Bookings", "currency", "EUR").layout.annotations] == [
+        charts.NO_DATA]
+
+
+def test_nps_is_a_score_in_the_registry_and_reads_as_points() -> None:
+    assert kpis.get("nps").unit == "score"
+    assert [markup.fmt_value(v, "score") for v in (4.07, -12.0, 0.0, 32.0)] == ["+4.1", "-12", "0", "+32"]
+    fig = charts.trend(periods().assign(value=[4.07, 10.0, -3.0], target=np.nan), "NPS", "score", "EUR")
+    assert "NPS: +4.1" in hover_texts(fig.data[0])[0] and fig.layout.yaxis.ticksuffix == ""
+
+
 def test_ranked_team_sorts_by_attainment_with_missing_last() -> None:
     (bar,) = charts.ranked_team(team(), "Bookings", "currency", "EUR").data
     assert list(bar.y) == ["Cy", "Ann", "Bob", "Di"]
     np.testing.assert_allclose(bar.x, [104.0, 100.0, 75.0, 0.0])
     assert list(bar.marker.color) == [GREEN, GREEN, RED, GREY]
-    assert list(bar.text)[:3] == ["520k € / 500k €", "400k € / 400k €", "300k € / 400k €"]
-    assert list(bar.text)[3] == "50k € / —"
+    assert value_column(charts.ranked_team(team(), "Bookings", "currency", "EUR")) == [
+        "520k € / 500k €", "400k € / 400k €", "300k € / 400k €", "50k € / —"]
 
 
 def test_ranked_team_without_targets_ranks_by_value() -> None:
@@ -232,8 +278,8 @@ def test_driver_tree_is_an_indented_tree_of_markers_text_and_lines() -> None:
     # depth-first rows: Bookings, Win rate, Pipeline, Pipeline created; x is the depth
     assert list(points.x) == [0, 1, 1, 2]
     assert list(points.y) == [0, -1, -2, -3]
-    assert points.text[0] == "<b>Bookings</b>  need 1.5M € · have 1.2M €"
-    assert points.text[1] == "<b>Win rate</b>  need 33 % · have 31 %"
+    assert points.text[0] == "<b>Bookings</b><br>need 1.5M € · have 1.2M €"  # two short lines: fits a phone
+    assert points.text[1] == "<b>Win rate</b><br>need 33 % · have 31 %"
     assert list(points.marker.color) == [RED, AMBER, AMBER, RED]
     assert len(fig.layout.shapes) == 3  # one connector per child
 
@@ -270,13 +316,13 @@ def test_missing_columns_name_the_chart_and_the_column() -> None:
 
 
 def test_driver_tree_leaves_room_for_the_deepest_longest_row() -> None:
-    # a chain 5 levels deep whose last label is long: indenting 90 px per level would push it off the chart
-    label = "Days left to create opportunities that close in Q"
+    # a chain 5 levels deep whose last label is long: indenting 36 px per level would push it off a phone
+    label = "Opportunities to create in Q"
     nodes = pd.DataFrame({"node": list("abcdef"), "parent": [None, *"abcde"],
                           "label": ["Goal", "B", "C", "D", "E", label], "unit": "count",
                           "required": [1.0] * 6, "actual": [1.0] * 6, "status": "green"})
     fig = charts.driver_tree(nodes, "EUR")
-    text = f"{label}  need 1 · have 1"  # 71 characters at about 7 px in a plot about 880 px wide
-    px_per_level = 880 / (fig.layout.xaxis.range[1] - fig.layout.xaxis.range[0])
-    assert 24 <= px_per_level < 90
-    assert 5 * px_per_level + 24 + len(text) * 7 <= 880 + 1e-6
+    # its longest line (the label, 28 characters at about 7 px) in a plot 340 px wide (a 390 px phone)
+    px_per_level = 340 / (fig.layout.xaxis.range[1] - fig.layout.xaxis.range[0])
+    assert 16 <= px_per_level < 36
+    assert 5 * px_per_level + 24 + len(label) * 7 <= 340 + 1e-6

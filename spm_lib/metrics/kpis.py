@@ -28,7 +28,7 @@ def not_available(missing: list[str]) -> str:
     return NOT_AVAILABLE + ", ".join(missing)
 
 
-Unit = Literal["currency", "count", "pct", "days", "ratio"]
+Unit = Literal["currency", "count", "pct", "days", "ratio", "score"]  # score: signed points (NPS)
 Direction = Literal["higher", "lower"]
 Kind = Literal["leading", "lagging"]
 
@@ -237,7 +237,7 @@ def _builtins() -> list[Kpi]:
             measure=m("surveys", "count", date="date", where="score >= 9"), hidden=True),
         Kpi("survey_detractors", "Detractors", "count", "lower", "lagging", "Scores 0–6.", ("surveys",),
             measure=m("surveys", "count", date="date", where="score <= 6"), hidden=True),
-        Kpi("nps", "NPS", "ratio", "higher", "lagging",
+        Kpi("nps", "NPS", "score", "higher", "lagging",
             "% of scores 9–10 minus % of scores 0–6, surveys in the period.", ("surveys",),
             inputs=("survey_responses", "survey_promoters", "survey_detractors"), formula=_nps),
         # ---- leading: inputs of the period

@@ -35,6 +35,9 @@ NO_DATA = "No data for this period"
 FONT_FAMILY = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 MIN_HEIGHT, MAX_HEIGHT = 260, 340
 NO_DATA_HEIGHT = 160
+LEGEND_TOP = 62  # px above the plot of a chart with a legend: the title, then the legend's row
+MONTHS_AHEAD = 6  # the open pipeline by close month spans this many months from the as-of date
+NOTE_CHARS = 44  # a note under a chart is wrapped at this many characters: it fits a 390 px phone
 
 DEFINITIONS = {
     "booked": "Won deals closed in the period so far.",
@@ -120,12 +123,25 @@ def _value_axis(unit: str, currency: str) -> dict[str, Any]:
     return {"ticksuffix": suffix, "exponentformat": "B", "rangemode": "tozero"}
 
 
+def _category_axis(fig: go.Figure, n: int) -> None:
+    """A category x-axis of `n` categories with room left of the first: its label never meets the value axis's."""
+    fig.update_xaxes(type="category", showgrid=False, range=[-0.7, n - 0.5])
+
+
+def _two_lines(label: str, longer_than: int = 8) -> str:
+    """A category label of several words on two lines (at its first space) when long: neighbours never meet."""
+    return label.replace(" ", "<br>", 1) if len(label) > longer_than else label
+
+
 def _figure(title: str, height: int, **layout: Any) -> go.Figure:
     """An empty figure with the report's compact layout."""
     base: dict[str, Any] = {"template": _TEMPLATE, "height": height, "showlegend": False,
                             "title": {"text": _esc(title)}, "margin": {"l": 8, "r": 16, "t": 36, "b": 28},
                             "bargap": 0.3}
     base.update(layout)
+    if base["showlegend"]:  # the legend gets a row of its own under the title: they never meet on a phone
+        base["margin"] = {**base["margin"], "t": max(base["margin"].get("t", 0), LEGEND_TOP)}
+        base["legend"] = {"x": 0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"}
     return go.Figure(layout=base)
 
 
@@ -165,15 +181,19 @@ def _target_line(fig: go.Figure, x: float, text: str) -> None:
 
 def _hbars(title: str, labels: list[str], x: np.ndarray, colours: list[str], text: list[str],
            hover: Sequence[Sequence[str]], axis: dict[str, Any], target_at: float | None) -> go.Figure:
-    """Horizontal bars in the given order (top to bottom) with outside text and an optional target line."""
+    """Horizontal bars in the given order (top to bottom), an optional target line, and each bar's text in a column
+    right of the plot: no line or bar end ever runs through a label, at any width."""
     top = _top(x, target_at or 0.0)
     customdata, template = _hover(hover)
-    fig = _figure(title, _bar_height(len(labels)))
+    column = max((len(_plain(t)) for t in text), default=0) * CHAR_PX + 12
+    fig = _figure(title, _bar_height(len(labels)), margin={"l": 8, "r": int(column), "t": 36, "b": 28})
     fig.add_trace(go.Bar(y=labels, x=np.nan_to_num(x, nan=0.0), orientation="h", marker={"color": colours},
-                         text=text, textposition="outside", cliponaxis=False, textfont={"size": 12},
                          customdata=customdata, hovertemplate=template))
+    for label, t in zip(labels, text):
+        fig.add_annotation(x=1, xref="paper", y=label, yref="y", text=t, xanchor="left", xshift=8, showarrow=False,
+                           font={"size": 12, "color": INK})
     fig.update_yaxes(autorange="reversed", type="category", showgrid=False, ticks="", ticklabelstandoff=4)
-    fig.update_xaxes(range=[0, top * 1.45], **axis)
+    fig.update_xaxes(range=[0, top * 1.04], nticks=5, **axis)  # few ticks: they fit a phone's narrow plot
     if target_at is not None:
         _target_line(fig, target_at, "target")
     return fig
@@ -215,13 +235,13 @@ def forecast_vs_target(booked: float, weighted: float, target: float | None, lab
     expected = booked_v + weighted_v
     tgt = float("nan") if target is None or pd.isna(target) else float(target)
     has_target = not np.isnan(tgt)
-    steps = ["Booked", "+ Open and new deals" if calibrated else "+ Weighted pipeline", "Expected"]
+    steps = ["Booked", "+ Open and<br>new deals" if calibrated else "+ Weighted<br>pipeline", "Expected"]
     amounts = _fmt([booked_v, weighted_v, expected], "currency", currency)
     defs = [DEFINITIONS["booked"], DEFINITIONS["calibrated" if calibrated else "weighted"], DEFINITIONS["expected"]]
     if definition:
         defs = [f"{d} {definition}" for d in defs]
     customdata, template = _hover([steps, amounts, [_wrap(d) for d in defs]])
-    fig = _figure(title, 300, margin={"l": 8, "r": 16, "t": 36, "b": 28})
+    fig = _figure(title, 300, margin={"l": 8, "r": 16, "t": LEGEND_TOP, "b": 40})
     fig.add_trace(go.Waterfall(
         x=steps, y=[booked_v, weighted_v, expected], measure=["absolute", "relative", "total"],
         text=[amounts[0], "+" + amounts[1], amounts[2]], textposition="inside", insidetextanchor="middle",
@@ -231,27 +251,25 @@ def forecast_vs_target(booked: float, weighted: float, target: float | None, lab
         customdata=customdata, hovertemplate=template))
     top = max(expected, booked_v, tgt if has_target else 0.0, 1e-9)
     fig.update_yaxes(range=[0, top * 1.12], **_value_axis("currency", currency))
-    fig.update_xaxes(type="category", showgrid=False)
+    _category_axis(fig, len(steps))
     if not has_target:
-        fig.add_annotation(text="No target set", x=1, y=1, xref="paper", yref="paper", showarrow=False,
-                           xanchor="right", yanchor="bottom", font={"color": MUTED})
+        fig.add_annotation(text="No target set", x=0, y=1, xref="paper", yref="paper", showarrow=False,
+                           xanchor="left", yanchor="bottom", yshift=4, font={"color": MUTED})
         return fig
     tgt_text = fmt_value(tgt, "currency", currency)
     cd, tmpl = _hover([["Target"] * 3, [tgt_text] * 3, [_wrap(DEFINITIONS["target"])] * 3])
     fig.add_trace(go.Scatter(x=steps, y=[tgt] * 3, mode="lines", customdata=cd, hovertemplate=tmpl,
                              line={"color": INK, "width": 1.5, "dash": "dash"}))
-    fig.add_annotation(text=f"target {_esc(tgt_text)}", x=steps[0], y=tgt, xanchor="right", yanchor="bottom",
-                       showarrow=False, xshift=-4, font={"size": 11, "color": MUTED})
-    gap = tgt - expected
+    gap = tgt - expected  # the target's value is said in the note above the plot, not on the line (no crossing)
     share = fmt_value(100 * expected / tgt, "pct", currency) if tgt else "—"
     if gap > 0:
-        note = f"Gap to target: {fmt_value(gap, 'currency', currency)} (expected at {share} of target)"
+        note = f"Target {tgt_text}: expected {fmt_value(gap, 'currency', currency)} short ({share})"
         colour = STATUS_COLOURS["red"]
     else:
-        note = f"Expected above target by {fmt_value(-gap, 'currency', currency)}"
+        note = f"Target {tgt_text}: expected {fmt_value(-gap, 'currency', currency)} above"
         colour = STATUS_COLOURS["green"]
-    fig.add_annotation(text=_esc(note), x=1, y=1.0, xref="paper", yref="paper", showarrow=False, xanchor="right",
-                       yanchor="bottom", font={"color": colour, "size": 12})
+    fig.add_annotation(text=_esc(note), x=0, y=1.0, xref="paper", yref="paper", showarrow=False, xanchor="left",
+                       yanchor="bottom", yshift=4, font={"color": colour, "size": 12})
     return fig
 
 
@@ -260,10 +278,10 @@ def _amount_bars(title: str, labels: list[str], values: np.ndarray, currency: st
     """Vertical bars of amounts in the order given, each labelled with its amount."""
     amounts = _fmt(values, "currency", currency)
     customdata, template = _hover([labels, amounts, *details, [_wrap(definition)] * len(labels)])
-    fig = _figure(title, 290)
+    fig = _figure(title, 290, margin={"l": 8, "r": 16, "t": 36, "b": 40})
     fig.add_trace(go.Bar(x=labels, y=np.nan_to_num(values), marker={"color": NEUTRAL}, text=amounts,
                          textposition="outside", cliponaxis=False, customdata=customdata, hovertemplate=template))
-    fig.update_xaxes(type="category", showgrid=False)
+    _category_axis(fig, len(labels))
     fig.update_yaxes(range=[0, _top(values) * 1.2], **_value_axis("currency", currency))
     return fig
 
@@ -279,12 +297,16 @@ def pipeline_by_stage(df: pd.DataFrame, currency: str, *, definition: str = DEFI
         return _no_data(title)
     require_columns(df, ["stage", "value", "count"], title)
     deals = [f"{fmt_value(c, 'count', currency)} deals" for c in _num(df["count"])]
-    return _amount_bars(title, _labels(df["stage"]), _num(df["value"]), currency, [deals], definition)
+    labels, values = _labels(df["stage"]), _num(df["value"])
+    amounts = _fmt(values, "currency", currency)
+    hover = [labels, amounts, deals, [_wrap(definition)] * len(labels)]
+    return _hbars(title, labels, values, [NEUTRAL] * len(labels), amounts, hover, _value_axis("currency", currency),
+                  None)
 
 
 def pipeline_by_close_month(df: pd.DataFrame, currency: str, *,
                             definition: str = DEFINITIONS["pipeline_by_close_month"]) -> go.Figure:
-    """Open pipeline value by expected close month, as bars in the order given.
+    """Open pipeline value by expected close month, as bars in the order given (`close_month_span` makes the rows).
 
     df: month (a month label, a Period or a date: shown as 'Mar 2026'), value (currency).
     """
@@ -292,7 +314,20 @@ def pipeline_by_close_month(df: pd.DataFrame, currency: str, *,
     if _empty(df):
         return _no_data(title)
     require_columns(df, ["month", "value"], title)
-    return _amount_bars(title, _labels(df["month"]), _num(df["value"]), currency, [], definition)
+    labels = [re.sub(r"^(\w{3}) (\d{4})$", r"\1<br>\2", m) for m in _labels(df["month"])]  # 'Mar<br>2026'
+    return _amount_bars(title, labels, _num(df["value"]), currency, [], definition)
+
+
+def close_month_span(close_date: pd.Series, amount: pd.Series, after: Any, months: int = MONTHS_AHEAD
+                     ) -> pd.DataFrame:
+    """The rows of `pipeline_by_close_month`: open amounts summed by close month over the `months` months from the
+    month of the day after `after` (the as-of date), a month without deals as 0; deals outside the span left out."""
+    first = (pd.Timestamp(after) + pd.Timedelta(days=1)).to_period("M")
+    span = pd.period_range(first, periods=months, freq="M")
+    dates = pd.to_datetime(close_date, errors="coerce")
+    keep = dates.notna().to_numpy()
+    by_month = pd.Series(_num(amount)[keep]).fillna(0.0).groupby(dates[keep].dt.to_period("M").to_numpy()).sum()
+    return pd.DataFrame({"month": span, "value": by_month.reindex(span, fill_value=0.0).to_numpy(dtype="float64")})
 
 
 def funnel(df: pd.DataFrame, weak_stage: str | None, *, benchmark_label: str = "the team",
@@ -332,21 +367,28 @@ def funnel(df: pd.DataFrame, weak_stage: str | None, *, benchmark_label: str = "
             note += f" converts at {rate_text[at]}"
             if np.isfinite(bench[at]):
                 note += f" vs {bench_text[at]} for {benchmark_label}"
-        fig.add_annotation(text=f"<b>{_esc(note)}</b>", x=0, y=0, xref="paper", yref="paper", yshift=-30,
-                           showarrow=False,
+        lines = [line.replace("\u00a0", " ")  # a phone's width; never between a number and its '%'
+                 for line in textwrap.wrap(note.replace(" %", "\u00a0%"), NOTE_CHARS)]
+        fig.add_annotation(text="<br>".join(f"<b>{_esc(line)}</b>" for line in lines), x=0, y=0, xref="paper",
+                           yref="paper", yshift=-30, showarrow=False, align="left",
                            xanchor="left", yanchor="top", font={"color": STATUS_COLOURS["red"], "size": 12})
+        fig.update_layout(height=fig.layout.height + 16 * (len(lines) - 1),
+                          margin={"b": 58 + 16 * (len(lines) - 1)})
     return fig
 
 
 def trend(df: pd.DataFrame, label: str, unit: str, currency: str, *, definition: str = "") -> go.Figure:
-    """A KPI over recent periods (line) against its target (dashed line).
+    """A KPI over recent periods (line) against its target (dashed line); the periods before the data starts (no
+    value but 0 and no target) are left out, not drawn as 0.
 
     df: period (label, in order), value, target (both in `unit`; target may be missing).
     """
     title = f"{label}: trend"
+    if not _empty(df):
+        require_columns(df, ["period", "value", "target"], title)
+        df = df[_from_first_data(_num(df["value"]), _num(df["target"]))]
     if _empty(df):
         return _no_data(title)
-    require_columns(df, ["period", "value", "target"], title)
     periods, value, target = _labels(df["period"]), _num(df["value"]), _num(df["target"])
     defs = [_wrap(definition or label)] * len(df)
     cd, tmpl = _hover([periods, [f"{_esc(label)}: {v}" for v in _fmt(value, unit, currency)], defs])
@@ -359,9 +401,15 @@ def trend(df: pd.DataFrame, label: str, unit: str, currency: str, *, definition:
         fig.add_trace(go.Scatter(x=periods, y=target, mode="lines", name="Target",
                                  line={"color": INK, "width": 1.5, "dash": "dash"},
                                  customdata=cd, hovertemplate=tmpl))
-    fig.update_xaxes(type="category", showgrid=False)
+    _category_axis(fig, len(periods))
     fig.update_yaxes(**_value_axis(unit, currency))
     return fig
+
+
+def _from_first_data(value: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Mask of the periods from the first one with a value other than 0 or a target on (the data's start)."""
+    has = (np.nan_to_num(value) != 0) | np.isfinite(target)
+    return np.cumsum(has) > 0
 
 
 def ranked_team(df: pd.DataFrame, label: str, unit: str, currency: str, *, definition: str = "") -> go.Figure:
@@ -424,7 +472,9 @@ def _tree_rows(nodes: pd.DataFrame) -> tuple[list[int], list[int], list[int | No
     return order, depth, parent
 
 
-TREE_WIDTH_PX, CHAR_PX, MARKER_PX = 880.0, 7.0, 24.0  # a typical plot width and 12 px text, for the tree's indent
+# the plot width of a 390 px phone and 12 px text, for the tree's indent: its rows fit a phone (and so a desktop)
+TREE_WIDTH_PX, CHAR_PX, MARKER_PX = 340.0, 7.0, 24.0
+TREE_LABEL_CHARS = 32  # a driver's label is wrapped at this many characters
 
 
 def _plain(text: str) -> str:
@@ -433,11 +483,12 @@ def _plain(text: str) -> str:
 
 
 def _tree_right_edge(depth: np.ndarray, chars: list[int]) -> float:
-    """The x-axis end that leaves room for the longest row's text right of its marker (indent 24-90 px per level)."""
+    """The x-axis end that leaves room for the longest row's text right of its marker (indent 16-36 px per level on
+    a phone, about 2.7 times that on a desktop)."""
     room = TREE_WIDTH_PX - MARKER_PX - np.asarray(chars, dtype="float64") * CHAR_PX
     deep = depth > 0
-    per_level = float(np.min(room[deep] / depth[deep])) if deep.any() else 90.0
-    per_level = min(max(per_level, 24.0), 90.0)
+    per_level = float(np.min(room[deep] / depth[deep])) if deep.any() else 36.0
+    per_level = min(max(per_level, 16.0), 36.0)
     return -0.25 + TREE_WIDTH_PX / per_level
 
 
@@ -459,10 +510,12 @@ def driver_tree(nodes: pd.DataFrame, currency: str, *, definition: str = DEFINIT
     units = nodes["unit"].astype(str).tolist()
     need, have = _fmt(nodes["required"], units, currency), _fmt(nodes["actual"], units, currency)
     colours = _status_colours(nodes["status"])
-    text = [f"<b>{labels[i]}</b>  need {need[i]} · have {have[i]}" for i in order]
+    text = [f"<b>{'<br>'.join(textwrap.wrap(labels[i], TREE_LABEL_CHARS))}</b><br>need {need[i]} · have {have[i]}"
+            for i in order]  # the label (wrapped), then need and have: short lines that fit a phone
+    row_px = 14 * max(t.count("<br>") + 1 for t in text) + 12
     cd, tmpl = _hover([[labels[i] for i in order], [f"Need {need[i]} · have {have[i]}" for i in order],
                        [_wrap(definition)] * len(order)])
-    fig = _figure(title, max(MIN_HEIGHT, 56 + 30 * len(order)), margin={"l": 8, "r": 8, "t": 36, "b": 8})
+    fig = _figure(title, max(MIN_HEIGHT, 56 + row_px * len(order)), margin={"l": 8, "r": 8, "t": 36, "b": 8})
     for i, p in enumerate(parent):
         if p is None:
             continue
@@ -474,7 +527,8 @@ def driver_tree(nodes: pd.DataFrame, currency: str, *, definition: str = DEFINIT
                                      "line": {"color": "white", "width": 1.5}},
                              textfont={"size": 12, "color": INK}, cliponaxis=False,
                              customdata=cd, hovertemplate=tmpl))
-    fig.update_xaxes(visible=False, range=[-0.25, _tree_right_edge(x, [len(_plain(t)) for t in text])])
+    widest = [max(len(_plain(line)) for line in t.split("<br>")) for t in text]
+    fig.update_xaxes(visible=False, range=[-0.25, _tree_right_edge(x, widest)])
     rows_shown = max(len(order), 7)  # a small tree keeps its rows close, leaving space below
     fig.update_yaxes(visible=False, range=[-(rows_shown - 1) - 0.6, 0.6])
     return fig
@@ -502,7 +556,7 @@ def leads_by_channel(df: pd.DataFrame, *, definition: str = DEFINITIONS["leads_b
     fig.add_trace(go.Scatter(x=channels, y=rate, name="Conversion to opportunity", yaxis="y2", mode="markers",
                              marker={"size": 11, "color": ACCENT, "symbol": "diamond"},
                              customdata=cd, hovertemplate=tmpl))
-    fig.update_xaxes(type="category", showgrid=False)
+    _category_axis(fig, len(channels))
     fig.update_layout(
         yaxis={"title": {"text": "leads"}, "range": [0, _top(leads, floor=1.0) * 1.2], "rangemode": "tozero"},
         yaxis2={"title": {"text": "conversion", "font": {"color": ACCENT}}, "overlaying": "y", "side": "right",
@@ -518,3 +572,36 @@ def warm_up() -> None:
                      go.Funnel(x=[1], y=["a"]), go.Pie(values=[1]), go.Indicator(value=1)])
     fig.update_layout(_figure("warm-up", 100).layout)
     fig.to_html(full_html=False, include_plotlyjs=False, div_id="warm-up")
+
+
+def pipeline_movement(df: pd.DataFrame, currency: str, *, title: str = "Pipeline movement") -> go.Figure:
+    """How the open pipeline moved from a start to now (a waterfall): the start and now as totals, each step between
+    as a rise or a fall; steps that moved nothing are left out.
+
+    df: step (label), value (currency, signed: a fall is negative), deals (count), definition (one line), in the
+    waterfall's order, the first row the start and the last row now.
+    """
+    if _empty(df):
+        return _no_data(title)
+    require_columns(df, ["step", "value", "deals", "definition"], title)
+    value = _num(df["value"])
+    keep = np.r_[True, value[1:-1] != 0, True] if len(df) > 1 else np.array([True])
+    df, value = df[keep], value[keep]
+    labels = [_two_lines(_esc(s)) for s in df["step"].tolist()]
+    measure = ["absolute"] + ["relative"] * (len(df) - 2) + ["total"] if len(df) > 1 else ["absolute"]
+    amounts = _fmt(np.abs(value), "currency", currency)
+    text = [a if m != "relative" else ("+" if v > 0 else "−") + a for a, m, v in zip(amounts, measure, value)]
+    deals = [f"{fmt_value(n, 'count', currency)} deal{'' if n == 1 else 's'}" for n in _num(df["deals"])]
+    customdata, template = _hover([labels, text, deals, [_wrap(d) for d in df["definition"].tolist()]])
+    fig = _figure(title, 300)
+    fig.add_trace(go.Waterfall(
+        x=labels, y=np.nan_to_num(value), measure=measure, text=text, textposition="outside", cliponaxis=False,
+        textfont={"size": 12}, increasing={"marker": {"color": NEUTRAL_LIGHT}},
+        decreasing={"marker": {"color": PALETTE[4]}}, totals={"marker": {"color": NEUTRAL}},
+        connector={"line": {"color": "#b0b0b0", "width": 1, "dash": "dot"}},
+        customdata=customdata, hovertemplate=template))
+    levels = np.cumsum(np.where(np.array(measure) == "total", 0.0, np.nan_to_num(value)))
+    top = _top(np.r_[levels, value[-1:]])
+    fig.update_yaxes(range=[0, top * 1.18], **_value_axis("currency", currency))
+    _category_axis(fig, len(labels))
+    return fig

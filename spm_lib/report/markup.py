@@ -25,7 +25,7 @@ from spm_lib.errors import SpmError, did_you_mean
 PLOTLY_CONFIG: dict[str, Any] = {"displaylogo": False, "responsive": True, "showSendToCloud": False,
                                  "typesetMath": False,
                                  "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
-UNITS = ("currency", "count", "pct", "days", "ratio")
+UNITS = ("currency", "count", "pct", "days", "ratio", "score")  # score: points on a signed scale (NPS)
 STATUSES = ("green", "amber", "red", "none")
 # the one home of what a status looks like and says, for the report, its charts, the email and the live panels
 STATUS_COLOURS = {"green": "#1a9850", "amber": "#f5a623", "red": "#d73027", "none": "#9e9e9e"}
@@ -99,7 +99,7 @@ def is_missing(value: Any) -> bool:
 
 
 def fmt_value(value: Any, unit: str, currency: str = "EUR") -> str:
-    """Format a KPI value for a reader: '1.2M €', '1,234', '31 %', '12 days', '1.4×'; missing values as '—'."""
+    """Format a KPI value for a reader: '1.2M €', '1,234', '31 %', '12 days', '1.4×', '+32'; missing values as '—'."""
     if unit not in UNITS:
         raise RenderError(f"unknown unit {unit!r}{did_you_mean(unit, UNITS)}; allowed units: {', '.join(UNITS)}")
     if is_missing(value):
@@ -118,6 +118,8 @@ def fmt_value(value: Any, unit: str, currency: str = "EUR") -> str:
     if unit == "days":
         text = _trim(number, 0 if abs(number) >= 10 else 1)
         return f"{text} day" if text == "1" else f"{text} days"
+    if unit == "score":
+        return ("+" if number > 0 else "") + _trim(number, 0 if abs(number) >= 10 else 1)
     return f"{_trim(number, 2 if abs(number) < 10 else 1)}×"
 
 
