@@ -70,3 +70,34 @@ def rank_movement(now: pd.Series, before: pd.Series) -> pd.DataFrame:
     rank_before = before.reindex(now.index).rank(ascending=False, method="min")
     return pd.DataFrame({"rank": rank_now, "rank_before": rank_before, "moved": rank_before - rank_now},
                         index=now.index)
+
+
+def comparison_rows(kpis: pd.DataFrame, ids: list[str], closed: str, meta: dict[str, Any],
+                    units: dict[str, str]) -> pd.DataFrame:
+    """Per KPI of `ids` measured for the `closed` period, its value now, in each compared period (NaN where that
+    period ends before the data starts), the change against the previous period and last year, and the YTD
+    attainment. `kpis`: one owner's KPI rows; `meta`: cube.json's comparisons; `units`: each KPI's unit."""
+    nodim = kpis[kpis["dim"].isna()]
+    cell = {(k, p): (v, a) for k, p, v, a in zip(nodim["kpi"], nodim["period"], nodim["value"], nodim["attainment"],
+                                                  strict=True)}
+    no_data = set(meta.get("no_data") or [])
+
+    def value(kpi_id: str, period: str | None) -> tuple[float, float]:
+        if period is None or period in no_data or (kpi_id, period) not in cell:
+            return float("nan"), float("nan")
+        v, a = cell[(kpi_id, period)]
+        return (float("nan") if pd.isna(v) else float(v)), (float("nan") if pd.isna(a) else float(a))
+
+    rows = []
+    for kpi_id in ids:
+        if (kpi_id, closed) not in cell:  # forward-looking only: nothing to compare with
+            continue
+        now = value(kpi_id, closed)[0]
+        prev, last = value(kpi_id, meta.get("previous"))[0], value(kpi_id, meta.get("last_year"))[0]
+        ytd, ytd_att = value(kpi_id, meta.get("ytd"))
+        unit = units.get(kpi_id, "count")
+        rows.append({"kpi": kpi_id, "now": now, "previous": prev, "last_year": last, "ytd": ytd,
+                     "ytd_attainment": ytd_att, "change_previous": compare(now, prev, unit),
+                     "change_last_year": compare(now, last, unit)})
+    return pd.DataFrame(rows, columns=["kpi", "now", "previous", "last_year", "ytd", "ytd_attainment",
+                                       "change_previous", "change_last_year"])

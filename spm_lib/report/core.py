@@ -30,7 +30,7 @@ from spm_lib.engine.trust import checks_with_status, dead_deals, owner_status, s
 from spm_lib.errors import OrgError, RunError, did_you_mean
 from spm_lib.metrics import kpis as registry
 from spm_lib.project import project_dir
-from spm_lib.report import charts, markup
+from spm_lib.report import charts, compare_view, markup
 from spm_lib.report.actions_view import actions_html
 from spm_lib.report.markup import LEVEL_TITLES, TRUST_BADGE
 from spm_lib.store.runfolder import has_cube, safe_name
@@ -457,12 +457,21 @@ class Report:
         """The few KPIs this level × cadence decides on, with target, attainment, status and trend."""
         rows = self.kpi_rows(self.above_the_line_ids())
         table = self.kpi_table(rows)
-        with_target = rows[rows["target"].notna() & rows["value"].notna()]
+        with_target = rows[rows["target"].notna() & rows["value"].notna() & ~rows["kpi"].isin(self._same_bar(rows))]
         chart = self._figure("attainment", charts.attainment_bullets(with_target, self.currency)) \
             if not with_target.empty else ""
         trend = self._figure("trend", charts.trend(self.trend_rows("bookings"), "Bookings", "currency",
                                                    self.currency))
-        return Html(f'{self.provisional()}<div class="spm-grid">{table}</div>{chart}{trend}')
+        compared = compare_view.comparisons_html(self)
+        return Html(f'{self.provisional()}<div class="spm-grid">{table}</div>{compared}{chart}{trend}')
+
+    @staticmethod
+    def _same_bar(rows: pd.DataFrame) -> list[str]:
+        """KPIs whose attainment bar repeats another row's: a KPI that is the attainment of its one input (quota
+        attainment is bookings against their target) beside that input."""
+        shown = set(rows["kpi"])
+        return [i for i in shown if i in registry.REGISTRY and registry.REGISTRY[i].fixed_target is not None
+                and set(registry.REGISTRY[i].inputs) & shown]
 
     def provisional(self) -> str:
         """A mark on each section whose numbers rest on data failing a trust check (empty when none fails)."""
@@ -492,7 +501,8 @@ class Report:
     def trend_rows(self, kpi_id: str) -> pd.DataFrame:
         """The trend of a KPI over the cadence's trend periods (value and target)."""
         k = self.kpis
-        rows = k[(k["kpi"] == kpi_id) & k["dim"].isna() & ~k["period"].isin(["TTM", self.forward])
+        extra = (self.cube.meta.get("comparisons") or {}).get("extra") or []  # last year, beside the trend
+        rows = k[(k["kpi"] == kpi_id) & k["dim"].isna() & ~k["period"].isin(["TTM", self.forward, *extra])
                  & ~k["period"].str.endswith("-YTD")]
         return rows[["period", "value", "target"]].sort_values("period").reset_index(drop=True)
 
@@ -524,7 +534,8 @@ class Report:
                                                                                  self.currency))
         table = markup.table_html(rows, {"label": "Forward look", "value": "Value", "definition": "Definition"},
                                 {"value": Markup})
-        return self._panel("forward_look", Html(f"{self.provisional()}{table}{fig}{stage_fig}{month_fig}"))
+        moved = compare_view.movement_html(self)
+        return self._panel("forward_look", Html(f"{self.provisional()}{table}{fig}{moved}{stage_fig}{month_fig}"))
 
     def forecast_method(self) -> str:
         """How the run forecast (\"calibrated\" or \"stage weighting\"; \"stage weighting\" for a run from before)."""
@@ -611,7 +622,9 @@ class Report:
         words = "".join(f"<li>{esc(s)}</li>" for s in self.findings()) or "<li>No finding stands out.</li>"
         parts = [self.provisional(), f'<ul class="spm-findings">{words}</ul>']
         if not self.reports.empty:
-            parts.append(f"<h4>Direct reports ranked</h4>{self.team_ranking_html()}")
+            since = (self.cube.meta.get("comparisons") or {}).get("previous")
+            parts.append(f"<h4>Leaderboard: direct reports ranked{f', moves since {esc(since)}' if since else ''}"
+                         f"</h4>{self.team_ranking_html()}")
         conv = self.breakdown("stage_conversion", "stage")
         if not conv.empty:
             mgr = self.owner.get("manager_id")
@@ -652,8 +665,9 @@ class Report:
         return rows.sort_values("value", ascending=False, na_position="last")
 
     def team_ranking_html(self) -> str:
-        """Direct reports ranked by bookings attainment, with their bookings, win rate and trust status."""
-        b = self.team_rows("bookings")
+        """The leaderboard: direct reports ranked by bookings attainment (bookings without targets), with the places
+        moved since the previous period, their bookings, win rate and trust status."""
+        b = compare_view.with_rank(self, self.team_rows("bookings"))
         fig = self._figure("team", charts.ranked_team(b[["name", "value", "target", "attainment", "status"]],
                                                       "Bookings", "currency", self.currency))
         k = self.cube.kpis
@@ -663,11 +677,12 @@ class Report:
         t = b[["owner_id", "name", "value", "attainment"]].merge(wide, left_on="owner_id", right_index=True,
                                                                   how="left", suffixes=("", "_w"))
         t["trust"] = t["owner_id"].map(trust)
-        cols = {"name": "Direct report", "value": "Bookings", "attainment": "Attainment"}
+        t["place"] = [Markup(compare_view.rank_html(r, m)) for r, m in zip(b["rank"], b["moved"], strict=True)]
+        cols = {"place": "Rank", "name": "Direct report", "value": "Bookings", "attainment": "Attainment"}
         fmts: dict[str, Callable[[Any], str]] = {
             "value": lambda v: markup.fmt_value(v, "currency", self.currency),
             "attainment": lambda a: markup.fmt_value(a * 100 if pd.notna(a) else a, "pct", ""),
-            "trust": _trust_badge}
+            "trust": _trust_badge, "place": Markup}
         for extra in ("win_rate", "pipeline_coverage", "activities"):
             if extra in t:
                 cols[extra] = self.kpi_meta.get(extra).label
