@@ -73,6 +73,7 @@ def comparisons_html(rpt: Any) -> str:
         "last_year": f"Last year ({meta.get('last_year', '')})", "ytd": f"Year to date ({meta.get('ytd', '')})"},
         dict.fromkeys(["label", "now", "previous", "last_year", "ytd"], Markup), classes="spm-kpis spm-compare")
     return (f"<h4>Compared with the previous period, last year and the year to date</h4>"
+            f'<p class="spm-muted">Arrows: {escape(rpt.closed)} against that period; green is better, red worse.</p>'
             f'<div class="spm-grid">{table}</div>{note}')
 
 
