@@ -12,6 +12,8 @@ import click
 from spm_lib.errors import SpmError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from spm_lib.config import Config
     from spm_lib.deliver.schedule import Action, Done
 
@@ -141,21 +143,44 @@ def cube_cmd(ctx: click.Context, as_of: datetime | None, cadence: str, force: bo
 @click.option("--period", "which", type=click.Choice(["closed", "all"]), default="closed", show_default=True,
               help="closed: the period just closed and the forward look; all: every period of the cube.")
 @click.option("--dims", is_flag=True, help="Add the breakdowns (rows per stage, channel, product, segment, ...).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet", "xlsx"]), default="table",
+              show_default=True, help="xlsx: a workbook of the report's tables, one sheet each (KPIs, trust checks, "
+              "deals to fix; with --owner also direct reports and open pipeline).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Write to this file instead of printing (needed for --format parquet).")
+              help="Write to this file instead of printing (needed for --format parquet and xlsx).")
 @click.pass_context
 def kpis_cmd(ctx: click.Context, as_of: datetime | None, cadence: str, owner: str | None, level: str | None,
              which: str, dims: bool, fmt: str, output: str | None) -> None:
-    """Print or export the KPIs of the cube."""
+    """Print or export the KPIs of the cube (xlsx: with the report's other tables)."""
     from spm_lib.engine.cube import read_cube
     from spm_lib.store.runfolder import ensure_cube
     from spm_lib.store.views import kpi_listing
 
+    if fmt == "xlsx" and (output is None or not output.lower().endswith(".xlsx")):
+        raise click.UsageError("--format xlsx writes a workbook: add --output FILE.xlsx")
     cfg = _config(ctx.obj["project"])
     cube = read_cube(ensure_cube(cfg, cadence, _as_of(as_of, cfg, cadence)))
+    if fmt == "xlsx":
+        from spm_lib.store.report_tables import report_tables
+
+        assert output is not None
+        _write_xlsx(cfg, report_tables(cube, owner=owner, level=level, closed_only=which == "closed", dims=dims),
+                    output)
+        return
     _emit(kpi_listing(cube, owner=owner, level=level, closed_only=which == "closed", dims=dims), fmt, output)
+
+
+def _write_xlsx(cfg: Config, tables: dict[str, pd.DataFrame], output: str) -> None:
+    """Write `tables` as the sheets of the workbook `output`, deal ids linked to the CRM when crm.deal_url is set."""
+    from functools import partial
+
+    from spm_lib.domain.crm import fill_deal_url
+    from spm_lib.util.spreadsheet import to_safe_xlsx
+
+    links = {"opportunity_id": partial(fill_deal_url, cfg.crm.deal_url)} if cfg.crm.deal_url else None
+    sheets = to_safe_xlsx(tables, output, links)
+    rows = ", ".join(f"{name} {len(df)}" for name, df in zip(sheets, tables.values(), strict=True))
+    click.echo(f"{len(sheets)} sheets written to {output} (rows: {rows})", err=True)
 
 
 @cli.command("trust")
