@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spm_lib.data.asof import snapshot
+from spm_lib.data.asof import SortedHistory, first_of_run, snapshot
 from spm_lib.engine.context import CubeContext
 from spm_lib.engine.forecast import _scope_totals
 
@@ -62,14 +62,26 @@ def pipeline_movement(ctx: CubeContext) -> tuple[pd.DataFrame, dict[str, Any]]:
         info.update(available=False, reason="not available — needs opportunity_history (the pipeline as it stood "
                                             "at the start of the period)")
         return pd.DataFrame(columns=COLUMNS), info
-    history = ctx.data.tables["opportunity_history"]
-    start = snapshot(ctx.data.table("opportunities"), history, window["from"], ctx.cfg.stages)
+    h = ctx.sorted_history()
+    assert h is not None
+    start = snapshot(ctx.data.table("opportunities"), ctx.data.tables["opportunity_history"], window["from"],
+                     ctx.cfg.stages, sorted_history=history_until(h, window["from"]))
     deals = deal_steps(start, ctx.snapshot, window)
     totals = _scope_totals(ctx, deals, None, ["step"], ["value"])
     out = pd.DataFrame({"owner_id": totals["scope_id"].astype(str), "step": totals["step"].astype(str),
                         "value": totals["value"].astype("float64"), "deals": totals["n"].astype("int64")})
     info.update(available=True, reason=None)
     return complete_steps(out, ctx.owners["owner_id"].astype(str).tolist()), info
+
+
+def history_until(h: SortedHistory, day: date) -> SortedHistory:
+    """The sorted history `h` cut at the end of `day` (before h.as_of): each deal's rows up to then are the first
+    of its run, and what they carry forward depends only on the rows before them, so no sort is needed again."""
+    keep = h.changed_at < np.datetime64(day + timedelta(days=1), "ns")
+    code = h.code[keep]
+    return SortedHistory(as_of=day, ids=h.ids, stages=h.stages, code=code, first=first_of_run(code),
+                         changed_at=h.changed_at[keep], stage_ff=h.stage_ff[keep], amount_ff=h.amount_ff[keep],
+                         close_ff=h.close_ff[keep])
 
 
 def _in_window(snap: pd.DataFrame, first: date, last: date) -> np.ndarray:
@@ -80,11 +92,24 @@ def _in_window(snap: pd.DataFrame, first: date, last: date) -> np.ndarray:
         (close <= pd.Timestamp(last)).fillna(False).to_numpy(dtype=bool)
 
 
+def _start_rows(start: pd.DataFrame, now: pd.DataFrame, day: date) -> np.ndarray:
+    """Per deal of `now`, its row in `start` (the snapshot at the end of `day`; -1: created after). Both hold the
+    opportunities table's rows created by their day, in the table's order: the start's are the now's created by
+    `day`."""
+    created = pd.to_datetime(now["created_date"]) if "created_date" in now else pd.Series(pd.NaT, index=now.index)
+    existed = (created.isna() | (created < pd.Timestamp(day + timedelta(days=1)))).to_numpy(dtype=bool)
+    at = np.full(len(now), -1, dtype=np.int64)
+    if int(existed.sum()) == len(start):
+        at[existed] = np.arange(len(start))
+        return at
+    ids = pd.Index(now["opportunity_id"].astype("string"))  # not the same rows: matched by id
+    return pd.Index(start["opportunity_id"].astype("string")).get_indexer(ids)
+
+
 def deal_steps(start: pd.DataFrame, now: pd.DataFrame, window: dict[str, Any]) -> pd.DataFrame:
-    """The steps each deal makes (opportunity_id, owner_id, step, value signed): `start` and `now` are the
-    snapshots at the window's `from` and `to` days."""
-    ids = now["opportunity_id"].astype(str)
-    at = pd.Index(start["opportunity_id"].astype(str)).get_indexer(pd.Index(ids))  # -1: created after the start
+    """The steps each deal makes (owner_id, step, value signed): `start` and `now` are the snapshots at the
+    window's `from` and `to` days."""
+    at = _start_rows(start, now, window["from"])
     existed = at >= 0
     in_start = np.zeros(len(now), dtype=bool)
     in_start[existed] = _in_window(start, window["start_first"], window["last"])[at[existed]]
@@ -108,13 +133,12 @@ def deal_steps(start: pd.DataFrame, now: pd.DataFrame, window: dict[str, Any]) -
         ((in_start & ~in_now) | (entered & ~in_now), None, -a1),  # the exit step of `exits`
         (in_now, "now", a1),
     ]
-    frames = []
-    for mask, step, value in parts:
-        rows = np.flatnonzero(mask)
-        frames.append(pd.DataFrame({"opportunity_id": ids.to_numpy()[rows],
-                                    "owner_id": now["owner_id"].to_numpy()[rows],
-                                    "step": exits[rows] if step is None else step, "value": value[rows]}))
-    return pd.concat(frames, ignore_index=True)
+    rows = [np.flatnonzero(mask) for mask, _, _ in parts]
+    at_rows = np.concatenate(rows)
+    step_of = np.concatenate([exits[r] if step is None else np.full(len(r), step, dtype=object)
+                              for r, (_, step, _) in zip(rows, parts, strict=True)])
+    return pd.DataFrame({"owner_id": now["owner_id"].array.take(at_rows), "step": step_of,
+                         "value": np.concatenate([value[r] for r, (_, _, value) in zip(rows, parts, strict=True)])})
 
 
 def complete_steps(df: pd.DataFrame, scopes: list[str]) -> pd.DataFrame:
