@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -338,6 +339,7 @@ class PeopleFindings(Strict):
 
     below_pct: float = Field(100.0, gt=0)  # a direct report is named when at less than this % of the target
     max: int = Field(3, ge=0)  # at most this many people named
+    deeper: list[str] = Field(default_factory=lambda: ["executive"])  # these levels also name the teams below
 
 
 class DealFindings(Strict):
@@ -736,16 +738,22 @@ def _cross_check(cfg: Config) -> None:
             if cadence not in CADENCES:
                 raise ConfigError(f"config/kpis.yml: key `above_the_line.{level}.{cadence}`: unknown cadence"
                                   f"{did_you_mean(cadence, CADENCES)}; allowed: {', '.join(CADENCES)}")
-    for level in cfg.findings.levels:
-        if level not in levels:
-            raise ConfigError(f"config/findings.yml: key `levels.{level}`: unknown level"
-                              f"{did_you_mean(level, levels)}; allowed: {', '.join(sorted(levels))}")
+    _known_levels("config/findings.yml: key `levels`", cfg.findings.levels, levels)
+    _known_levels("config/findings.yml: key `people.deeper`", cfg.findings.people.deeper, levels)
     for rule_id, rule in cfg.alerts.rules.items():
         for level in rule.levels or []:
             if level not in cfg.company.levels:
                 raise ConfigError(f"config/alerts.yml: key `rules.{rule_id}.levels`: unknown level {level!r}"
                                   f"{did_you_mean(level, cfg.company.levels)}; allowed: "
                                   f"{', '.join(cfg.company.levels)}")
+
+
+def _known_levels(where: str, named: Iterable[str], levels: set[str]) -> None:
+    """Refuse a level name that is not one of `levels`, saying `where` it was found."""
+    for level in named:
+        if level not in levels:
+            raise ConfigError(f"{where}: unknown level {level!r}{did_you_mean(level, levels)}; "
+                              f"allowed: {', '.join(sorted(levels))}")
 
 
 _CACHED: dict[Path, tuple[tuple[float, ...], Config]] = {}

@@ -190,8 +190,11 @@ def test_wording_follows_the_level() -> None:
     assert {f.kind for f in findings(_scope(cube, "M"))} == {"standing", "people", "deals"}
     [team] = people(_scope(cube, "D"), CFG)
     assert team.text == "Eloise Vincent's team booked 80k € of a 100k € target for 2026-10 (20k € short)."
-    [unit] = people(_scope(cube, "X"), CFG)
+    unit, team = people(_scope(cube, "X"), CFG)  # an executive's: the units, and the teams in them (`deeper`)
     assert unit.text == "Leo Pereira's unit booked 80k € of a 100k € target for 2026-10 (20k € short)."
+    assert team.text == ("Eloise Vincent's team (Leo Pereira's unit) booked 80k € of a 100k € target for 2026-10 "
+                         "(20k € short).")
+    assert [f.subject for f in people(_scope(cube, "X"), FindingsConfig(people={"deeper": []}))] == ["D"]
     assert {f.kind for f in findings(_scope(cube, "D"))} == {"standing", "people", "dimensions"}
     assert {f.kind for f in findings(_scope(cube, "X"))} == {"standing", "people"}
     # findings.yml chooses the rules per level; `default` serves the levels it does not name
@@ -242,7 +245,8 @@ def test_without_targets_history_breakdowns_or_trust_rows_no_rule_finds_or_fails
 @pytest.mark.parametrize(("text", "said"), [
     ("levels:\n  rep: [gossip]\n", "key `levels.rep.0`: Input should be 'standing'"),
     ("people: {below: 3}\n", "key `people.below`: unknown key (did you mean 'below_pct'?)"),
-    ("levels:\n  boss: [standing]\n", "config/findings.yml: key `levels.boss`: unknown level"),
+    ("levels:\n  boss: [standing]\n", "config/findings.yml: key `levels`: unknown level 'boss'"),
+    ("people: {deeper: [boss]}\n", "config/findings.yml: key `people.deeper`: unknown level 'boss'"),
 ])
 def test_a_wrong_key_rule_or_level_names_the_file_and_key(tmp_path: Path, text: str, said: str) -> None:
     shutil.copytree(ROOT / "config", tmp_path / "config", ignore=shutil.ignore_patterns("local", "examples"))

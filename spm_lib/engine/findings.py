@@ -62,10 +62,20 @@ class Scope:
         o = self.cube.owners
         return o[o["owner_id"].astype(str) == (owner_id or self.owner_id)].iloc[0]
 
-    def reports(self) -> pd.DataFrame:
-        """The owner's direct reports (owners rows)."""
+    def reports(self, owner_id: str | None = None) -> pd.DataFrame:
+        """The direct reports (owners rows) of this owner (or `owner_id`)."""
         o = self.cube.owners
-        return o[o["manager_id"].astype(str) == self.owner_id].sort_values("owner_id")
+        return o[o["manager_id"].astype(str) == (owner_id or self.owner_id)].sort_values("owner_id")
+
+    def below(self, depth: int) -> list[tuple[pd.Series, str]]:
+        """The owners up to `depth` levels below this one, each with the words naming their numbers: 'Sofia
+        Santos', 'Eloise Vincent's team', and two levels down 'Maya Brown's team (Leo Pereira's unit)'."""
+        out, level = [], [(r, who(r)) for _, r in self.reports().iterrows()]
+        for _ in range(depth):
+            out += level
+            level = [(r, f"{who(r)} ({words})") for parent, words in level
+                     for _, r in self.reports(str(parent["owner_id"])).iterrows()]
+        return out
 
     def row(self, kpi: str, period: str, owner_id: str | None = None) -> dict[str, float] | None:
         """The value and target of a KPI (no breakdown) of this owner (or `owner_id`); None when absent or without
@@ -81,9 +91,9 @@ class Scope:
 
     @cached_property
     def kpis(self) -> pd.DataFrame:
-        """The cube's KPI rows of this owner and their direct reports (one pass over the cube's rows)."""
+        """The cube's KPI rows of this owner and the two levels below (one pass over the cube's rows)."""
         k = self.cube.kpis
-        return k[k["owner_id"].isin([self.owner_id, *self.reports()["owner_id"].astype(str)])]
+        return k[k["owner_id"].isin([self.owner_id, *(str(r["owner_id"]) for r, _ in self.below(2))])]
 
     @cached_property
     def _rows(self) -> dict[tuple[str, str, str], dict[str, float]]:
@@ -165,11 +175,12 @@ def standing(s: Scope, cfg: FindingsConfig) -> list[Finding]:
 
 def people(s: Scope, cfg: FindingsConfig) -> list[Finding]:
     """The direct reports below `people.below_pct` % of their bookings target for the closed period, or expected
-    below it for the forward period, named with the money missing (the larger of the two), largest first."""
+    below it for the forward period, named with the money missing (the larger of the two), largest first; for the
+    levels of `people.deeper` (an executive) their teams too."""
     rule, out = cfg.people, []
-    for _, r in s.reports().iterrows():
+    level = str(s.owner().get("level") or "")
+    for r, name in s.below(2 if level in rule.deeper else 1):
         oid = str(r["owner_id"])
-        name = who(r)
         said, at_stake = [], 0.0
         b = s.against_target("bookings", s.closed, oid)
         if b is not None and b[0] / b[1] * 100 < rule.below_pct:

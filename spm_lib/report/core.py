@@ -576,6 +576,9 @@ class Report:
         if r is None or pd.isna(r["value"]):
             reason = (r["na_reason"] if r is not None else None) or "—"
             shown = esc(str(reason))
+        elif kpi_id == "gap_to_target":  # the sign in words: "926k € ahead of target", never "−926k €"
+            gap = float(r["value"])
+            shown = esc(f"{self.fmt(kpi_id, abs(gap))} {'short of' if gap > 0 else 'ahead of'} target")
         else:
             shown = esc(self.fmt(kpi_id, r["value"]))
         return {"label": k.label, "value": shown, "definition": k.definition}
