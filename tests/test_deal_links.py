@@ -151,6 +151,29 @@ def test_the_trust_csv_link_is_relative_and_names_the_file_the_runner_writes(cub
     assert ".trust.csv" not in str(Report(cube, "M", Path("."), viewer_id="M").trust())
 
 
+def test_the_trust_csv_link_of_an_owner_id_with_dots_names_the_written_file(tmp_path: Path,
+                                                                          without_url: Path) -> None:
+    """Owner ids may hold a '.': the runner's files keep the whole id (Path.with_suffix cut 'mgr.01' to 'mgr')."""
+    data = company()
+    for table in data.tables.values():
+        for column in ("owner_id", "manager_id"):
+            if column in table:
+                table[column] = table[column].replace({"M": "mgr.01"})
+    opps = data.tables["opportunities"]
+    opps.loc[opps["opportunity_id"] == "o6", "last_modified_date"] = pd.Timestamp("2026-08-01")
+    cube = compute_cube(_cfg(), data, "monthly", AS_OF)
+    href = re.findall(r'href="([^"]+\.trust\.csv)"', str(Report(cube, "mgr.01", Path(".")).trust()))
+    assert href == ["mgr.01.trust.csv"]
+    run = tmp_path / "runs" / "monthly" / str(AS_OF)
+    run.mkdir(parents=True)
+    owners = pd.concat([cube.owners, cube.owners[cube.owners["owner_id"] == "mgr.01"].assign(owner_id="mgr.02")])
+    owners.to_parquet(run / "owners.parquet")
+    jobs = {j.owner_id: j for j in plan(load_config(without_url), run, "monthly", level="manager")}
+    assert Path(jobs["mgr.01"].html).name == "mgr.01.html" and Path(jobs["mgr.02"].html).name == "mgr.02.html"
+    assert Path(jobs["mgr.01"].ipynb).name == "mgr.01.ipynb"
+    assert Path(jobs["mgr.01"].html).with_suffix(".trust.csv").name == href[0]
+
+
 # ---------------------------------------------------------------- the live page
 def test_the_live_deals_table_links_its_ids(cube, with_url: Path) -> None:
     m = Report(cube, "M", Path("."), viewer_id="M")

@@ -90,10 +90,9 @@ def plan(cfg: Config, run_dir: Path, cadence: str, *, level: str | None = None,
     jobs = []
     for r in owners.sort_values(["level", "owner_id"]).itertuples():
         lvl = str(r.level)
-        stem = run_dir / lvl / safe_name(str(r.owner_id))
+        stem = str(run_dir / lvl / safe_name(str(r.owner_id)))  # not Path.with_suffix: ids may hold a '.'
         jobs.append(Job(owner_id=str(r.owner_id), name=str(r.name), level=lvl,
-                        template=str(template_path(cfg, lvl, cadence)),
-                        ipynb=str(stem.with_suffix(".ipynb")), html=str(stem.with_suffix(".html"))))
+                        template=str(template_path(cfg, lvl, cadence)), ipynb=f"{stem}.ipynb", html=f"{stem}.html"))
     return jobs
 
 
