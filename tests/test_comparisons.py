@@ -141,3 +141,14 @@ def test_the_report_shows_comparisons_leaderboard_and_no_movement_without_histor
     assert team.index("Rita") < team.index("Rob")
     assert 'title="same place as the previous period">=' in team and "down 1 since the previous period" in team
     assert "Cannot show how the pipeline moved" in str(rpt.forward_look())
+
+
+def test_an_annual_report_compares_with_last_year_only(tmp_path):
+    c = compute_cube(load_config(ROOT), company(with_targets=False), "annual", "2026-12-31")
+    write_cube(c, tmp_path)
+    rpt = Report(load_cube(tmp_path), "M", tmp_path)
+    atl = str(rpt.above_the_line())
+    # the previous year is last year, and the year closed is the year to date: one column
+    assert "Compared with last year</h4>" in atl and "Last year (FY2025)" in atl
+    assert "Previous (" not in atl and "Year to date (" not in atl
+    assert "▲&nbsp;1,000 %" in atl  # FY2026 1,100 against FY2025's 100

@@ -68,11 +68,18 @@ def comparisons_html(rpt: Any) -> str:
     left = [rpt.kpi_meta.get(i).label for i in ids if i not in set(df["kpi"])]
     note = (f'<p class="spm-muted">{escape(", ".join(left))}: forward-looking, see the forward look.</p>'
             if left else "")
-    table = markup.table_html(pd.DataFrame(lines), {
-        "label": "KPI", "now": str(rpt.closed), "previous": f"Previous ({meta.get('previous', '')})",
-        "last_year": f"Last year ({meta.get('last_year', '')})", "ytd": f"Year to date ({meta.get('ytd', '')})"},
-        dict.fromkeys(["label", "now", "previous", "last_year", "ytd"], Markup), classes="spm-kpis spm-compare")
-    return (f"<h4>Compared with the previous period, last year and the year to date</h4>"
+    columns = {"label": "KPI", "now": str(rpt.closed), "previous": f"Previous ({meta.get('previous', '')})",
+               "last_year": f"Last year ({meta.get('last_year', '')})",
+               "ytd": f"Year to date ({meta.get('ytd', '')})"}
+    if meta.get("previous") == meta.get("last_year"):  # annual: the previous period is last year
+        del columns["previous"]
+    if rpt.cadence == "annual":  # the year closed is the year to date
+        del columns["ytd"]
+    table = markup.table_html(pd.DataFrame(lines), columns, dict.fromkeys(columns, Markup),
+                              classes="spm-kpis spm-compare")
+    names = {"previous": "the previous period", "last_year": "last year", "ytd": "the year to date"}
+    kept = [names[c] for c in names if c in columns]
+    return (f"<h4>Compared with {', '.join(kept[:-1]) + ' and ' if len(kept) > 1 else ''}{kept[-1]}</h4>"
             f'<p class="spm-muted">Arrows: {escape(rpt.closed)} against that period; green is better, red worse.</p>'
             f'<div class="spm-grid">{table}</div>{note}')
 
