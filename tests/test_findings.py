@@ -143,6 +143,10 @@ def test_deals_with_a_reason_closing_in_the_period_largest_first() -> None:
     assert out[3].text.endswith("closes in 3 days (2026-11-03) of the 61 left in FY2026-Q4: Prospecting: an early "
                                 "stage so close to its date.")
     assert [f.subject for f in deals(_scope(_cube(), "M"), CFG)] == ["d1", "d3", "d6"]  # max 3 by default
+    [tomorrow] = deals(_scope(_cube(deals_=[_deal("d1", "A", "Big Co – Platform", "Proposal", 120_000,
+                                                  "2026-11-01")]), "A"), cfg)
+    assert tomorrow.text == ("Big Co – Platform (120k €, Proposal) closes in 1 day (2026-11-01) of the 61 left in "
+                             "FY2026-Q4: pushed 4 times.")  # a rep's own deal: no owner named
     # without next steps in the CRM, an empty one is no reason
     bare = [{k: v for k, v in d.items() if k != "next_step"} for d in DEALS]
     assert [f.subject for f in deals(_scope(_cube(deals_=bare), "M"), cfg)] == ["d1", "d6", "d7"]

@@ -235,8 +235,8 @@ def deals(s: Scope, cfg: FindingsConfig) -> list[Finding]:
         whose = "" if mine or str(x["owner_id"]) not in names.index else \
             f"{names.loc[str(x['owner_id']), 'name']!s}, "
         close = pd.Timestamp(x["close_date"])
-        when = f"closes in {(close - as_of).days} days ({close.date()}) {left}" if close > as_of else \
-            f"was due on {close.date()}, {(as_of - close).days} days ago"
+        when = f"closes in {_days((close - as_of).days)} ({close.date()}) {left}" if close > as_of else \
+            f"was due on {close.date()}, {_days((as_of - close).days)} ago"
         why = "; ".join(dict.fromkeys(reasons[oid]))
         text = (f"{x.get('name') or oid} ({whose}{s.money(float(x['amount']))}, {x.get('stage')}) {when}"
                 f"{': ' + why if why else ''}.")
@@ -245,6 +245,10 @@ def deals(s: Scope, cfg: FindingsConfig) -> list[Finding]:
 
 
 _DEAL_COLUMNS = ("opportunity_id", "owner_id", "name", "stage", "amount", "close_date", "is_closed", "next_step")
+
+
+def _days(n: int) -> str:
+    return f"{n} day" if n == 1 else f"{n} days"
 
 
 def _filled(s: pd.Series) -> pd.Series:
