@@ -116,6 +116,7 @@ def test_every_deal_table_of_the_report_links_its_ids(cube, with_url: Path) -> N
     trust = str(m.trust())
     # M's scope: o6 (R1) is the one deal to fix
     assert _link("https://crm.example.com/opp/o6?src=spm", "o6") in trust
+    assert f'<td class="short">{_link("https://crm.example.com/opp/o6?src=spm", "o6")}</td>' in trust  # no wrap
     below = str(m.below_the_line())
     # the open pipeline (o6, o7, o9 and the hostile o8) and the deals won (o1, o3, o4, o5), each id a link
     for oid in ("o1", "o3", "o4", "o5", "o6", "o7", "o9"):

@@ -35,10 +35,11 @@ TRUST_BADGE = {"pass": "green", "warn": "amber", "fail": "red", "not_available":
 LEVEL_TITLES = {"rep": "Sales executive", "manager": "Manager", "director": "Director", "executive": "Executive"}
 BANNER_KINDS = ("info", "success", "warning", "error")
 MISSING = "—"
-SHORT_CELL = 12  # a column whose cells are all this short (as HTML) is kept on one line
+SHORT_CELL = 12  # a column whose cells are all this short (as HTML; a link by its text) is kept on one line
 _CURRENCY_AFFIXES = {"EUR": ("", " €"), "USD": ("$", ""), "GBP": ("£", ""), "JPY": ("¥", ""),
                      "INR": ("₹", ""), "CHF": ("", " CHF")}
 _SLUG = re.compile(r"[^a-z0-9]+")
+_LINK_TAG = re.compile(r"<a\b[^>]*>|</a>")  # a deal_link's tags: a linked id is as short as its text
 _SCRIPT = re.compile(r"(<script\b[^>]*>)(.*?)(</script>)", re.DOTALL)  # the drawing script of fig.to_html
 
 
@@ -223,7 +224,8 @@ def table_html(df: pd.DataFrame, columns: Mapping[str, str], formats: Mapping[st
         values = df[c].tolist()
         cells.append([_cell(fmt(v) if fmt is not None and not is_missing(v) else v) for v in values])
     # short values (ids, dates, amounts) never wrap mid-word; numbers align right
-    short = {c: max((len(x) for x in col), default=0) <= SHORT_CELL for c, col in zip(columns, cells)}
+    short = {c: max((len(_LINK_TAG.sub("", x)) for x in col), default=0) <= SHORT_CELL
+             for c, col in zip(columns, cells)}
     num_class = {c: ' class="num"' if numeric[c] else ' class="short"' if short[c] else "" for c in columns}
     head = "".join(f'<th scope="col"{num_class[c]}>{escape(h)}</th>' for c, h in columns.items())
     tds = [f"<td{num_class[c]}>" for c in columns]
