@@ -15,6 +15,7 @@ from spm_lib.config import load_config
 from spm_lib.domain.contract import Dataset, typed
 from spm_lib.engine.cube import compute_cube, read_cube, write_cube
 from spm_lib.engine.movement import STEPS, reconciles
+from spm_lib.report.core import Report, load_cube
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = "2026-10-31"
@@ -138,3 +139,15 @@ def test_written_and_read_back(cube, tmp_path):
     assert back.meta["movement"]["from"] == "2026-09-30"
     (tmp_path / "movement.parquet").unlink()  # a run folder from before the movement
     assert read_cube(tmp_path).movement.empty
+
+
+def test_the_forward_look_draws_the_waterfall_of_a_scope(cube, tmp_path):
+    write_cube(cube, tmp_path)
+    rpt = Report(load_cube(tmp_path), "R2", tmp_path)
+    html = str(rpt.forward_look())
+    assert "How the pipeline moved since the last session" in html and "2026-09-30" in html
+    fig = rpt.figures()["movement"]
+    # R2: start 230, created +60, pulled in +90, pushed out -230, now 150; the steps that moved nothing left out
+    assert list(fig.data[0].y) == [230, 60, 90, -230, 150]
+    assert list(fig.data[0].measure) == ["absolute", "relative", "relative", "relative", "total"]
+    assert list(fig.data[0].text)[1:4] == ["+60", "+90", "−230"]  # no currency in this run's meta
