@@ -76,7 +76,7 @@ def comparisons_html(rpt: Any) -> str:
     if rpt.cadence == "annual":  # the year closed is the year to date
         del columns["ytd"]
     table = markup.table_html(pd.DataFrame(lines), columns, dict.fromkeys(columns, Markup),
-                              classes="spm-kpis spm-compare")
+                              classes="spm-compare")
     names = {"previous": "the previous period", "last_year": "last year", "ytd": "the year to date"}
     kept = [names[c] for c in names if c in columns]
     return (f"<h4>Compared with {', '.join(kept[:-1]) + ' and ' if len(kept) > 1 else ''}{kept[-1]}</h4>"
