@@ -157,8 +157,9 @@ def test_stage_costs_the_bookings_its_missing_conversions_are_worth() -> None:
     assert (f.value, f.subject) == (120_000, "Proposal")
     assert f.text == ("Proposal → Negotiation converts at 31 % against 48 % for the rest of the team: 12 deals, "
                       "≈ 120k € of bookings lost.")
-    [unpriced] = stage(_scope(_cube(), "A", {**WEAK, "cost": None}), CFG)
-    assert unpriced.value == 0 and unpriced.text.endswith(": 12 deals.")
+    for unknown in (None, float("nan")):  # no deal size to price the stage with
+        [unpriced] = stage(_scope(_cube(), "A", {**WEAK, "cost": unknown}), CFG)
+        assert unpriced.value == 0 and unpriced.text.endswith(": 12 deals.")
 
 
 def test_dimensions_below_their_trailing_year_average() -> None:

@@ -262,12 +262,13 @@ def stage(s: Scope, cfg: FindingsConfig) -> list[Finding]:
     w = s.weak
     if not w:
         return []
-    cost = w.get("cost")
-    worth = f", ≈ {s.money(float(cost))} of bookings lost" if cost is not None else ""
+    raw = w.get("cost")
+    cost = float(raw) if raw is not None and math.isfinite(float(raw)) else None
+    worth = f", ≈ {s.money(cost)} of bookings lost" if cost is not None else ""
     text = (f"{w['stage']} → {w.get('next', 'the next stage')} converts at {float(w['rate']):.0f} % against "
             f"{float(w['benchmark_rate']):.0f} % for {w.get('benchmark', 'the benchmark')}: "
             f"{w['deals']} deals{worth}.")
-    return [Finding(float(cost) if cost is not None else 0.0, text, "stage", str(w["stage"]))]
+    return [Finding(cost or 0.0, text, "stage", str(w["stage"]))]
 
 
 _PER_PERIOD = {"weekly": ("a week", 52), "monthly": ("a month", 12), "quarterly": ("a quarter", 4),
