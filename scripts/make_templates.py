@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from spm_lib.report.core import CADENCE_FOCUS as DECIDES
+from spm_lib.report.core import decides
 from spm_lib.report.markup import LEVEL_TITLES as LEVELS
 
 CADENCES = {"weekly": "week", "monthly": "month", "quarterly": "quarter", "annual": "year"}
@@ -32,7 +32,7 @@ def template(level: str, cadence: str) -> nbformat.NotebookNode:
     cells = [
         new_markdown_cell(f"# {LEVELS[level]} · {cadence} performance session\n\n"
                           f"The agenda of this {unit}'s session: trust the numbers, see where you stand, "
-                          f"look ahead, decide {DECIDES[cadence]}."),
+                          f"look ahead, decide {decides(level, cadence)}."),
         new_code_cell("owner_id = None\ncadence = None\nas_of = None\nrun_dir = None",
                       metadata={"tags": ["parameters"]}),
         new_code_cell(f"from spm_lib import notebook\n\nrpt = notebook.load(owner_id, cadence, as_of, run_dir, "

@@ -25,8 +25,9 @@ from spm_lib.engine.findings import Scope, findings_config
 from spm_lib.engine.findings import findings as rank_findings
 from spm_lib.engine.forecast import stage_worth, weak_stage
 from spm_lib.engine.priorities import bookings_shift, resource_needs, team_year
+from spm_lib.engine.push import push_by_report, push_list, report_of
 from spm_lib.engine.targets import session_status
-from spm_lib.engine.trust import checks_with_status, dead_deals, owner_status, scope_offenders, worst_by_owner
+from spm_lib.engine.trust import checks_with_status, owner_status, scope_offenders, worst_by_owner
 from spm_lib.errors import OrgError, RunError, did_you_mean
 from spm_lib.metrics import kpis as registry
 from spm_lib.project import project_dir
@@ -36,13 +37,49 @@ from spm_lib.report.markup import LEVEL_TITLES, TRUST_BADGE
 from spm_lib.store.runfolder import has_cube, safe_name
 from spm_lib.util.frames import isin
 
-CADENCE_FOCUS = {
-    "weekly": "this week's activity and the deals to move",
-    "monthly": "activity level and focus, deals to push, data to fix",
-    "quarterly": "priorities, resource shifts and next quarter's targets",
-    "annual": "targets, structure, budget and strategy for next year",
+# What a session decides, per cadence and level (SPEC §2): at a glance, in the email and in each template's title
+CADENCE_FOCUS: dict[str, dict[str, str]] = {
+    "weekly": {
+        "rep": "which of your deals to move this week and how much activity that takes",
+        "manager": "which rep's deals to move this week and where the team's activity falls short",
+        "director": "which team's deals to back this week",
+        "executive": "which units' deals to back this week",
+    },
+    "monthly": {
+        "rep": "which of your deals to push before the period ends, your activity level and mix, and the CRM data "
+               "to fix",
+        "manager": "activity level and focus per rep: whom to support, which deals to push with each rep, which "
+                   "data each rep must fix",
+        "director": "which teams need help to close the period, the largest deals to back, and the data the teams "
+                    "must fix",
+        "executive": "where the period is at risk across the units, the largest deals to back, and what to escalate",
+    },
+    "quarterly": {
+        "rep": "your focus for next quarter: accounts, segments and products, and the pipeline to build for it",
+        "manager": "coaching focus and pipeline support per rep, the team's segment and product priorities, and "
+                   "next quarter's targets per rep",
+        "director": "resources across teams (headcount, budget, support), segment, product and channel priorities, "
+                    "and next quarter's targets per team",
+        "executive": "strategic priorities across the units, budget and headcount shifts between them, and next "
+                     "quarter's targets",
+    },
+    "annual": {
+        "rep": "your target, territory and accounts for next year, and the pipeline and activity they require",
+        "manager": "next year's target per rep, the team's shape (hires, territories) and what the target "
+                   "requires of activity",
+        "director": "next year's targets per team, headcount and budget across the teams, and the unit's structure",
+        "executive": "next year's targets, the organisation's structure and hiring, and the budget between sales "
+                     "and marketing",
+    },
 }
 _CACHE: dict[Path, tuple[str, Cube]] = {}
+
+
+def decides(level: str, cadence: str) -> str:
+    """What a session of `level` and `cadence` decides (CADENCE_FOCUS; a level it does not name reads as a
+    manager's)."""
+    by_level = CADENCE_FOCUS.get(cadence, {})
+    return by_level.get(level) or by_level.get("manager", "")
 _SCOPE_INDEX: dict[int, dict[str, np.ndarray]] = {}
 _KPIS_BY_OWNER: dict[int, dict[str, pd.DataFrame]] = {}
 _NO_ROWS = np.empty(0, dtype=np.intp)
@@ -325,8 +362,8 @@ class Report:
         return [str(f) for f in self.findings()[:3]]
 
     def session_decides(self) -> str:
-        """What this session should decide (at a glance, and in the email)."""
-        return CADENCE_FOCUS.get(self.cadence, "")
+        """What this session should decide for this level and cadence (at a glance, and in the email)."""
+        return decides(self.level, self.cadence)
 
     # ---- 2. trust
     def trust_status(self) -> str:
@@ -459,7 +496,7 @@ class Report:
         table = self.kpi_table(rows)
         with_target = rows[rows["target"].notna() & rows["value"].notna() & ~rows["kpi"].isin(self._same_bar(rows))]
         chart = self._figure("attainment", charts.attainment_bullets(with_target, self.currency)) \
-            if not with_target.empty else ""
+            if len(with_target) >= 2 else ""  # one bar says no more than the table
         trend = self._figure("trend", charts.trend(self.trend_rows("bookings"), "Bookings", "currency",
                                                    self.currency))
         compared = compare_view.comparisons_html(self)
@@ -526,8 +563,9 @@ class Report:
         order = {s: i for i, s in enumerate(self.cube.probabilities.sort_values("stage_index")["stage"])}
         stage_df = by_stage.assign(stage=by_stage["dim_value"], count=float("nan"),
                                    _o=by_stage["dim_value"].map(order).fillna(99)).sort_values("_o")
-        by_month = self.breakdown("pipeline_open_value", "close_month", self.forward)
-        month_df = by_month.assign(month=by_month["dim_value"]).sort_values("month")
+        open_deals = self.scope_facts()
+        open_deals = open_deals[~open_deals["is_closed"].fillna(False).astype(bool)]
+        month_df = charts.close_month_span(open_deals["close_date"], open_deals["amount"], self.as_of)
         stage_fig = self._figure("pipeline-stage", charts.pipeline_by_stage(stage_df[["stage", "value", "count"]],
                                                                             self.currency))
         month_fig = self._figure("pipeline-month", charts.pipeline_by_close_month(month_df[["month", "value"]],
@@ -672,7 +710,8 @@ class Report:
         moved since the previous period, their bookings, win rate and trust status."""
         b = compare_view.with_rank(self, self.team_rows("bookings"))
         fig = self._figure("team", charts.ranked_team(b[["name", "value", "target", "attainment", "status"]],
-                                                      "Bookings", "currency", self.currency))
+                                                      "Bookings", "currency", self.currency)) \
+            if len(b) >= 2 else ""  # one direct report: the table says it all
         k = self.cube.kpis
         sel = k[k["owner_id"].isin(b["owner_id"]) & (k["period"] == self.closed) & k["dim"].isna()]
         wide = sel.pivot_table(index="owner_id", columns="kpi", values="value", aggfunc="first")
@@ -703,7 +742,7 @@ class Report:
         """Drill-down for investigation, collapsed: driver tree, open pipeline, deals won, every KPI."""
         parts = []
         tree = self.cube.decomposition[self.cube.decomposition["owner_id"] == self.owner_id]
-        if not tree.empty:
+        if not tree.empty and self.cadence != "annual":  # annual: up front, in targets_and_structure
             parts.append(markup.details("Goal decomposition: what the target requires",
                                       "".join([self._figure("drivers", charts.driver_tree(tree, self.currency)),
                                                self._tree_table(tree)])))
@@ -743,67 +782,134 @@ class Report:
                                 "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())})
 
     # ---- cadence-specific agenda items
-    def deals_to_push(self, limit: int = 15) -> Html:
-        """Monthly/weekly: the largest open deals closing in the rest of the forward period, with their win odds."""
-        f = self.scope_facts()
-        open_ = f[~f["is_closed"].fillna(False).astype(bool) & f["close_date"].notna()]
+    def deals_to_push(self, limit: int = 15, per_report: int = 5) -> Html:
+        """Weekly/monthly: the open deals that can still close in the rest of the forward period (engine.push), for
+        the level: a rep's deals (the `limit` largest); a manager's per rep (each rep's `per_report` largest under
+        their subtotal); a director's or executive's per team (count, value, largest named) and then their `limit`
+        largest deals. Dead deals are left out and counted."""
         first = pd.Timestamp(self.as_of) + pd.Timedelta(days=1)
-        q_end = pd.Timestamp(str(self.cube.meta["forward_end"]))
-        soon = open_[(open_["close_date"] >= first) & (open_["close_date"] <= q_end)]
-        dead = dead_deals(self.cube.trust_rows, soon)
+        push = push_list(self.scope_facts(), self.cube.trust_rows, self.cube.probabilities, first,
+                         pd.Timestamp(str(self.cube.meta["forward_end"])))
+        soon, dead = push.deals, push.dead
         left_out = ""
-        if dead.any():
-            n = int(dead.sum())
+        if not dead.empty:
+            n = len(dead)
             left_out = (f'<p class="spm-muted">{n} deal{"s" if n != 1 else ""} closing in {esc(self.forward)} '
-                        f"({markup.fmt_value(soon.loc[dead, 'amount'].sum(), 'currency', self.currency)}) "
+                        f"({markup.fmt_value(dead['amount'].sum(), 'currency', self.currency)}) "
                         f"{'are' if n != 1 else 'is'} left out: no update for too long to push. On the data-trust "
                         "list: update first.</p>")
-        soon = soon[~dead]
-        prob = self.cube.probabilities.set_index("stage")["probability"]
-        soon = soon.assign(p=soon["stage"].map(prob), owner=soon["owner_id"].map(
-            self.cube.owners.set_index("owner_id")["name"])).sort_values("amount", ascending=False).head(limit)
         if soon.empty:
             return Html('<p class="spm-muted">No open deal closes in the rest of the period.</p>' + left_out)
-        soon = soon.assign(name=self.linked_names(soon))
-        table = markup.table_html(
-            soon[["name", "owner", "stage", "amount", "close_date", "p"]],
-            {"name": "Deal", "owner": "Owner", "stage": "Stage", "amount": "Amount", "close_date": "Close date",
-             "p": "Win probability"},
-            {"amount": lambda v: markup.fmt_value(v, "currency", self.currency),
-             "close_date": lambda d: str(pd.Timestamp(d).date()),
-             "p": lambda v: markup.fmt_value(v * 100, "pct", "")})
+        unit = {"weekly": "week", "monthly": "month"}.get(self.cadence, "period")
+        money = partial(markup.fmt_value, unit="currency", currency=self.currency)
+        n_soon = markup.fmt_value(len(soon), "count", "")
+        intro = (f"<p>{n_soon} open deal{'s' if len(soon) != 1 else ''} worth {esc(money(soon['amount'].sum()))} "
+                 f"(weighted by win probability {esc(money(soon['weighted'].sum()))}) can still close in "
+                 f"{esc(self.forward)}: where a push this {unit} moves the result.</p>")
+        if self.reports.empty or self.level == "rep":
+            body = self._push_table(soon.head(limit), owner=soon["owner_id"].nunique() > 1)
+        else:
+            teams = push_by_report(soon, self.owner_id, self.name, self.reports)
+            body = self._push_per_rep(soon, teams, per_report) if self.level == "manager" else \
+                self._push_per_team(soon, teams, limit)
         mix = self.breakdown("activities", "type")
         mix_html = ""
         if not mix.empty:
             mix_html = "<h4>Activity mix this period</h4>" + str(markup.table_html(
                 mix.sort_values("value", ascending=False)[["dim_value", "value"]],
                 {"dim_value": "Type", "value": "Activities"}, {"value": lambda v: markup.fmt_value(v, "count", "")}))
-        return Html(f"<p>The largest open deals that can still close in {esc(self.forward)}: "
-                    f"where a push this {self.cadence[:-2] if self.cadence.endswith('ly') else 'period'} "
-                    f"moves the result.</p>{table}{left_out}{mix_html}")
+        return Html(f"{intro}{body}{left_out}{mix_html}")
+
+    def _push_table(self, deals: pd.DataFrame, *, owner: bool = True, team: pd.Series | None = None,
+                    team_label: str = "Team") -> str:
+        """The deals of a push list (engine.push rows) as a table: deal (a CRM link with deal_url), the owner
+        (and the team when `team` maps each deal to its direct report's name), stage, amount, close date, odds."""
+        names = self.cube.owners.set_index("owner_id")["name"]
+        df = deals.assign(name=self.linked_names(deals), owner=deals["owner_id"].map(names),
+                          team=team if team is not None else "")
+        cols = {"name": "Deal", **({"team": team_label} if team is not None else {}),
+                **({"owner": "Owner"} if owner else {}), "stage": "Stage", "amount": "Amount",
+                "close_date": "Close date", "p": "Win probability"}
+        return str(markup.table_html(df[list(cols)], cols, {
+            "amount": lambda v: markup.fmt_value(v, "currency", self.currency),
+            "close_date": lambda d: str(pd.Timestamp(d).date()),
+            "p": lambda v: markup.fmt_value(v * 100, "pct", "")}))
+
+    def _push_subtotal(self, row: dict[Any, Any]) -> str:
+        money = partial(markup.fmt_value, unit="currency", currency=self.currency)
+        gap = self._expected_gap(str(row["owner_id"])) if row["owner_id"] != self.owner_id else ""
+        return (f"{row['deals']} deal{'s' if row['deals'] != 1 else ''}, {money(row['value'])} "
+                f"(weighted {money(row['weighted'])})" + (f"; expected {gap} the {self.forward} target" if gap
+                                                           else ""))
+
+    def _expected_gap(self, owner_id: str) -> str:
+        """How far `owner_id`'s expected result falls short of (or ahead of) the forward period's target, in
+        words ("245k € short of"), from the cube's gap_to_target; empty without a target."""
+        r = self.kpi("gap_to_target", self.forward, owner_id=owner_id)
+        if r is None or pd.isna(r["value"]):
+            return ""
+        word = "short of" if float(r["value"]) > 0 else "ahead of"
+        return f"{markup.fmt_value(abs(float(r['value'])), 'currency', self.currency)} {word}"
+
+    def _push_per_rep(self, deals: pd.DataFrame, teams: pd.DataFrame, per_report: int) -> str:
+        """A manager's push list: each rep's largest deals under a line with their subtotal, most value first;
+        the reps with nothing to push named at the end."""
+        by_id = deals.set_index("opportunity_id", drop=False)
+        parts = []
+        for r in teams[teams["deals"] > 0].to_dict("records"):
+            more = "" if r["deals"] <= per_report else f" — the {per_report} largest"
+            parts.append(f'<h4 class="spm-push-rep">{esc(r["name"])}: {esc(self._push_subtotal(r))}{more}</h4>'
+                         + self._push_table(by_id.loc[list(r["largest"])[:per_report]].reset_index(drop=True),
+                                            owner=False))
+        idle = teams.loc[teams["deals"] == 0, "name"].astype(str).tolist()
+        if idle:
+            parts.append(f'<p class="spm-muted">No deal to push in {esc(self.forward)}: {esc(", ".join(idle))}.</p>')
+        return "".join(parts)
+
+    def _push_per_team(self, deals: pd.DataFrame, teams: pd.DataFrame, limit: int, named: int = 2) -> str:
+        """A director's or executive's push list: per team (direct report) the count and value of its deals to
+        push with the largest named, then the `limit` largest deals across the teams."""
+        by_id = deals.set_index("opportunity_id", drop=False)
+        money = partial(markup.fmt_value, unit="currency", currency=self.currency)
+
+        def largest(ids: list[str]) -> Markup:
+            return Markup("; ").join(Markup("{} ({})").format(self.deal_link(i, by_id.at[i, "name"]),
+                                                              money(by_id.at[i, "amount"])) for i in ids[:named])
+
+        t = teams.assign(shown=[largest(list(ids)) for ids in teams["largest"]],
+                         gap=[self._expected_gap(str(o)).replace(" of", "") or None if o != self.owner_id else None
+                              for o in teams["owner_id"]])
+        word = "Unit" if self.level == "executive" else "Team"
+        table = markup.table_html(
+            t[["name", "deals", "value", "weighted", "gap", "shown"]],
+            {"name": word, "deals": "Deals to push", "value": "Value", "weighted": "Weighted",
+             "gap": f"Expected vs {self.forward} target", "shown": "Largest deals"},
+            {"value": money, "weighted": money, "deals": lambda v: markup.fmt_value(v, "count", "")})
+        team_name = teams.set_index("owner_id")["name"]
+        top = deals.head(limit)
+        team = report_of(top, self.owner_id, self.reports["owner_id"].astype(str).tolist()).map(team_name)
+        return (f"<h4>Per {word.lower()}</h4>{table}<h4>The {len(top)} largest deals across the "
+                f"{word.lower()}s</h4>" + self._push_table(top, team=team, team_label=word))
 
     def priorities(self) -> Html:
-        """Quarterly: where bookings came from against the trailing year (products, segments, channels), and
-        for managers and up which direct reports need resources (coverage against attainment)."""
+        """Quarterly: where bookings came from against the trailing twelve months (products, segments, channels and,
+        for managers and up, the direct reports: engine.priorities.bookings_shift), and which direct reports need
+        resources (coverage against attainment)."""
         parts = []
-        for dim, title in (("product", "Product"), ("segment", "Segment"), ("lead_source", "Lead source")):
+        for dim, title in (("product", "Product"), ("segment", "Segment"), ("lead_source", "Channel (lead source)")):
             now = self.breakdown("bookings", dim)
-            ttm = self.breakdown("bookings", dim, "TTM")
-            if now.empty:
-                continue
-            df = bookings_shift(now, ttm)
-            parts.append(f"<h4>{title}: share of bookings, this period against the trailing year</h4>")
-            parts.append(str(markup.table_html(
-                df[["dim_value", "value", "share", "share_ttm", "shift"]],
-                {"dim_value": title, "value": "Bookings", "share": "Share now", "share_ttm": "Share TTM",
-                 "shift": "Shift (points)"},
-                {"value": lambda v: markup.fmt_value(v, "currency", self.currency),
-                 "share": lambda v: markup.fmt_value(v, "pct", ""),
-                 "share_ttm": lambda v: markup.fmt_value(v, "pct", ""),
-                 "shift": lambda v: f"{v:+.1f}"})))
+            if not now.empty:
+                ttm = self.breakdown("bookings", dim, "TTM")
+                parts.append(self._shift_html(title, bookings_shift(now, ttm), known=not ttm.empty))
         if not self.reports.empty:
             k = self.cube.kpis
-            cov = k[k["owner_id"].isin(self.reports["owner_id"]) & (k["kpi"] == "pipeline_coverage")
+            ids = self.reports["owner_id"].astype(str)
+            mine = k[k["owner_id"].isin(ids) & (k["kpi"] == "bookings") & k["dim"].isna()]
+            names = self.reports.set_index(ids)["name"]
+            now, ttm = (mine[mine["period"] == p].assign(dim_value=lambda d: d["owner_id"].map(names))
+                        for p in (self.closed, "TTM"))
+            parts.append(self._shift_html("Direct report", bookings_shift(now, ttm), known=not ttm.empty))
+            cov = k[k["owner_id"].isin(ids) & (k["kpi"] == "pipeline_coverage")
                     & (k["period"] == self.forward) & k["dim"].isna()]
             df = resource_needs(self.team_rows("quota_attainment"), cov)
             parts.append("<h4>Resources: attainment against coverage of the rest of the period</h4>")
@@ -814,23 +920,83 @@ class Report:
                  "value_cov": lambda v: markup.fmt_value(v, "ratio", "")})))
         return Html("".join(parts) or '<p class="spm-muted">No breakdown available for this period.</p>')
 
+    def _shift_html(self, title: str, df: pd.DataFrame, *, known: bool) -> str:
+        """One bookings_shift table under its heading, the largest loss and gain of share in words; `known`: the
+        run holds the trailing twelve months of this breakdown."""
+        head = f"<h4>{esc(title)}: share of bookings in {esc(self.closed)} against the trailing twelve months</h4>"
+        table = str(markup.table_html(
+            df[["dim_value", "value", "value_ttm", "share", "share_ttm", "shift"]],
+            {"dim_value": title, "value": f"Bookings {self.closed}", "value_ttm": "Bookings TTM",
+             "share": "Share now", "share_ttm": "Share TTM", "shift": "Shift (points)"},
+            {"value": lambda v: markup.fmt_value(v, "currency", self.currency),
+             "value_ttm": lambda v: markup.fmt_value(v, "currency", self.currency),
+             "share": lambda v: markup.fmt_value(v, "pct", ""), "share_ttm": lambda v: markup.fmt_value(v, "pct", ""),
+             "shift": lambda v: f"{v:+.1f}".replace("-", "−")}))
+        if not known:
+            return (f'{head}<p class="spm-muted">The trailing twelve months per {esc(title.lower())} are not in this '
+                    "run (its cube predates breakdowns for every period): recompute it with spm cube --force.</p>"
+                    + table)
+        moved = df[df["shift"].notna()]
+        words = []
+        for r, what in ((moved.iloc[0], "lost most"), (moved.iloc[-1], "gained most")) if len(moved) > 1 else ():
+            if (r["shift"] < 0) if what == "lost most" else (r["shift"] > 0):
+                words.append(f"{esc(r['dim_value'])} {what}: {abs(r['shift']):.1f} points "
+                             f"({r['share']:.0f} % of bookings against {r['share_ttm']:.0f} %)")
+        return head + (f"<p>{'; '.join(words)}.</p>" if words else "") + table
+
     def targets_and_structure(self) -> Html:
-        """Annual: the year per direct report (attainment, bookings per head), cost of sales, and what next
-        year's target requires (the driver tree below the line)."""
+        """Annual: what next year's target requires (the driver tree, up front), the year per team with next year's
+        target split and the bookings per sales executive (engine.priorities.team_year), and cost of sales."""
         parts = []
-        ytd = f"{self.closed}-YTD" if not self.closed.endswith("-YTD") else self.closed
+        tree = self.cube.decomposition[self.cube.decomposition["owner_id"] == self.owner_id]
+        if not tree.empty:
+            parts.append(self._tree_headline(tree))
+            parts.append(self._figure("drivers", charts.driver_tree(tree, self.currency)) + self._tree_table(tree))
         teams: list[tuple[str, object]] = [(str(o), n) for o, n in zip(self.reports["owner_id"], self.reports["name"],
                                                                         strict=True)] or [(self.owner_id, self.name)]
-        df = team_year(self.cube.owners, {o: self.kpi("bookings", owner_id=o) for o, _ in teams}, teams)
-        parts.append(f"<h4>The year {esc(self.closed)} by team: productivity per sales executive</h4>")
-        parts.append(str(markup.table_html(
-            df, {"name": "Team", "reps": "Sales executives", "bookings": "Bookings", "attainment": "Attainment",
-                 "per_rep": "Bookings per executive"},
-            {"bookings": lambda v: markup.fmt_value(v, "currency", self.currency),
-             "attainment": lambda v: markup.fmt_value(v, "pct", ""),
-             "per_rep": lambda v: markup.fmt_value(v, "currency", self.currency)})))
+        nxt = {o: float(r["target"]) for o, _ in teams
+               if (r := self.kpi("bookings_to_date_q", self.forward, owner_id=o)) is not None and pd.notna(r["target"])}
+        df = team_year(self.cube.owners, {o: self.kpi("bookings", owner_id=o) for o, _ in teams}, teams,
+                       nxt or None)
+        money = partial(markup.fmt_value, unit="currency", currency=self.currency)
+        pct = partial(markup.fmt_value, unit="pct", currency="")
+        cols = {"name": "Team" if not self.reports.empty else "Sales executive", "reps": "Sales executives",
+                "bookings": f"Bookings {self.closed}", "attainment": "Attainment", "per_rep": "Per executive"}
+        if nxt:
+            cols |= {"target_next": f"Target {self.forward}", "share_next": "Share of target",
+                     "growth": "Growth", "per_rep_next": "Target per executive"}
+        parts.append(f"<h4>{esc(self.closed)} by team and the {esc(self.forward)} target split: bookings per sales "
+                     "executive</h4>")
+        fmts: dict[str, Callable[[Any], str]] = {
+            "bookings": money, "attainment": pct, "per_rep": money, "target_next": money, "share_next": pct,
+            "per_rep_next": money, "growth": lambda v: f"{v:+.0f} %".replace("-", "−")}
+        parts.append(str(markup.table_html(df[list(cols)], cols, {c: f for c, f in fmts.items() if c in cols})))
+        if not nxt:
+            parts.append(f'<p class="spm-muted">No {esc(self.forward)} bookings target in the targets table yet: '
+                         "next year's split shows once it is loaded.</p>")
         cos = self.kpi("cost_of_sales_pct")
         if cos is not None and pd.notna(cos["value"]):
-            parts.append(f"<p>Cost of sales: {esc(markup.fmt_value(cos['value'], 'pct', ''))} of bookings "
-                         f"({esc(ytd)} budget discussion).</p>")
+            parts.append(f"<p>Cost of sales: {esc(markup.fmt_value(cos['value'], 'pct', ''))} of bookings in "
+                         f"{esc(self.closed)} (the budget discussion).</p>")
         return Html("".join(parts))
+
+    def _tree_headline(self, tree: pd.DataFrame) -> str:
+        """What next year's target asks, in one paragraph, from the driver tree's nodes (empty without a target)."""
+        node = tree.set_index("node")
+        required, actual = node["required"].to_dict(), node["actual"].to_dict()
+        target = required.get("bookings_target", math.nan)
+        if pd.isna(target):
+            return ""
+        money = partial(markup.fmt_value, unit="currency", currency=self.currency)
+        count = partial(markup.fmt_value, unit="count", currency="")
+        said = [f"{esc(self.forward)} asks for {esc(money(target))} of bookings"]
+        done = self.value("bookings")
+        if math.isfinite(done) and done > 0:
+            growth = f"{(target / done - 1) * 100:+.0f} %".replace("-", "−")
+            said[0] += f", {growth} on {esc(self.closed)} ({esc(money(done))})"
+        for key, what in (("deals_per_month", "deals won"), ("opps_per_month", "new opportunities")):
+            if pd.notna(required.get(key, math.nan)):
+                now = actual.get(key, math.nan)
+                since = f" against {esc(count(now))} over the last twelve months" if pd.notna(now) else ""
+                said.append(f"{esc(count(required[key]))} {what} a month{since}")
+        return f"<p>{'; '.join(said)}.</p>"
