@@ -178,7 +178,7 @@ def _write_xlsx(cfg: Config, tables: dict[str, pd.DataFrame], output: str) -> No
     from spm_lib.util.spreadsheet import to_safe_xlsx
 
     links = {"opportunity_id": partial(fill_deal_url, cfg.crm.deal_url)} if cfg.crm.deal_url else None
-    sheets = to_safe_xlsx(tables, output, links)
+    sheets = to_safe_xlsx(tables, output, links, {"attainment": "0%"})  # attainment is a ratio: 1.24 shows 124%
     rows = ", ".join(f"{name} {len(df)}" for name, df in zip(sheets, tables.values(), strict=True))
     click.echo(f"{len(sheets)} sheets written to {output} (rows: {rows})", err=True)
 

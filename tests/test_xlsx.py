@@ -40,7 +40,8 @@ def test_a_workbook_keeps_numbers_dates_and_formula_like_text_as_text(tmp_path: 
         "stage": pd.array(["@SUM(A1)", "Won", pd.NA], dtype="string")})
     path = tmp_path / "t.xlsx"
     sheets = to_safe_xlsx({"Deals": df, "Empty: [none]": df.iloc[0:0]}, path,
-                          links={"opportunity_id": lambda v: f"https://crm.example.com/opp/{v}"})
+                          links={"opportunity_id": lambda v: f"https://crm.example.com/opp/{v}"},
+                          number_formats={"amount": "#,##0.00"})
     assert sheets == ["Deals", "Empty   none"]  # ':', '[' and ']' are not allowed in a sheet's name
     wb = load_workbook(path)
     ws = wb["Deals"]
@@ -55,7 +56,7 @@ def test_a_workbook_keeps_numbers_dates_and_formula_like_text_as_text(tmp_path: 
     with zipfile.ZipFile(path) as z:
         xml = z.read("xl/worksheets/sheet1.xml").decode()
     assert "<f>" not in xml and f"<t>{EVIL}</t>" in xml  # stored as text, never as a formula
-    assert ws["D2"].number_format == "yyyy-mm-dd"
+    assert ws["D2"].number_format == "yyyy-mm-dd" and ws["C2"].number_format == "#,##0.00"
     assert all(c.font.b for c in ws[1]) and ws.freeze_panes == "A2" and ws.auto_filter.ref == "A1:E4"
     # widths: the longest text (the 29-character formula) + 2; the header when it is longer
     assert ws.column_dimensions["B"].width == len(EVIL) + 2 and ws.column_dimensions["A"].width == 16
@@ -153,6 +154,8 @@ def test_spm_kpis_xlsx_for_an_owner(small_project: Path, tmp_path: Path) -> None
         assert name.value == EVIL and name.data_type == "s" and name.quotePrefix, sheet
         assert row[head.index("opportunity_id")].hyperlink.target == f"https://crm.example.com/opp/{oid}"
     team = [r[0] for r in _rows(wb["Direct reports"])[1:]]
+    head = _rows(wb["Direct reports"])[0]
+    assert wb["Direct reports"].cell(2, head.index("attainment") + 1).number_format == "0%"  # 1.24 shows 124%
     with duckdb.connect(str(project / "data" / "demo.duckdb"), read_only=True) as con:
         reports = {r[0] for r in con.execute("SELECT owner_id FROM owners WHERE manager_id = ?", [manager]).fetchall()}
     assert set(team) == reports

@@ -73,9 +73,10 @@ def _sheet_titles(names: list[str]) -> list[str]:
     return titles
 
 
-def _finish_sheet(ws: Any, df: pd.DataFrame, links: Mapping[str, Callable[[Any], str]]) -> None:
-    """Bold frozen header with a filter, fitted widths, dates as dates, links on the `links` columns, and
-    formula-like text kept as text."""
+def _finish_sheet(ws: Any, df: pd.DataFrame, links: Mapping[str, Callable[[Any], str]],
+                  number_formats: Mapping[str, str]) -> None:
+    """Bold frozen header with a filter, fitted widths, dates as dates, `number_formats` and `links` on their
+    columns, and formula-like text kept as text."""
     from openpyxl.styles import Font  # here: openpyxl takes ~0.7 s to import; only the xlsx export needs it
     from openpyxl.utils import get_column_letter
 
@@ -87,10 +88,12 @@ def _finish_sheet(ws: Any, df: pd.DataFrame, links: Mapping[str, Callable[[Any],
         shown = [len(str(column))] + [len(str(v)) for v in values.head(500) if not pd.isna(v)]
         ws.column_dimensions[get_column_letter(i)].width = min(WIDTH_MAX, max(shown) + 2)
         cells = [row[0] for row in ws.iter_rows(min_row=2, min_col=i, max_col=i)]
+        shape = number_formats.get(str(column))
         if pd.api.types.is_datetime64_any_dtype(values):
             timed = bool((values.dropna() != values.dropna().dt.normalize()).any())
-            for cell in cells:
-                cell.number_format = "yyyy-mm-dd hh:mm" if timed else "yyyy-mm-dd"
+            shape = "yyyy-mm-dd hh:mm" if timed else "yyyy-mm-dd"
+        for cell in cells if shape else ():
+            cell.number_format = shape
         link = links.get(str(column))
         if link is not None:
             for cell, value in zip(cells, values, strict=True):
@@ -108,14 +111,16 @@ def _finish_sheet(ws: Any, df: pd.DataFrame, links: Mapping[str, Callable[[Any],
 
 
 def to_safe_xlsx(sheets: Mapping[str, pd.DataFrame], path: str | Path,
-                 links: Mapping[str, Callable[[Any], str]] | None = None) -> list[str]:
+                 links: Mapping[str, Callable[[Any], str]] | None = None,
+                 number_formats: Mapping[str, str] | None = None) -> list[str]:
     """Write each frame as one sheet of an XLSX workbook at `path` (openpyxl through pandas): bold header row frozen
     on top with a filter, column widths fitted to the text, dates as YYYY-MM-DD, no text cell run as a formula; the
-    cells of a column named in `links` link to `links[column](value)`. Returns the sheet names written."""
+    cells of a column named in `links` link to `links[column](value)`, those of a column named in `number_formats`
+    take its Excel number format (e.g. attainment: "0%"). Returns the sheet names written."""
     titles = _sheet_titles(list(sheets))
     with pd.ExcelWriter(path, engine="openpyxl") as writer:
         for title, df in zip(titles, sheets.values(), strict=True):
             ready = _excel_ready(df)
             ready.to_excel(writer, sheet_name=title, index=False)
-            _finish_sheet(writer.sheets[title], ready, links or {})
+            _finish_sheet(writer.sheets[title], ready, links or {}, number_formats or {})
     return titles
