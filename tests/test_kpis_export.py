@@ -38,10 +38,10 @@ def test_leads_by_channel_for_every_month_as_parquet_equal_sql_over_the_source(s
         top = con.execute("SELECT owner_id FROM owners WHERE manager_id IS NULL").fetchone()[0]
         expected = con.execute("""
             SELECT strftime(created_date, '%Y-%m') AS period, channel AS dim_value, count(*) AS value FROM leads
-            WHERE created_date BETWEEN DATE '2025-11-01' AND DATE '2026-10-31' GROUP BY ALL""").df()
+            WHERE created_date BETWEEN DATE '2025-10-01' AND DATE '2026-10-31' GROUP BY ALL""").df()
     got = k[(k["owner_id"] == top) & (k["kpi"] == "leads") & (k["dim"] == "channel")
             & k["period"].str.match(r"^\d{4}-\d{2}$")][["period", "dim_value", "value"]]
-    assert got["period"].nunique() == 12  # every month of the trend, not only the closed one
+    assert got["period"].nunique() == 13  # every month of the trend and the same month last year, not only 2026-10
     key = ["period", "dim_value"]
     pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True),
                                   expected.sort_values(key).reset_index(drop=True), check_dtype=False)
