@@ -152,3 +152,11 @@ def test_an_annual_report_compares_with_last_year_only(tmp_path):
     assert "Compared with last year</h4>" in atl and "Last year (FY2025)" in atl
     assert "Previous (" not in atl and "Year to date (" not in atl
     assert "▲&nbsp;1,000 %" in atl  # FY2026 1,100 against FY2025's 100
+
+
+def test_weekly_last_year_is_52_weeks_back_beside_the_trend():
+    cal = FiscalCalendar.from_config(load_config(ROOT))
+    meta = comparison_meta(cal, cal.windows("weekly", date(2026, 10, 28)), None)
+    # 2026-10-28 is in ISO week 44; the 13-week trend reaches back to week 32
+    assert (meta["previous"], meta["last_year"], meta["ytd"]) == ("2026-W43", "2025-W44", "FY2026-YTD")
+    assert meta["extra"] == ["2025-W44"] and meta["first_day"] is None and meta["no_data"] == []
