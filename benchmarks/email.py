@@ -108,7 +108,7 @@ def _prepare(cfg: Any, run_dir: Path) -> dict[str, _Owner]:
 def _render_images(cfg: Any, owners: dict[str, _Owner]) -> tuple[float, float, int]:
     """Render every owner's charts with one exporter, an owner's charts in one call: (start-up s, s per image, n)."""
     from spm_lib.deliver import compose as deliver
-    from spm_lib.deliver.images import Chart, Exporter
+    from spm_lib.deliver.images import Exporter
 
     exporter = Exporter()
     t0 = time.perf_counter()
@@ -119,8 +119,7 @@ def _render_images(cfg: Any, owners: dict[str, _Owner]) -> tuple[float, float, i
         t1 = time.perf_counter()
         for o in owners.values():
             token = deliver.message_token(o.rpt, o.rpt.owner_id)
-            drawn = exporter.pngs([Chart(f, deliver.CHART_WIDTH, deliver.figure_height(f), deliver.CHART_SCALE)
-                                   for f in o.figs.values()])
+            drawn = exporter.pngs([deliver.email_chart(f) for f in o.figs.values()])
             for (key, fig), png in zip(o.figs.items(), drawn, strict=True):
                 if not isinstance(png, bytes):
                     raise png
@@ -140,7 +139,7 @@ def _message(cfg: Any, o: _Owner, to: Any) -> bytes:
     from spm_lib.deliver import compose as deliver
 
     facts = deliver.read_facts(o.rpt)
-    digest = deliver.email_digest(o.rpt, facts, "", o.report, o.figs)
+    digest = deliver.email_digest(o.rpt, facts, o.report, o.figs)
     msg = deliver.build_message(cfg, o.rpt, to=to, link_url=deliver.live_link(cfg, o.rpt, BENCH_SECRET),
                                 images=o.images, attachment_html=o.report, alts=o.alts, digest=digest, facts=facts)
     return deliver.message_bytes(msg)

@@ -419,16 +419,16 @@ def test_the_wire_bytes_are_what_the_email_package_writes(project: Path, tmp_pat
 
     folder = run_dir(project)
     cfg = make_cfg(project, tmp_path)
-    with compose.project_env(project):
-        rpt = load("rep-001", "monthly", run_dir=folder)
     report = (folder / "rep/rep-001.html").read_bytes()
     saved = json.loads((folder / "rep/rep-001.email.json").read_text())  # written by `spm run`
     assert list(saved) == [k for k in EMAIL_CHARTS if k in saved] and len(saved) >= 2
     with Exporter() as ex:
         image = ex.png(saved["attainment"], 600, 300, scale=2)
     assert png_size(image) == (1200, 600)
-    msg = compose.build_message(cfg, rpt, to="alice.jansen@acme-demo.example", link_url=None,
-                                images={"attainment.x@acme-demo.example": image}, attachment_html=report)
+    with compose.project_env(project):  # the report reads its project's config (findings, CRM links)
+        rpt = load("rep-001", "monthly", run_dir=folder)
+        msg = compose.build_message(cfg, rpt, to="alice.jansen@acme-demo.example", link_url=None,
+                                    images={"attainment.x@acme-demo.example": image}, attachment_html=report)
     raw = compose.message_bytes(msg)
     assert raw == msg.as_bytes()  # the fast writer changes nothing
     back = email.message_from_bytes(raw, policy=policy.default)

@@ -1,14 +1,16 @@
-"""`spm send`: email each owner their report of a run: the headline in the body, the key charts inline, the full report
-attached, a signed link to the live report.
+"""`spm send`: email each owner their report of a run: the report's first screen in the body (spm_lib.deliver.body:
+at a glance, trust and the first deals to fix, the above-the-line KPIs, the open actions), the key charts inline, the
+full report attached, a signed link to the live report.
 
-The body reads right in any mail client: no JavaScript, no remote content, inline styles only, the charts as PNG
-parts referenced by cid, drawn by one browser for the whole send from the plotly JSON `spm run` saved beside each
-report. Each owner's email is built, planned in the send ledger, handed to the SMTP server and marked sent, one
-after another under the run folder's lock (the next email is built while the server takes the current one), so a
-send that stops half-way resumes where it stopped and never mails anyone twice. Names and addresses come from the
-CRM and are untrusted: control characters are stripped from every header value and an invalid address fails that
-owner with a message saying what to fix. Secrets (the SMTP password, the link-signing key) come from the
-environment and never reach a log, an .eml or the ledger. SMTP itself is in `spm_lib.deliver.smtp`.
+The body reads right in any mail client and on a phone: no JavaScript, no remote content, inline styles only, the
+charts as PNG parts referenced by cid (with alt text), drawn at the width a phone shows them by one browser for the
+whole send from the plotly JSON `spm run` saved beside each report. Each owner's email is built, planned in the
+send ledger, handed to the SMTP server and marked sent, one after another under the run folder's lock (the next
+email is built while the server takes the current one), so a send that stops half-way resumes where it stopped and
+never mails anyone twice. Names and addresses come from the CRM and are untrusted: control characters are stripped
+from every header value and an invalid address fails that owner with a message saying what to fix. Secrets (the
+SMTP password, the link-signing key) come from the environment and never reach a log, an .eml or the ledger. SMTP
+itself is in `spm_lib.deliver.smtp`.
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pandas as pd
-from markupsafe import escape
 from tqdm import tqdm
 
 from spm_lib.batch.runner import plan
 from spm_lib.config import Config
-from spm_lib.deliver.images import Chart, Exporter, ImageError, png_size
+from spm_lib.deliver.body import CHART_WIDTH, Facts, html_body, plain_text, read_facts
+from spm_lib.deliver.body import format_value as format_value  # alerts format values as the email does
+from spm_lib.deliver.images import Chart, Exporter, ImageError, with_min_font
 from spm_lib.deliver.smtp import DeliveryError, Pace, SendFailed, SmtpSender, message_bytes
 from spm_lib.domain import links
 from spm_lib.engine.cube import read_cube_meta
@@ -47,7 +50,7 @@ from spm_lib.errors import RunError
 from spm_lib.report import markup
 from spm_lib.report.core import Report, load
 from spm_lib.report.figures import EMAIL_CHARTS, figures_json, figures_path
-from spm_lib.report.markup import LEVEL_TITLES, STATUS_COLOURS, STATUS_WORDS
+from spm_lib.report.markup import SESSION_WORDS
 from spm_lib.state import ledger
 from spm_lib.store.runfolder import has_cube, has_manifest, locked, read_manifest, safe_name
 from spm_lib.util.atomic import write_atomic
@@ -56,14 +59,11 @@ log = logging.getLogger("spm.send")
 T = TypeVar("T")
 R = TypeVar("R")
 
-CHART_WIDTH = 600  # layout pixels: the body is 640 px wide
-CHART_SCALE = 2  # sharp on high-density screens
-OFFENDERS_SHOWN = 5
+CHART_SCALE = 3  # sharp on a phone's 3× screen (the chart is drawn at CHART_WIDTH, the width a phone shows it)
+CHART_MIN_FONT = 12  # layout px: ≥ 11 px on screen down to a 360 px phone (12 × 328 / 358)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _ADDR = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
-_FONT = "font-family:Arial,Helvetica,sans-serif;"
-_TD = "padding:6px 8px;border-bottom:1px solid #e5e5e5;"
 
 
 # ---------------------------------------------------------------- headers and addresses
@@ -104,198 +104,18 @@ def _domain(cfg: Config) -> str:
 
 
 # ---------------------------------------------------------------- what the email says
-def format_value(value: object, unit: object, currency: str) -> str:
-    """`value` as an email shows it, in `unit` (an unknown unit reads as a count) and `currency`."""
-    return markup.fmt_value(value, unit if isinstance(unit, str) and unit in markup.UNITS else "count", currency)
-
-
-def _attainment(value: Any) -> str:
-    return markup.fmt_value(float(value) * 100 if not markup.is_missing(value) else value, "pct")
-
-
 def headline(rpt: Report) -> str:
-    """The subject's headline: bookings against target, and 'fix the data first' when a trust check fails."""
+    """The subject's headline: the session's status word, bookings against target, and 'fix the data first' when
+    a trust check fails."""
     att = rpt.value("quota_attainment")
     words = f"bookings at {att:.0f} % of target" if att == att else "no bookings target for the period"
+    words = f"{SESSION_WORDS.get(rpt.session_status(), '')}: {words}"
     return f"{words} · fix the data first" if rpt.trust_status() == "fail" else words
 
 
 def subject(rpt: Report) -> str:
     """The email's subject line: owner, cadence, period and headline."""
     return clean_header(f"{rpt.name} · {rpt.cadence} report {rpt.closed}: {headline(rpt)}")
-
-
-def _offenders(rpt: Report) -> pd.DataFrame:
-    """The largest offending deals of the owner's scope, one row per deal, at most OFFENDERS_SHOWN."""
-    off = rpt.offenders(statuses=("fail",))
-    if off.empty:
-        return off
-    shown = off["opportunity_id"].drop_duplicates().head(OFFENDERS_SHOWN)  # rows come largest deal first
-    off = off[off["opportunity_id"].isin(set(shown))]
-    first = off.groupby("opportunity_id", sort=False).first().reset_index()
-    first["detail"] = off.groupby("opportunity_id", sort=False)["detail"].agg(
-        lambda s: "; ".join(dict.fromkeys(map(str, s)))).to_numpy()
-    names = rpt.cube.owners.set_index("owner_id")["name"]
-    first["owner"] = first["owner_id"].map(names).fillna(first["owner_id"])
-    return first.head(OFFENDERS_SHOWN)
-
-
-def _failing_checks(rpt: Report) -> list[str]:
-    t = rpt.cube.trust
-    return t.loc[(t["owner_id"] == rpt.owner_id) & (t["status"] == "fail"), "label"].astype(str).tolist()
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What an owner's email says, read once from the report: trust status, failing checks and deals, KPI rows."""
-
-    trust: str
-    failing: list[str]
-    offenders: pd.DataFrame
-    kpis: pd.DataFrame
-    currency: str
-
-
-def read_facts(rpt: Report) -> Facts:
-    """The facts of an owner's email, from their report."""
-    status = rpt.trust_status()
-    failing = status == "fail"
-    return Facts(status, _failing_checks(rpt) if failing else [], _offenders(rpt) if failing else pd.DataFrame(),
-                 rpt.kpi_rows(rpt.above_the_line_ids()), rpt.currency)
-
-
-def _e(text: object) -> str:
-    return str(escape("" if text is None else str(text)))
-
-
-def _trust_html(f: Facts) -> str:
-    status = f.trust
-    if status == "pass":
-        return (f'<p style="{_FONT}margin:12px 0;padding:10px 12px;background:#e8f5e9;border-left:4px solid '
-                f'{STATUS_COLOURS["green"]};">The numbers can be trusted: every trust check passes.</p>')
-    if status == "warn":
-        return (f'<p style="{_FONT}margin:12px 0;padding:10px 12px;background:#fff8e1;border-left:4px solid '
-                f'{STATUS_COLOURS["amber"]};"><b>Check the data:</b> some trust checks warn; the deals are listed '
-                "in the attached report.</p>")
-    off = f.offenders
-    rows = "".join(
-        f'<tr><td style="{_TD}">{_e(r.name)}<br><span style="color:#6b6b6b;">{_e(r.opportunity_id)} · '
-        f'{_e(r.owner)}</span></td><td style="{_TD}text-align:right;white-space:nowrap;">'
-        f'{_e(format_value(r.amount, "currency", f.currency))}</td><td style="{_TD}">{_e(r.detail)}</td></tr>'
-        for r in off.itertuples())
-    table = (f'<table role="presentation" cellpadding="0" cellspacing="0" style="{_FONT}font-size:13px;'
-             f'border-collapse:collapse;width:100%;margin-top:8px;background:#ffffff;"><tr>'
-             f'<th align="left" style="{_TD}">Deal</th><th align="right" style="{_TD}">Amount</th>'
-             f'<th align="left" style="{_TD}">What is wrong</th></tr>{rows}</table>') if rows else ""
-    return (f'<div style="{_FONT}margin:12px 0;padding:10px 12px;background:#fdecea;border-left:4px solid '
-            f'{STATUS_COLOURS["red"]};"><p style="margin:0 0 4px 0;font-size:16px;"><b>Fix the data first</b></p>'
-            f'<p style="margin:0;">These checks fail: {_e(", ".join(f.failing))}. Correct these deals '
-            f"in the CRM before deciding anything else"
-            f"{f' (the {len(off)} largest shown)' if len(off) else ''}.</p>{table}</div>")
-
-
-def _kpi_html(f: Facts) -> str:
-    body = []
-    for r in f.kpis.itertuples():
-        colour = STATUS_COLOURS.get(str(r.status), STATUS_COLOURS["none"])
-        value = format_value(r.value, r.unit, f.currency) if not markup.is_missing(r.value) else (r.na_reason or "—")
-        body.append(
-            f'<tr><td style="{_TD}">{_e(r.label)}</td>'
-            f'<td style="{_TD}text-align:right;white-space:nowrap;"><b>{_e(value)}</b></td>'
-            f'<td style="{_TD}text-align:right;white-space:nowrap;">'
-            f'{_e(format_value(r.target, r.unit, f.currency))}</td>'
-            f'<td style="{_TD}text-align:right;white-space:nowrap;">{_e(_attainment(r.attainment))}</td>'
-            f'<td style="{_TD}"><span style="display:inline-block;padding:2px 8px;border-radius:10px;'
-            f'background:{colour};color:#ffffff;font-size:12px;white-space:nowrap;">'
-            f'{_e(STATUS_WORDS.get(str(r.status), str(r.status)))}</span></td></tr>')
-    head = "".join(f'<th align="{a}" style="{_TD}color:#6b6b6b;font-weight:normal;">{t}</th>'
-                   for t, a in (("KPI", "left"), ("Value", "right"), ("Target", "right"), ("Attainment", "right"),
-                                ("Status", "left")))
-    return (f'<table role="presentation" cellpadding="0" cellspacing="0" style="{_FONT}font-size:14px;'
-            f'border-collapse:collapse;width:100%;"><tr>{head}</tr>{"".join(body)}</table>')
-
-
-def _kpi_text(f: Facts) -> str:
-    return "\n".join(
-        f"- {str(r.label)}: "
-        f"{format_value(r.value, r.unit, f.currency) if not markup.is_missing(r.value) else str(r.na_reason or '—')}"
-        f" (target {format_value(r.target, r.unit, f.currency)}, attainment {_attainment(r.attainment)}, "
-        f"{STATUS_WORDS.get(str(r.status), str(r.status))})" for r in f.kpis.itertuples())
-
-
-def _trust_text(f: Facts) -> str:
-    status = f.trust
-    if status == "pass":
-        return "The numbers can be trusted: every trust check passes."
-    if status == "warn":
-        return "Check the data: some trust checks warn; the deals are listed in the attached report."
-    lines = [f"FIX THE DATA FIRST. These checks fail: {', '.join(f.failing)}.",
-             "Correct these deals in the CRM before deciding anything else:"]
-    lines += [f"- {r.name} ({r.opportunity_id}, {r.owner}), "
-              f"{format_value(r.amount, 'currency', f.currency)}: {r.detail}" for r in f.offenders.itertuples()]
-    return "\n".join(lines)
-
-
-def _html_to_text(fragment: str) -> str:
-    """Readable plain text of a small HTML fragment (rows and list items on their own lines)."""
-    text = re.sub(r"(?i)<\s*(br|/tr|/li|/p|/h\d)\s*/?>", "\n", fragment)
-    text = re.sub(r"(?i)<\s*li[^>]*>", "- ", text)
-    text = re.sub(r"(?i)</t[dh]>", " ", text)
-    text = _html.unescape(re.sub(r"<[^>]+>", "", text))
-    return "\n".join(ln.strip() for ln in text.splitlines() if ln.strip())
-
-
-def plain_text(rpt: Report, *, link_url: str | None, actions_html: str = "", attached: bool = True,
-               facts: Facts | None = None) -> str:
-    """The plain-text alternative of the email."""
-    f = facts or read_facts(rpt)
-    parts = [f"{clean_header(rpt.name)} · {rpt.cadence} report",
-             f"Closed period {rpt.closed} · forward look {rpt.forward} · as of {rpt.as_of}", "",
-             _trust_text(f), "", "Above the line", _kpi_text(f), ""]
-    if actions_html:
-        parts += ["Open actions", _html_to_text(actions_html), ""]
-    if link_url:
-        parts += [f"Your live report: {link_url}", ""]
-    if attached:
-        parts.append("The full interactive report is attached: open it in a web browser.")
-    return "\n".join(parts) + "\n"
-
-
-def html_body(rpt: Report, *, link_url: str | None, images: Mapping[str, bytes], actions_html: str = "",
-              alts: Mapping[str, str] | None = None, attached: bool = True, facts: Facts | None = None) -> str:
-    """The HTML body: inline styles only, charts as cid: images, no script and no remote content."""
-    f = facts or read_facts(rpt)
-    charts = []
-    for cid, png in images.items():
-        w, h = png_size(png)
-        alt = (alts or {}).get(cid) or "Chart"
-        charts.append(f'<tr><td style="padding:8px 0;"><img src="cid:{_e(cid)}" alt="{_e(alt)}" '
-                      f'width="{CHART_WIDTH}" height="{round(h * CHART_WIDTH / w)}" '
-                      f'style="display:block;width:100%;max-width:{CHART_WIDTH}px;height:auto;border:0;"></td></tr>')
-    link = (f'<p style="{_FONT}margin:20px 0;"><a href="{_e(link_url)}" style="display:inline-block;'
-            f'padding:10px 18px;background:#4c78a8;color:#ffffff;text-decoration:none;border-radius:4px;">'
-            f'Open your live report</a></p>') if link_url else ""
-    actions = (f'<h2 style="{_FONT}font-size:16px;margin:20px 0 6px 0;">Open actions</h2>'
-               f'<div style="{_FONT}font-size:14px;">{actions_html}</div>') if actions_html else ""
-    foot = ("The full interactive report is attached: open it in a web browser." if attached else "")
-    return (
-        '<!DOCTYPE html><html><head><meta charset="utf-8"><meta name="viewport" '
-        'content="width=device-width,initial-scale=1"><title>' + _e(subject(rpt)) + "</title></head>"
-        '<body style="margin:0;padding:0;background:#f4f4f4;">'
-        '<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="background:#f4f4f4;">'
-        '<tr><td align="center" style="padding:16px 8px;">'
-        '<table role="presentation" width="640" cellpadding="0" cellspacing="0" style="max-width:640px;width:100%;'
-        'background:#ffffff;"><tr><td style="padding:20px 20px 8px 20px;color:#2b2b2b;">'
-        f'<h1 style="{_FONT}font-size:22px;margin:0 0 4px 0;">{_e(rpt.name)}</h1>'
-        f'<p style="{_FONT}font-size:13px;color:#6b6b6b;margin:0;">{_e(LEVEL_TITLES.get(rpt.level, rpt.level))} · '
-        f"{_e(rpt.cadence)} report · closed period <b>{_e(rpt.closed)}</b> · forward look "
-        f"<b>{_e(rpt.forward)}</b> · as of {_e(rpt.as_of)}</p>"
-        f"{_trust_html(f)}"
-        f'<h2 style="{_FONT}font-size:16px;margin:20px 0 6px 0;">Above the line</h2>{_kpi_html(f)}'
-        f'<table role="presentation" width="100%" cellpadding="0" cellspacing="0">{"".join(charts)}</table>'
-        f"{actions}{link}"
-        f'<p style="{_FONT}font-size:12px;color:#6b6b6b;margin:16px 0;">{foot}</p>'
-        "</td></tr></table></td></tr></table></body></html>")
 
 
 def content_hash(text: str, attachment: str | bytes | None, parts: Sequence[bytes]) -> str:
@@ -311,10 +131,9 @@ def _as_bytes(data: str | bytes | None) -> bytes:
     return b"" if data is None else data.encode("utf-8") if isinstance(data, str) else bytes(data)
 
 
-def email_digest(rpt: Report, facts: Facts, actions_html: str, report: bytes | None,
-                 figs: Mapping[str, dict[str, Any]]) -> str:
+def email_digest(rpt: Report, facts: Facts, report: bytes | None, figs: Mapping[str, dict[str, Any]]) -> str:
     """The content hash of an owner's email: what it says, the report it attaches, the charts it shows."""
-    text = plain_text(rpt, link_url=None, actions_html=actions_html, attached=report is not None, facts=facts)
+    text = plain_text(rpt, facts, link_url=None, attached=report is not None)
     return content_hash(text, report, [_canonical(f) for f in figs.values()])
 
 
@@ -344,20 +163,19 @@ def _encoded_part(data: bytes, content_type: str, *, disposition: str, filename:
 
 def build_message(cfg: Config, rpt: Report, *, to: Address | str | Sequence[Address | str],
                   cc: Sequence[Address | str] = (), link_url: str | None, images: Mapping[str, bytes],
-                  attachment_html: str | bytes | None, actions_html: str = "",
-                  alts: Mapping[str, str] | None = None, digest: str | None = None,
-                  facts: Facts | None = None) -> EmailMessage:
+                  attachment_html: str | bytes | None, alts: Mapping[str, str] | None = None,
+                  digest: str | None = None, facts: Facts | None = None) -> EmailMessage:
     """One owner's email: subject, HTML body with inline charts (cid → PNG), plain-text alternative, report attached."""
     to_list = _as_addresses(to, f"owner {rpt.owner_id!r}")
     if not to_list:
         raise DeliveryError(f"owner {rpt.owner_id!r}: no recipient")
     cc_list = _as_addresses(list(cc), f"owner {rpt.owner_id!r} (cc)")
     attach = attachment_html if cfg.delivery.attach_report else None
-    f = facts or read_facts(rpt)
-    text = plain_text(rpt, link_url=link_url, actions_html=actions_html, attached=attach is not None, facts=f)
+    f = facts or read_facts(rpt, cfg)
+    text = plain_text(rpt, f, link_url=link_url, attached=attach is not None)
     if digest is None:
-        digest = content_hash(plain_text(rpt, link_url=None, actions_html=actions_html, attached=attach is not None,
-                                         facts=f), attach, list(images.values()))
+        digest = content_hash(plain_text(rpt, f, link_url=None, attached=attach is not None), attach,
+                              list(images.values()))
     token = message_token(rpt, digest)
     msg = EmailMessage(policy=policy.SMTP)
     msg["Subject"] = subject(rpt)
@@ -370,8 +188,8 @@ def build_message(cfg: Config, rpt: Report, *, to: Address | str | Sequence[Addr
     msg["X-SPM-Run"] = clean_header(f"{rpt.cadence}/{rpt.as_of}")
     msg["X-SPM-Content-Hash"] = digest
     msg.set_content(text)
-    msg.add_alternative(html_body(rpt, link_url=link_url, images=images, actions_html=actions_html, alts=alts,
-                                  attached=attach is not None, facts=f), subtype="html")
+    msg.add_alternative(html_body(rpt, f, title=subject(rpt), link_url=link_url, images=images, alts=alts,
+                                  attached=attach is not None), subtype="html")
     body = msg.get_payload()[1]  # type: ignore[index] # multipart: a list of parts (typeshed: also str)
     assert isinstance(body, EmailMessage)
     if images:
@@ -416,6 +234,11 @@ def figure_height(fig: dict[str, Any]) -> int:
     """The layout height of a plotly figure (300 px when it sets none)."""
     h = fig.get("layout", {}).get("height")
     return int(h) if h else 300
+
+
+def email_chart(fig: dict[str, Any]) -> Chart:
+    """An email chart as drawn: at the width a phone shows it, its text at least CHART_MIN_FONT px."""
+    return Chart(with_min_font(fig, CHART_MIN_FONT), CHART_WIDTH, figure_height(fig), CHART_SCALE)
 
 
 # ---------------------------------------------------------------- sending a run
@@ -478,20 +301,6 @@ def _send_log(run_dir: Path) -> Iterator[None]:
         log.removeHandler(handler)
         log.setLevel(level)
         handler.close()
-
-
-def _actions_html(cfg: Config, rpt: Report) -> str:
-    """The owner's open actions as a small inline-styled list ('' when there are none)."""
-    try:
-        from spm_lib.state import actions  # optional: needs SQLAlchemy, which a send without actions can lack
-    except ImportError:
-        return ""
-    df = actions.for_report(cfg, rpt.owner_id, rpt.cadence, rpt.as_of)
-    df = df[df["status"] == "open"]
-    late = f' <b style="color:{STATUS_COLOURS["red"]};">overdue</b>'
-    items = [f'<li style="margin:2px 0;">{_e(r.text)} — due {_e(str(r.due_date)[:10])}'
-             f'{late if bool(r.overdue) else ""}</li>' for r in df.itertuples()]
-    return f'<ul style="margin:0;padding-left:20px;">{"".join(items)}</ul>' if items else ""
 
 
 def live_link(cfg: Config, rpt: Report, secret: str | None) -> str | None:
@@ -608,17 +417,16 @@ def _prepare(run: _Run, todo: _Todo) -> _Built | str:
     """Build one owner's email (charts drawn from the figures `spm run` saved); a str says why it is not needed."""
     cfg, oid = run.cfg, todo.job.owner_id
     rpt = load(oid, run.cadence, run_dir=run.run_dir)
-    facts = read_facts(rpt)
+    facts = read_facts(rpt, cfg)
     figs = read_figures(rpt, todo.job.html)
-    actions = _actions_html(cfg, rpt)
     report = Path(todo.job.html).read_bytes() if cfg.delivery.attach_report else None
-    digest = email_digest(rpt, facts, actions, report, figs)
+    digest = email_digest(rpt, facts, report, figs)
     if todo.decision == "sent-before" and run.before.get(oid, (0, ""))[1] == digest:
         return "already sent, and its report has not changed"
     to, cc = _recipients(cfg, run.owners, oid)
     token = message_token(rpt, digest)
     run.exporter.open()
-    drawn = run.exporter.pngs([Chart(f, CHART_WIDTH, figure_height(f), CHART_SCALE) for f in figs.values()])
+    drawn = run.exporter.pngs([email_chart(f) for f in figs.values()])
     images, alts = {}, {}
     for (key, fig), png in zip(figs.items(), drawn, strict=True):
         if isinstance(png, ImageError):
@@ -626,7 +434,7 @@ def _prepare(run: _Run, todo: _Todo) -> _Built | str:
         cid = chart_cid(cfg, token, key)
         images[cid], alts[cid] = png, chart_alt(fig, key)
     msg = build_message(cfg, rpt, to=to, cc=cc, link_url=live_link(cfg, rpt, run.secret), images=images,
-                        attachment_html=report, actions_html=actions, alts=alts, digest=digest, facts=facts)
+                        attachment_html=report, alts=alts, digest=digest, facts=facts)
     return _Built(message_bytes(msg), str(msg["Message-ID"]), digest, [a.addr_spec for a in [*to, *cc]])
 
 

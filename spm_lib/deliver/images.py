@@ -41,6 +41,7 @@ TABS = 2  # browser tabs drawing at once (2 cores: one draws while the other rel
 RELOAD_EVERY = 25  # a tab's page is reloaded after this many images (kaleido: after each, as long as a drawing)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+DEFAULT_FONT_PX = 12  # plotly's font size where a figure sets none
 
 
 class ImageError(SpmError):
@@ -202,6 +203,37 @@ class Exporter:
                 self._thread.join(30)
             self._loop.close()
         self._loop, self._thread = None, None
+
+
+# ---------------------------------------------------------------- text readable on a phone
+def with_min_font(fig: Any, size: float) -> dict[str, Any]:
+    """A copy of the figure (plotly Figure, dict or JSON text) with every font size below `size` raised to it (the
+    figure's base font too; text inside a bar that would need shrinking below it is left out), so text drawn at a
+    phone's width stays readable; marker and line sizes are kept."""
+    spec = _floor_fonts(_figure_dict(fig), size, in_font=False)
+    layout = spec.setdefault("layout", {})
+    base = dict(layout.get("font") or {})
+    base["size"] = max(float(base.get("size") or DEFAULT_FONT_PX), size)
+    layout["font"] = base
+    layout["uniformtext"] = {"minsize": size, "mode": "hide"}  # a bar's text that fits only smaller is left out
+    return spec
+
+
+def _floor_fonts(node: Any, size: float, *, in_font: bool) -> Any:
+    """`node` with the `size` of every font dict (a value under a key ending in 'font') raised to at least `size`."""
+    if isinstance(node, dict):
+        return {k: (_raised(v, size) if in_font and k == "size" else
+                    _floor_fonts(v, size, in_font=isinstance(k, str) and k.endswith("font")))
+                for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_floor_fonts(v, size, in_font=in_font) for v in node]
+    return node
+
+
+def _raised(value: Any, size: float) -> Any:
+    if isinstance(value, list | tuple):
+        return [_raised(v, size) for v in value]
+    return max(float(value), size) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 # ---------------------------------------------------------------- checking a PNG
