@@ -180,7 +180,7 @@ def _deal_id(f: Facts, opportunity_id: object) -> str:
 def _deals_heading(f: Facts) -> str:
     n = len(f.deals)
     return f"The {n} largest deal{'s' if n != 1 else ''} to fix" + (
-        f" (of {f.deals_total}; all in the attached report)" if f.deals_total > n else "")
+        f" (of {f.deals_total}; the others in the full report)" if f.deals_total > n else "")
 
 
 def trust_html(f: Facts) -> str:
