@@ -50,7 +50,10 @@ LOST_REACH = (0.30, 0.25, 0.20, 0.15, 0.10)             # last open stage reache
 OPPS_PER_YEAR = 180
 ACCOUNTS_PER_SELLER = 40
 HORIZON_DAYS = 180                                      # natural close dates run this far past `end`
-RATES = {"stale": 0.10, "past_close": 0.07, "early_closing": 0.05, "pushed": 0.05, "missing": 0.015}
+RATES = {"stale": 0.055, "past_close": 0.045, "early_closing": 0.05, "pushed": 0.05, "missing": 0.015}
+HYGIENE_LOGIT = (0.6, 0.8, 1.3)   # a seller's CRM hygiene: logistic of a + b x (1 - mess) + normal noise (sd c)
+FORECAST_HYGIENE = 0.7            # of an owner who sells nothing (a manager): a good forecaster
+SLOPPY_SLOPE = 8.0                # a deal's odds of a data problem: exp(-slope x its seller's hygiene)
 SQL_TYPES = {"str": "VARCHAR", "float": "DOUBLE", "int": "BIGINT", "date": "DATE", "datetime": "TIMESTAMP",
              "bool": "BOOLEAN"}
 
@@ -145,7 +148,8 @@ class _Sellers:
     win: np.ndarray
     activity: np.ndarray
     size: np.ndarray
-    mess: np.ndarray
+    mess: np.ndarray            # how often a seller's deals get pushed (and, with hygiene, go wrong)
+    hygiene: np.ndarray         # 0-1: how well a seller keeps the CRM and their forecast up to date
 
 
 def _org(rng: np.random.Generator, scale: float) -> _Org:
@@ -182,7 +186,14 @@ def _sellers(rng: np.random.Generator, org: _Org) -> _Sellers:
     activity[: len(coaches)] = 0.15
     size = np.exp(rng.normal(0, 0.25, n))
     mess = np.clip(1.7 - 2.2 * (win - 0.15) / 0.30 + rng.normal(0, 0.3, n), 0.15, None)
-    return _Sellers(owner=owner, win=win, activity=activity, size=size, mess=mess)
+    # CRM hygiene is a habit: spread widely across sellers, a little better among the stronger ones
+    hygiene = 1 / (1 + np.exp(-(HYGIENE_LOGIT[0] + HYGIENE_LOGIT[1] * (1 - mess) + rng.normal(0, HYGIENE_LOGIT[2], n))))
+    return _Sellers(owner=owner, win=win, activity=activity, size=size, mess=mess, hygiene=hygiene)
+
+
+def _sloppiness(s: _Sellers) -> np.ndarray:
+    """Per seller, how likely each deal of theirs is to carry a data problem: falls steeply with hygiene."""
+    return np.exp(-SLOPPY_SLOPE * s.hygiene)
 
 
 # ---------------------------------------------------------------- deals: the natural plan
@@ -328,7 +339,7 @@ def _mess(rng: np.random.Generator, p: _Plan, s: _Sellers, end_day: int) -> _Mes
     """Pick stale, forgotten, early-stage-closing-soon, serially pushed and incomplete deals so that the open
     pipeline at `end` shows each problem at about its RATES (natural cases count towards the rate)."""
     n = len(p.seller)
-    w = s.mess[p.seller]
+    w = _sloppiness(s)[p.seller]
     future = p.close_day > end_day
     n_future = int(future.sum())
     r = RATES["past_close"]
@@ -336,7 +347,7 @@ def _mess(rng: np.random.Generator, p: _Plan, s: _Sellers, end_day: int) -> _Mes
     hi = np.minimum(end_day - 62.0, p.t_close - 1)
     cutoff = p.t_created + 5 + rng.random(n) * (hi - p.t_created - 5)
     stage, shown, _ = _state_at(p, cutoff)
-    abandoned = ~p.won & ~future & (p.close_day >= end_day - 150)
+    abandoned = ~p.won & ~future & (p.close_day >= end_day - 300)
     quiet = ((future | abandoned) & (hi - p.t_created >= 10) & ((stage > 1) | (shown > end_day + 30)))
     # most quiet deals show a past close date; prefer the others so past-close deals stay near their rate
     stale = _pick(rng, quiet, w * np.where(shown < end_day, 0.2, 1.0),
@@ -346,7 +357,7 @@ def _mess(rng: np.random.Generator, p: _Plan, s: _Sellers, end_day: int) -> _Mes
     stale_past = int((stale & (shown < end_day)).sum())
     still_open = n_future + int((stale & ~future).sum())
     _, shown_at_close, _ = _state_at(p, p.t_close)
-    forgotten = _pick(rng, ~future & ~stale & (p.close_day >= end_day - 60) & (shown_at_close < end_day), w,
+    forgotten = _pick(rng, ~future & ~stale & (p.close_day >= end_day - 240) & (shown_at_close < end_day), w,
                       round((r * still_open - stale_past) / (1 - r)))
     n_open = still_open + int(forgotten.sum())
     soon = (future | stale) & (shown >= end_day) & (shown <= end_day + 30)
@@ -748,7 +759,8 @@ def _rollup(org: _Org, values: np.ndarray, uplift: np.ndarray, unit: int) -> np.
 
 def _forecasts_table(rng: np.random.Generator, org: _Org, s: _Sellers, p: _Plan, months: np.ndarray,
                      target: np.ndarray, end_year: int) -> dict[str, pa.Array]:
-    """forecasts: each owner's bookings forecast for the month, submitted on its first day at 09:00."""
+    """forecasts: each owner's bookings forecast for the month, submitted on its first day at 09:00: what they
+    will book (their commit), blurred and pulled toward their target the more, the worse their CRM hygiene."""
     n = len(org.ids)
     actual = np.zeros((n, len(months)))
     col = _month_of(p.close_day) - months[0]
@@ -757,8 +769,12 @@ def _forecasts_table(rng: np.random.Generator, org: _Org, s: _Sellers, p: _Plan,
     actual = _rollup(org, actual, np.ones_like(actual), 2)
     first_target = (months[0] - (np.datetime64(f"{end_year - 2}-01", "M").astype(np.int64)))
     tgt = target[:, first_target:first_target + len(months)]
-    bias = np.exp(rng.normal(0, 0.08, n))[:, None]
-    amount = np.round((0.7 * actual + 0.3 * tgt) * bias * np.exp(rng.normal(0, 0.12, actual.shape)), -2)
+    hygiene = np.full(n, FORECAST_HYGIENE)  # the sellers' own
+    hygiene[s.owner] = s.hygiene
+    bias = np.exp(rng.normal(0, 1, n) * (0.02 + 0.1 * (1 - hygiene)))[:, None]
+    weight = (1 - 0.3 * (1 - hygiene) ** 2)[:, None]
+    noise = np.exp(rng.normal(0, 1, actual.shape) * (0.05 + 0.35 * (1 - hygiene) ** 2)[:, None])
+    amount = np.round((weight * actual + (1 - weight) * tgt) * bias * noise, -2)
     first_day = months.astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
     rows = _grid_rows(org, _month_labels(months), amount, amount_name="amount")
     rows["submitted_at"] = _times(np.tile(first_day + 1 / 11, n))
