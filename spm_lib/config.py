@@ -281,7 +281,7 @@ class CustomKpi(Strict):
     """A company-specific KPI declared in config: a measure with filters, or a ratio of KPIs."""
 
     label: str
-    unit: Literal["currency", "count", "pct", "days", "ratio"] = "count"
+    unit: Literal["currency", "count", "pct", "days", "ratio", "score"] = "count"
     direction: Literal["higher", "lower"] = "higher"
     kind: Literal["leading", "lagging"] = "lagging"
     definition: str = ""

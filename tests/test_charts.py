@@ -218,7 +218,7 @@ def test_funnel_marks_the_weak_stage_in_colour_and_words() -> None:
     assert list(bench.x) == [60.0, 48.0, 68.0]
     notes = [a.text for a in fig.layout.annotations]
     # wrapped to fit a phone, the chart grown by the extra line
-    assert notes == ["<b>weak stage: Proposal converts at 31 % vs</b><br><b>48 % for the team</b>"]
+    assert notes == ["<b>weak stage: Proposal converts at</b><br><b>31 % vs 48 % for the team</b>"]
     assert fig.layout.margin.b == 58 + 16
     assert all(c == charts.NEUTRAL for c in charts.funnel(conversion(), None).data[0].marker.color)
 

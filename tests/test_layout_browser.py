@@ -66,19 +66,24 @@ MEASURE = """(tol) => {
 
 
 @pytest.fixture(scope="module")
-def reports(small_project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    """(level, cadence) -> the HTML report of the first owner of that level, from one `spm run` per cadence."""
+def reports(small_project: Path, tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[dict[tuple[str, str], Path], list[str]]:
+    """(level, cadence) -> the HTML report of the first owner of that level rendered, from one `spm run` per
+    cadence; and the reports that failed ('<cadence> <owner>: <error>')."""
     root = tmp_path_factory.mktemp("layout") / "p"
     shutil.copytree(small_project, root)
     cfg = load_config(root)
     out: dict[tuple[str, str], Path] = {}
+    failed = []
     for cadence, as_of in AS_OF.items():
         manifest = run(cfg, cadence, as_of, workers=2, progress=False)
-        assert manifest["failed"] == [], f"{cadence}: reports failed: {manifest['failed']}"
         for owner_id in sorted(manifest["owners"]):
             o = manifest["owners"][owner_id]
-            out.setdefault((o["level"], cadence), Path(o["html"]))
-    return out
+            if o["status"] == "ok":
+                out.setdefault((o["level"], cadence), Path(o["html"]))
+            else:
+                failed.append(f"{cadence} {owner_id}: {str(o['error'])[-300:]}")
+    return out, failed
 
 
 def problems(measured: dict[str, Any]) -> list[str]:
@@ -102,13 +107,14 @@ def problems(measured: dict[str, Any]) -> list[str]:
     return found
 
 
-def test_every_template_reads_at_desktop_and_phone_width(reports: dict[tuple[str, str], Path], browser: Browser,
-                                                         tmp_path: Path) -> None:
+def test_every_template_reads_at_desktop_and_phone_width(
+        reports: tuple[dict[tuple[str, str], Path], list[str]], browser: Browser, tmp_path: Path) -> None:
+    pages, failures = reports[0], [f"report failed: {f}" for f in reports[1]]
     templates = {tuple(p.stem.split("_")) for p in (ROOT / "templates").glob("*.ipynb")}
-    assert set(reports) == templates and len(templates) == 13
+    assert set(pages) == templates and len(templates) == 13, failures
     SHOTS.mkdir(parents=True, exist_ok=True)
-    failures, shown = [], 0
-    for (level, cadence), html in sorted(reports.items(), key=lambda kv: (kv[0][1], LEVELS.index(kv[0][0]))):
+    shown = 0
+    for (level, cadence), html in sorted(pages.items(), key=lambda kv: (kv[0][1], LEVELS.index(kv[0][0]))):
         for width in WIDTHS:
             page = browser.new_page(viewport={"width": width, "height": 900})
             page.add_init_script(OPEN_DETAILS)

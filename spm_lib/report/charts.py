@@ -37,7 +37,7 @@ MIN_HEIGHT, MAX_HEIGHT = 260, 340
 NO_DATA_HEIGHT = 160
 LEGEND_TOP = 62  # px above the plot of a chart with a legend: the title, then the legend's row
 MONTHS_AHEAD = 6  # the open pipeline by close month spans this many months from the as-of date
-NOTE_CHARS = 44  # a note under a chart is wrapped at this many characters: it fits a 390 px phone
+NOTE_CHARS = 32  # a note under a chart is wrapped at this many characters: it fits a 390 px phone
 
 DEFINITIONS = {
     "booked": "Won deals closed in the period so far.",
@@ -125,7 +125,7 @@ def _value_axis(unit: str, currency: str) -> dict[str, Any]:
 
 def _category_axis(fig: go.Figure, n: int) -> None:
     """A category x-axis of `n` categories with room left of the first: its label never meets the value axis's."""
-    fig.update_xaxes(type="category", showgrid=False, range=[-0.7, n - 0.5])
+    fig.update_xaxes(type="category", showgrid=False, range=[-0.7, n - 0.3])
 
 
 def _two_lines(label: str, longer_than: int = 8) -> str:
@@ -193,7 +193,9 @@ def _hbars(title: str, labels: list[str], x: np.ndarray, colours: list[str], tex
         fig.add_annotation(x=1, xref="paper", y=label, yref="y", text=t, xanchor="left", xshift=8, showarrow=False,
                            font={"size": 12, "color": INK})
     fig.update_yaxes(autorange="reversed", type="category", showgrid=False, ticks="", ticklabelstandoff=4)
-    fig.update_xaxes(range=[0, top * 1.04], nticks=5, **axis)  # few ticks: they fit a phone's narrow plot
+    # no tick labels: each bar's value is in the column (and the target is the dashed line); on a phone the
+    # plot is too narrow for them
+    fig.update_xaxes(range=[0, top * 1.04], **{**axis, "showticklabels": False, "title": None})
     if target_at is not None:
         _target_line(fig, target_at, "target")
     return fig
@@ -390,6 +392,7 @@ def trend(df: pd.DataFrame, label: str, unit: str, currency: str, *, definition:
     if _empty(df):
         return _no_data(title)
     periods, value, target = _labels(df["period"]), _num(df["value"]), _num(df["target"])
+    periods = [p.replace("-", "<br>", 1) if len(p) > 7 else p for p in periods]  # 'FY2025<br>Q3': fits a phone
     defs = [_wrap(definition or label)] * len(df)
     cd, tmpl = _hover([periods, [f"{_esc(label)}: {v}" for v in _fmt(value, unit, currency)], defs])
     fig = _figure(title, 280, showlegend=True)
@@ -557,6 +560,8 @@ def leads_by_channel(df: pd.DataFrame, *, definition: str = DEFINITIONS["leads_b
                              marker={"size": 11, "color": ACCENT, "symbol": "diamond"},
                              customdata=cd, hovertemplate=tmpl))
     _category_axis(fig, len(channels))
+    if len(channels) > 4:  # five channel names side by side meet on a phone: slanted, they do not
+        fig.update_xaxes(tickangle=-30)
     fig.update_layout(
         yaxis={"title": {"text": "leads"}, "range": [0, _top(leads, floor=1.0) * 1.2], "rangemode": "tozero"},
         yaxis2={"title": {"text": "conversion", "font": {"color": ACCENT}}, "overlaying": "y", "side": "right",
