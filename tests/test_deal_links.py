@@ -12,6 +12,7 @@ import pytest
 
 from spm_lib.batch.runner import plan
 from spm_lib.config import load_config
+from spm_lib.deliver.compose import html_body, plain_text, read_facts
 from spm_lib.domain.crm import check_deal_url, fill_deal_url
 from spm_lib.engine.cube import compute_cube
 from spm_lib.errors import ConfigError
@@ -175,7 +176,26 @@ def test_the_trust_csv_link_of_an_owner_id_with_dots_names_the_written_file(tmp_
     assert Path(jobs["mgr.01"].html).with_suffix(".trust.csv").name == href[0]
 
 
-# ---------------------------------------------------------------- the live page
+# ---------------------------------------------------------------- the email and the live page
+def test_the_email_links_the_deals_to_fix(cube, with_url: Path) -> None:
+    r1 = Report(cube, "R1", Path("."))
+    facts = read_facts(r1)
+    assert facts.trust == "fail" and facts.deal_url == URL
+    body = html_body(r1, facts, title="t", link_url=None, images={})
+    assert _link("https://crm.example.com/opp/o6?src=spm", "o6") in body
+    assert ".trust.csv" not in body  # the email links no local file
+    text = plain_text(r1, facts, link_url=None)
+    assert "\n  https://crm.example.com/opp/o6?src=spm\n" in text
+
+
+def test_the_email_without_deal_url_names_the_deal_as_text(cube, without_url: Path) -> None:
+    r1 = Report(cube, "R1", Path("."))
+    facts = read_facts(r1)
+    body = html_body(r1, facts, title="t", link_url=None, images={})
+    assert "o6" in body and "crm.example.com" not in body and "<a " not in body
+    assert "https://" not in plain_text(r1, facts, link_url=None)
+
+
 def test_the_live_deals_table_links_its_ids(cube, with_url: Path) -> None:
     m = Report(cube, "M", Path("."), viewer_id="M")
     html = str(deals_html(m, m.scope_facts()))
