@@ -33,7 +33,7 @@ def push_list(facts: pd.DataFrame, trust_rows: pd.DataFrame, probabilities: pd.D
     dead = dead_deals(trust_rows, soon)
     prob = probabilities.set_index("stage")["probability"]
     keep = soon[~dead]
-    keep = keep.assign(p=keep["stage"].map(prob))
+    keep = keep.assign(p=keep["stage"].map(prob).astype("float64"))  # float even when empty (text stages)
     keep = keep.assign(weighted=keep["amount"] * keep["p"])
     order = ["amount", "opportunity_id"]
     return PushList(keep.sort_values(order, ascending=[False, True], na_position="last").reset_index(drop=True),

@@ -567,7 +567,8 @@ class Report:
         open_deals = open_deals[~open_deals["is_closed"].fillna(False).astype(bool)]
         month_df = charts.close_month_span(open_deals["close_date"], open_deals["amount"], self.as_of)
         stage_fig = self._figure("pipeline-stage", charts.pipeline_by_stage(stage_df[["stage", "value", "count"]],
-                                                                            self.currency))
+                                                                            self.currency)) \
+            if len(stage_df) >= 2 else ""  # one stage: a single bar says no more than the forward-look table
         month_fig = self._figure("pipeline-month", charts.pipeline_by_close_month(month_df[["month", "value"]],
                                                                                  self.currency))
         table = markup.table_html(rows, {"label": "Forward look", "value": "Value", "definition": "Definition"},
@@ -877,8 +878,9 @@ class Report:
                                                               money(by_id.at[i, "amount"])) for i in ids[:named])
 
         t = teams.assign(shown=[largest(list(ids)) for ids in teams["largest"]],
-                         gap=[self._expected_gap(str(o)).replace(" of", "") or None if o != self.owner_id else None
-                              for o in teams["owner_id"]])
+                         gap=pd.Series([self._expected_gap(str(o)).replace(" of", "") or None
+                                        if o != self.owner_id else None for o in teams["owner_id"]],
+                                       index=teams.index, dtype=object))
         word = "Unit" if self.level == "executive" else "Team"
         table = markup.table_html(
             t[["name", "deals", "value", "weighted", "gap", "shown"]],
@@ -931,7 +933,7 @@ class Report:
             {"value": lambda v: markup.fmt_value(v, "currency", self.currency),
              "value_ttm": lambda v: markup.fmt_value(v, "currency", self.currency),
              "share": lambda v: markup.fmt_value(v, "pct", ""), "share_ttm": lambda v: markup.fmt_value(v, "pct", ""),
-             "shift": lambda v: f"{v:+.1f}".replace("-", "−")}))
+             "shift": lambda v: f"{v:+.1f}".replace("-", "−") if round(v, 1) else "0.0"}))
         if not known:
             return (f'{head}<p class="spm-muted">The trailing twelve months per {esc(title.lower())} are not in this '
                     "run (its cube predates breakdowns for every period): recompute it with spm cube --force.</p>"
@@ -942,16 +944,15 @@ class Report:
             if (r["shift"] < 0) if what == "lost most" else (r["shift"] > 0):
                 words.append(f"{esc(r['dim_value'])} {what}: {abs(r['shift']):.1f} points "
                              f"({r['share']:.0f} % of bookings against {r['share_ttm']:.0f} %)")
-        return head + (f"<p>{'; '.join(words)}.</p>" if words else "") + table
+        said = "; ".join(words)
+        return head + (f"<p>{said[:1].upper()}{said[1:]}.</p>" if words else "") + table
 
     def targets_and_structure(self) -> Html:
-        """Annual: what next year's target requires (the driver tree, up front), the year per team with next year's
-        target split and the bookings per sales executive (engine.priorities.team_year), and cost of sales."""
-        parts = []
+        """Annual: what next year's target asks, its split per team with the growth and the target per sales
+        executive, the year per team with the bookings per executive (engine.priorities.team_year), the driver tree
+        (up front, not below the line), and cost of sales."""
         tree = self.cube.decomposition[self.cube.decomposition["owner_id"] == self.owner_id]
-        if not tree.empty:
-            parts.append(self._tree_headline(tree))
-            parts.append(self._figure("drivers", charts.driver_tree(tree, self.currency)) + self._tree_table(tree))
+        parts = [self._tree_headline(tree) if not tree.empty else ""]
         teams: list[tuple[str, object]] = [(str(o), n) for o, n in zip(self.reports["owner_id"], self.reports["name"],
                                                                         strict=True)] or [(self.owner_id, self.name)]
         nxt = {o: float(r["target"]) for o, _ in teams
@@ -960,20 +961,23 @@ class Report:
                        nxt or None)
         money = partial(markup.fmt_value, unit="currency", currency=self.currency)
         pct = partial(markup.fmt_value, unit="pct", currency="")
-        cols = {"name": "Team" if not self.reports.empty else "Sales executive", "reps": "Sales executives",
-                "bookings": f"Bookings {self.closed}", "attainment": "Attainment", "per_rep": "Per executive"}
+        who = "Team" if not self.reports.empty else "Sales executive"
         if nxt:
-            cols |= {"target_next": f"Target {self.forward}", "share_next": "Share of target",
-                     "growth": "Growth", "per_rep_next": "Target per executive"}
-        parts.append(f"<h4>{esc(self.closed)} by team and the {esc(self.forward)} target split: bookings per sales "
-                     "executive</h4>")
-        fmts: dict[str, Callable[[Any], str]] = {
-            "bookings": money, "attainment": pct, "per_rep": money, "target_next": money, "share_next": pct,
-            "per_rep_next": money, "growth": lambda v: f"{v:+.0f} %".replace("-", "−")}
-        parts.append(str(markup.table_html(df[list(cols)], cols, {c: f for c, f in fmts.items() if c in cols})))
-        if not nxt:
+            parts.append(f"<h4>The {esc(self.forward)} target split</h4>" + str(markup.table_html(
+                df, {"name": who, "target_next": f"Target {self.forward}", "share_next": "Share",
+                     "growth": f"Growth on {self.closed}", "per_rep_next": "Per sales executive"},
+                {"target_next": money, "share_next": pct, "per_rep_next": money,
+                 "growth": lambda v: f"{v:+.0f} %".replace("-", "−")})))
+        else:
             parts.append(f'<p class="spm-muted">No {esc(self.forward)} bookings target in the targets table yet: '
                          "next year's split shows once it is loaded.</p>")
+        parts.append(f"<h4>{esc(self.closed)} by team: bookings per sales executive</h4>" + str(markup.table_html(
+            df, {"name": who, "reps": "Sales executives", "bookings": "Bookings", "attainment": "Attainment",
+                 "per_rep": "Per sales executive"},
+            {"bookings": money, "attainment": pct, "per_rep": money})))
+        if not tree.empty:
+            parts.append("<h4>What the target requires: the driver tree</h4>"
+                         + self._figure("drivers", charts.driver_tree(tree, self.currency)) + self._tree_table(tree))
         cos = self.kpi("cost_of_sales_pct")
         if cos is not None and pd.notna(cos["value"]):
             parts.append(f"<p>Cost of sales: {esc(markup.fmt_value(cos['value'], 'pct', ''))} of bookings in "
