@@ -885,7 +885,7 @@ class Report:
         table = markup.table_html(
             t[["name", "deals", "value", "weighted", "gap", "shown"]],
             {"name": word, "deals": "Deals to push", "value": "Value", "weighted": "Weighted",
-             "gap": f"Expected vs {self.forward} target", "shown": "Largest deals"},
+             "gap": "Expected vs target", "shown": "Largest deals"},
             {"value": money, "weighted": money, "deals": lambda v: markup.fmt_value(v, "count", "")})
         team_name = teams.set_index("owner_id")["name"]
         top = deals.head(limit)
