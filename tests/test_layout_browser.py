@@ -118,8 +118,8 @@ def test_every_template_reads_at_desktop_and_phone_width(
         for width in WIDTHS:
             page = browser.new_page(viewport={"width": width, "height": 900})
             page.add_init_script(OPEN_DETAILS)
-            page.goto(html.as_uri())
-            page.wait_for_function(ALL_DRAWN, timeout=30_000)
+            page.goto(html.as_uri(), timeout=120_000)  # a loaded machine (2 shared cores) is slow
+            page.wait_for_function(ALL_DRAWN, timeout=120_000)
             page.wait_for_timeout(200)  # responsive figures settle to the width of their (opened) blocks
             measured = page.evaluate(MEASURE, TOLERANCE_PX)
             shot = tmp_path / f"{cadence}_{level}_{width}.png"

@@ -405,6 +405,7 @@ def trend(df: pd.DataFrame, label: str, unit: str, currency: str, *, definition:
                                  line={"color": INK, "width": 1.5, "dash": "dash"},
                                  customdata=cd, hovertemplate=tmpl))
     _category_axis(fig, len(periods))
+    fig.update_xaxes(nticks=7)  # 13 weeks or 12 months: every other label, so that they fit a phone
     fig.update_yaxes(**_value_axis(unit, currency))
     return fig
 
@@ -560,8 +561,8 @@ def leads_by_channel(df: pd.DataFrame, *, definition: str = DEFINITIONS["leads_b
                              marker={"size": 11, "color": ACCENT, "symbol": "diamond"},
                              customdata=cd, hovertemplate=tmpl))
     _category_axis(fig, len(channels))
-    if len(channels) > 4:  # five channel names side by side meet on a phone: slanted, they do not
-        fig.update_xaxes(tickangle=-30)
+    if len(channels) > 4:  # five channel names side by side meet on a phone: slanted, they do not (room left of
+        fig.update_xaxes(tickangle=-30, range=[-1.0, len(channels) - 0.3])  # the first for its slant)
     fig.update_layout(
         yaxis={"title": {"text": "leads"}, "range": [0, _top(leads, floor=1.0) * 1.2], "rangemode": "tozero"},
         yaxis2={"title": {"text": "conversion", "font": {"color": ACCENT}}, "overlaying": "y", "side": "right",
