@@ -172,7 +172,7 @@ def test_forecast_waterfall_goes_booked_plus_weighted_to_expected_and_annotates_
     assert list(target.y) == [1.5e6] * 3 and target.line.dash == "dash"
     notes = [a.text for a in fig.layout.annotations]
     # the target is said above the plot, under the title, not on its line (where it met the bars' text)
-    assert notes == ["Target 1.5M €: expected 270k € short (82 %)"]
+    assert notes == ["Target 1.5M €: expected 270k € short (82 % of target)"]
     assert (fig.layout.annotations[0].x, fig.layout.annotations[0].xanchor) == (0, "left")
 
 

@@ -265,7 +265,7 @@ def forecast_vs_target(booked: float, weighted: float, target: float | None, lab
     gap = tgt - expected  # the target's value is said in the note above the plot, not on the line (no crossing)
     share = fmt_value(100 * expected / tgt, "pct", currency) if tgt else "—"
     if gap > 0:
-        note = f"Target {tgt_text}: expected {fmt_value(gap, 'currency', currency)} short ({share})"
+        note = f"Target {tgt_text}: expected {fmt_value(gap, 'currency', currency)} short ({share} of target)"
         colour = STATUS_COLOURS["red"]
     else:
         note = f"Target {tgt_text}: expected {fmt_value(-gap, 'currency', currency)} above"
