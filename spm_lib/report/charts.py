@@ -405,7 +405,7 @@ def trend(df: pd.DataFrame, label: str, unit: str, currency: str, *, definition:
                                  line={"color": INK, "width": 1.5, "dash": "dash"},
                                  customdata=cd, hovertemplate=tmpl))
     _category_axis(fig, len(periods))
-    fig.update_xaxes(nticks=7)  # 13 weeks or 12 months: every other label, so that they fit a phone
+    fig.update_xaxes(nticks=5)  # 13 weeks or 12 months: every third label, so that they fit a phone
     fig.update_yaxes(**_value_axis(unit, currency))
     return fig
 
