@@ -172,13 +172,13 @@ def test_forecast_waterfall_goes_booked_plus_weighted_to_expected_and_annotates_
     assert list(target.y) == [1.5e6] * 3 and target.line.dash == "dash"
     notes = [a.text for a in fig.layout.annotations]
     # the target is said above the plot, under the title, not on its line (where it met the bars' text)
-    assert notes == ["Target 1.5M €: expected 270k € short (82 % of target)"]
+    assert notes == ["Expected 82 % of the 1.5M € target: 270k € short"]
     assert (fig.layout.annotations[0].x, fig.layout.annotations[0].xanchor) == (0, "left")
 
 
 def test_forecast_above_target_and_without_target() -> None:
     ahead = charts.forecast_vs_target(1.4e6, 200e3, 1.5e6, "Bookings", "USD")
-    assert [a.text for a in ahead.layout.annotations] == ["Target $1.5M: expected $100k above"]
+    assert [a.text for a in ahead.layout.annotations] == ["Expected $100k above the $1.5M target"]
     untargeted = charts.forecast_vs_target(1.0e6, 0.0, None, "Bookings", "EUR")
     assert [t.type for t in untargeted.data] == ["waterfall"]
     assert [a.text for a in untargeted.layout.annotations] == ["No target set"]
@@ -293,12 +293,13 @@ def test_driver_tree_survives_unknown_parents_and_cycles() -> None:
     assert sorted(points.x) == [0, 0, 1, 2]
 
 
-def test_leads_by_channel_sorts_by_leads_and_puts_conversion_on_a_second_axis() -> None:
+def test_leads_by_channel_ranks_channels_with_leads_and_conversion_in_the_value_column() -> None:
     fig = charts.leads_by_channel(leads())
-    bars, rate = fig.data
-    assert list(bars.x) == ["Web", "Events", "Partners"]
-    assert list(bars.y) == [120, 40, 35]
-    assert rate.yaxis == "y2" and fig.layout.yaxis2.ticksuffix == " %"
+    (bars,) = fig.data
+    assert bars.orientation == "h"
+    assert list(bars.y) == ["Web", "Events", "Partners"]
+    assert list(bars.x) == [120, 40, 35]
+    assert value_column(fig) == ["120 leads · 8 % conv.", "40 leads · 22 % conv.", "35 leads · — conv."]
     assert "Conversion 8 %" in hover_texts(bars)[0]
     assert "Conversion —" in hover_texts(bars)[2]
 

@@ -124,8 +124,9 @@ def _value_axis(unit: str, currency: str) -> dict[str, Any]:
 
 
 def _category_axis(fig: go.Figure, n: int) -> None:
-    """A category x-axis of `n` categories with room left of the first: its label never meets the value axis's."""
-    fig.update_xaxes(type="category", showgrid=False, range=[-0.7, n - 0.3])
+    """A category x-axis of `n` categories with room left of the first: its label never meets the value axis's
+    (at least 0.7 of a category, a tenth of the axis when there are many: on a phone a category is narrow)."""
+    fig.update_xaxes(type="category", showgrid=False, range=[-max(0.7, n / 10), n - 0.3])
 
 
 def _two_lines(label: str, longer_than: int = 8) -> str:
@@ -265,10 +266,10 @@ def forecast_vs_target(booked: float, weighted: float, target: float | None, lab
     gap = tgt - expected  # the target's value is said in the note above the plot, not on the line (no crossing)
     share = fmt_value(100 * expected / tgt, "pct", currency) if tgt else "—"
     if gap > 0:
-        note = f"Target {tgt_text}: expected {fmt_value(gap, 'currency', currency)} short ({share} of target)"
+        note = f"Expected {share} of the {tgt_text} target: {fmt_value(gap, 'currency', currency)} short"
         colour = STATUS_COLOURS["red"]
     else:
-        note = f"Target {tgt_text}: expected {fmt_value(-gap, 'currency', currency)} above"
+        note = f"Expected {fmt_value(-gap, 'currency', currency)} above the {tgt_text} target"
         colour = STATUS_COLOURS["green"]
     fig.add_annotation(text=_esc(note), x=0, y=1.0, xref="paper", yref="paper", showarrow=False, xanchor="left",
                        yanchor="bottom", yshift=4, font={"color": colour, "size": 12})
@@ -539,7 +540,8 @@ def driver_tree(nodes: pd.DataFrame, currency: str, *, definition: str = DEFINIT
 
 
 def leads_by_channel(df: pd.DataFrame, *, definition: str = DEFINITIONS["leads_by_channel"]) -> go.Figure:
-    """Leads per channel (bars, most first) with each channel's conversion rate (markers, right axis).
+    """Leads per channel as horizontal bars, most first, each with its leads and conversion rate in the value column
+    right of the plot (channel names on the bars' axis never meet, at any width).
 
     df: channel, leads (count), conversion_rate (percent, 12.0 = 12 %; may be missing).
     """
@@ -551,25 +553,11 @@ def leads_by_channel(df: pd.DataFrame, *, definition: str = DEFINITIONS["leads_b
                                                          kind="stable")
     channels, leads, rate = _labels(df["channel"]), _num(df["leads"]), _num(df["conversion_rate"])
     lead_text, rate_text = _fmt(leads, "count", ""), _fmt(rate, "pct", "")
-    defs = [_wrap(definition)] * len(df)
-    fig = _figure(title, 300, showlegend=True)
-    cd, tmpl = _hover([channels, [f"{t} leads" for t in lead_text], [f"Conversion {r}" for r in rate_text], defs])
-    fig.add_trace(go.Bar(x=channels, y=np.nan_to_num(leads), name="Leads", marker={"color": NEUTRAL},
-                         text=lead_text, textposition="outside", cliponaxis=False,
-                         customdata=cd, hovertemplate=tmpl))
-    fig.add_trace(go.Scatter(x=channels, y=rate, name="Conversion to opportunity", yaxis="y2", mode="markers",
-                             marker={"size": 11, "color": ACCENT, "symbol": "diamond"},
-                             customdata=cd, hovertemplate=tmpl))
-    _category_axis(fig, len(channels))
-    if len(channels) > 4:  # five channel names side by side meet on a phone: slanted, they do not (room left of
-        fig.update_xaxes(tickangle=-30, range=[-1.0, len(channels) - 0.3])  # the first for its slant)
-    fig.update_layout(
-        yaxis={"title": {"text": "leads"}, "range": [0, _top(leads, floor=1.0) * 1.2], "rangemode": "tozero"},
-        yaxis2={"title": {"text": "conversion", "font": {"color": ACCENT}}, "overlaying": "y", "side": "right",
-                "tickmode": "auto", "nticks": 5, "ticksuffix": " %", "showgrid": False, "rangemode": "tozero",
-                "tickfont": {"color": ACCENT},
-                "range": [0, _top(rate, floor=10.0) * 1.2]})
-    return fig
+    hover = [channels, [f"{t} leads" for t in lead_text], [f"Conversion {r}" for r in rate_text],
+             [_wrap(definition)] * len(df)]
+    text = [f"{t} leads · {r} conv." for t, r in zip(lead_text, rate_text)]
+    return _hbars(title, channels, leads, [NEUTRAL] * len(channels), text, hover, {"title": {"text": "leads"}},
+                  None)
 
 
 def warm_up() -> None:
