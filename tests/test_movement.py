@@ -148,6 +148,6 @@ def test_the_forward_look_draws_the_waterfall_of_a_scope(cube, tmp_path):
     assert "How the pipeline moved since the last session" in html and "2026-09-30" in html
     fig = rpt.figures()["movement"]
     # R2: start 230, created +60, pulled in +90, pushed out -230, now 150; the steps that moved nothing left out
-    assert list(fig.data[0].y) == [230, 60, 90, -230, 150]
+    assert list(fig.data[0].x) == [230, 60, 90, -230, 150] and fig.data[0].orientation == "h"
     assert list(fig.data[0].measure) == ["absolute", "relative", "relative", "relative", "total"]
     assert list(fig.data[0].text)[1:4] == ["+60", "+90", "−230"]  # no currency in this run's meta

@@ -569,8 +569,9 @@ def warm_up() -> None:
 
 
 def pipeline_movement(df: pd.DataFrame, currency: str, *, title: str = "Pipeline movement") -> go.Figure:
-    """How the open pipeline moved from a start to now (a waterfall): the start and now as totals, each step between
-    as a rise or a fall; steps that moved nothing are left out.
+    """How the open pipeline moved from a start to now (a horizontal waterfall, read top to bottom): the start and
+    now as totals, each step between as a rise or a fall; steps that moved nothing are left out. Step names sit on
+    the bars' axis, one per row, so they stay whole on a phone.
 
     df: step (label), value (currency, signed: a fall is negative), deals (count), definition (one line), in the
     waterfall's order, the first row the start and the last row now.
@@ -581,21 +582,25 @@ def pipeline_movement(df: pd.DataFrame, currency: str, *, title: str = "Pipeline
     value = _num(df["value"])
     keep = np.r_[True, value[1:-1] != 0, True] if len(df) > 1 else np.array([True])
     df, value = df[keep], value[keep]
-    labels = [_two_lines(_esc(s)) for s in df["step"].tolist()]
+    labels = [_esc(s) for s in df["step"].tolist()]
     measure = ["absolute"] + ["relative"] * (len(df) - 2) + ["total"] if len(df) > 1 else ["absolute"]
     amounts = _fmt(np.abs(value), "currency", currency)
     text = [a if m != "relative" else ("+" if v > 0 else "−") + a for a, m, v in zip(amounts, measure, value)]
     deals = [f"{fmt_value(n, 'count', currency)} deal{'' if n == 1 else 's'}" for n in _num(df["deals"])]
     customdata, template = _hover([labels, text, deals, [_wrap(d) for d in df["definition"].tolist()]])
-    fig = _figure(title, 300)
+    column = max(len(_plain(t)) for t in text) * CHAR_PX + 12  # each step's amount in a column right of the plot
+    fig = _figure(title, _bar_height(len(labels)), margin={"l": 8, "r": int(column), "t": 36, "b": 28})
+    for label, t in zip(labels, text):
+        fig.add_annotation(x=1, xref="paper", y=label, yref="y", text=t, xanchor="left", xshift=8, showarrow=False,
+                           font={"size": 12, "color": INK})
     fig.add_trace(go.Waterfall(
-        x=labels, y=np.nan_to_num(value), measure=measure, text=text, textposition="outside", cliponaxis=False,
-        textfont={"size": 12}, increasing={"marker": {"color": NEUTRAL_LIGHT}},
+        y=labels, x=np.nan_to_num(value), orientation="h", measure=measure, text=text, textposition="none",
+        increasing={"marker": {"color": NEUTRAL_LIGHT}},
         decreasing={"marker": {"color": PALETTE[4]}}, totals={"marker": {"color": NEUTRAL}},
         connector={"line": {"color": "#b0b0b0", "width": 1, "dash": "dot"}},
         customdata=customdata, hovertemplate=template))
     levels = np.cumsum(np.where(np.array(measure) == "total", 0.0, np.nan_to_num(value)))
     top = _top(np.r_[levels, value[-1:]])
-    fig.update_yaxes(range=[0, top * 1.18], **_value_axis("currency", currency))
-    _category_axis(fig, len(labels))
+    fig.update_xaxes(range=[0, top * 1.04], **_value_axis("currency", currency))
+    fig.update_yaxes(type="category", autorange="reversed", showgrid=False, ticks="", ticklabelstandoff=4)
     return fig

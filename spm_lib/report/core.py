@@ -451,7 +451,7 @@ class Report:
             {"opportunity_id": "Id", "name": "Opportunity", "owner": "Owner", "stage": "Stage", "amount": "Amount",
              "close_date": "Close date", "detail": "What is wrong"},
             {"opportunity_id": self.deal_link, "amount": lambda v: markup.fmt_value(v, "currency", self.currency),
-             "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())})
+             "close_date": lambda d: "—" if pd.isna(d) else str(pd.Timestamp(d).date())}, classes="spm-deals")
 
     def _offenders_by_report(self, off: pd.DataFrame) -> str:
         rows = []
