@@ -8,7 +8,6 @@ import email
 import gzip
 import re
 import shutil
-from collections.abc import Iterator
 from datetime import date
 from email import policy
 from pathlib import Path
@@ -19,7 +18,7 @@ import pandas as pd
 import plotly.offline
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from spm_lib.batch import export
 from spm_lib.batch.export import PLOTLY_JS, export_html, pack_js, write_atomic
@@ -31,9 +30,6 @@ from spm_lib.report.markup import Html, RenderError, badge, banner, details, div
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "spm_lib" / "static"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-quic", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 XSS = "<script>alert(1)</script>"
 AS_OF = date(2026, 10, 31)
 OWNER = "exec-01"  # the demo's executive: the report with the most figures
@@ -313,17 +309,6 @@ def test_write_atomic_gives_the_permissions_a_plain_write_would(tmp_path: Path) 
     atomic.chmod(0o640)
     write_atomic(atomic, "y")
     assert atomic.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`"
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def open_offline(browser: Browser, page_file: Path, init_script: str = "") -> tuple[Page, list[str], list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import subprocess
@@ -39,7 +40,7 @@ def _cells(fragment: str) -> list[str]:
     for raw in _TD.findall(fragment):
         text = re.sub(r"\s+", " ", _TAG.sub("", raw)).strip()
         if text:
-            out.append(text.replace("&amp;", "&").replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">"))
+            out.append(html.unescape(text).replace("\xa0", " "))
     return out
 
 
@@ -66,7 +67,7 @@ def test_owner_sees_their_own_numbers_and_charts(server: Server, org: dict[str, 
     batch = core.load(mgr, "monthly", run_dir=org["run"])
     page = _open(browser, server, report_path("manager", "monthly", token(mgr)), "manager")
     page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
-    text = page.inner_text("body")
+    text = page.inner_text("body").replace("\xa0", " ")
     assert batch.name in text and "Manager · monthly session" in text
     assert "This report cannot be opened" not in text
     for cell in _cells(batch.above_the_line().body):  # every value, target, attainment of the cube's KPI table

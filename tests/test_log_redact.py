@@ -56,10 +56,11 @@ def test_a_500_with_a_token_in_the_url_logs_no_token() -> None:
     handler.addFilter(RedactingFilter(Redactor(SECRET)))
     loggers = [logging.getLogger(n) for n in ("tornado.application", "tornado.access", "tornado.general")]
     # an earlier logging.config.dictConfig in this process (Jupyter's apps call one) disables the loggers it does
-    # not name: listen to them as `spm serve` has them, enabled
-    was_disabled = [lg.disabled for lg in loggers]
+    # not name, and a server app run earlier may have raised a logger's level: listen as `spm serve` has them
+    was = [(lg.disabled, lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
-        lg.disabled = False
+        lg.disabled, lg.propagate = False, False
+        lg.setLevel(logging.INFO)
         lg.addHandler(handler)
     port = free_port()
     ready = threading.Event()
@@ -87,9 +88,10 @@ def test_a_500_with_a_token_in_the_url_logs_no_token() -> None:
         loop.call_soon_threadsafe(holder["server"].stop)  # type: ignore[union-attr]
         loop.call_soon_threadsafe(loop.stop)  # type: ignore[union-attr]
         thread.join(10)
-        for lg, disabled in zip(loggers, was_disabled, strict=True):
+        for lg, (disabled, level, propagate) in zip(loggers, was, strict=True):
             lg.removeHandler(handler)
-            lg.disabled = disabled
+            lg.disabled, lg.propagate = disabled, propagate
+            lg.setLevel(level)
     log = stream.getvalue()
     assert "Uncaught exception GET /boom?t=…" in log and "500 GET /boom?t=…" in log
     assert "RuntimeError: kernel kernel:" in log  # the traceback is there, rewritten
