@@ -5,7 +5,9 @@ merged into runs/bench/latest.json (keys of parts not run are kept). The `cube` 
 company at scale 1 and at a large scale (27 by default, env SPM_BENCH_SCALE), load + cube + write of a monthly
 run in a fresh Python process each, so the peak memory (max RSS) is that of the cube alone (DESIGN.md,
 Benchmarks: `cube_s` is from opening the source to the cube written), inside `memory.retained_memory()` like
-`spm run`.
+`spm run`. Its floor is DuckDB scanning the same source tables of the same file into Arrow (`select *` of every
+contract table the cube loads), timed in a fresh process before and after the cube in the same run (the faster
+of the two): `cube_ratio` is the cube's seconds over that floor (issue 16 item 3: the goal is at most 2).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ DEMO_SCALE = 1.0
 LARGE_SCALE = 27.0
 SCALE_ENV = "SPM_BENCH_SCALE"
 CHILD_FLAG = "--cube-child"
+SCAN_FLAG = "--scan-child"
 
 Part = Callable[[Path], dict[str, Any]]
 # part name -> "module:function"; a part whose module is not there yet is skipped with a note
@@ -69,12 +72,41 @@ def demo_company(root: Path, scale: float, seed: int = SEED, end: date = AS_OF) 
 
 
 def measure_cube(root: Path, db: Path) -> dict[str, Any]:
-    """Load, compute and write the monthly cube of the company in `db` in a fresh process; return its figures."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.main", CHILD_FLAG, str(db)], capture_output=True,
+    """Load, compute and write the monthly cube of the company in `db` in a fresh process, with the scan floor
+    measured in fresh processes just before and just after it; return its figures."""
+    before = _child(root, SCAN_FLAG, db)
+    figures = _child(root, CHILD_FLAG, db)
+    after = _child(root, SCAN_FLAG, db)
+    floor = min(before["seconds"], after["seconds"])
+    return {**figures, "floor_s": floor, "floor_runs_s": [before["seconds"], after["seconds"]],
+            "floor_rows": before["rows"], "ratio": figures["seconds"] / floor if floor > 0 else float("nan")}
+
+
+def _child(root: Path, flag: str, db: Path) -> dict[str, Any]:
+    """Run this module with `flag` on `db` in a fresh process; the JSON figures it prints last."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.main", flag, str(db)], capture_output=True,
                           text=True, env={**os.environ, "SPM_PROJECT_DIR": str(root)}, check=False)
     if proc.returncode != 0:
-        raise BenchError(f"the cube benchmark on {db} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise BenchError(f"the cube benchmark ({flag}) on {db} failed (exit {proc.returncode}):\n"
+                         f"{proc.stderr[-3000:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _scan_child(db: Path) -> dict[str, Any]:
+    """In the fresh process: the floor, DuckDB scanning every contract table of `db` into Arrow (the loader's
+    connection settings: read-only, text as large strings); seconds and rows."""
+    import duckdb
+
+    from spm_lib.domain.contract import CONTRACT
+
+    t0 = time.perf_counter()
+    rows = 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        con.execute("SET arrow_large_buffer_size = true")
+        present = {name for (name,) in con.execute("select table_name from information_schema.tables").fetchall()}
+        for name in (t for t in CONTRACT if t in present):
+            rows += con.sql(f'select * from "{name}"').to_arrow_table().num_rows
+    return {"seconds": time.perf_counter() - t0, "rows": rows}
 
 
 def _cube_child(db: Path) -> dict[str, Any]:
@@ -114,7 +146,9 @@ def cube_part(root: Path) -> dict[str, Any]:
     print(_cube_table(runs))
     big, demo = runs[large], runs[DEMO_SCALE]
     return {"cube_s": round(big["seconds"], 2), "cube_peak_mb": round(big["peak_mb"]),
-            "cube_demo_s": round(demo["seconds"], 2),
+            "cube_floor_s": round(big["floor_s"], 2), "cube_ratio": round(big["ratio"], 2),
+            "cube_floor_runs_s": [round(f, 2) for f in big["floor_runs_s"]],
+            "cube_demo_s": round(demo["seconds"], 2), "cube_demo_ratio": round(demo["ratio"], 2),
             "cube_scale": {"scale": large, "owners": big["owners"], "opportunities": big["opportunities"],
                            "history_rows": big["history_rows"], "activities": big["activities"]},
             "cube_breakdown_s": {k: round(big[k], 2) for k in ("load_s", "compute_s", "write_s")}}
@@ -123,12 +157,13 @@ def cube_part(root: Path) -> dict[str, Any]:
 def _cube_table(runs: dict[float, dict[str, Any]]) -> str:
     """A readable table of the cube runs, one line per scale."""
     head = (f"{'scale':>6}{'owners':>8}{'opportunities':>15}{'history':>11}{'activities':>12}"
-            f"{'load s':>9}{'cube s':>9}{'write s':>9}{'total s':>9}{'peak MB':>9}")
-    lines = [f"cube: monthly, as of {AS_OF}, load + cube + write in a fresh process", head]
+            f"{'load s':>9}{'cube s':>9}{'write s':>9}{'total s':>9}{'peak MB':>9}{'floor s':>9}{'ratio':>7}")
+    lines = [f"cube: monthly, as of {AS_OF}, load + cube + write in a fresh process; floor: DuckDB scanning the "
+             f"same tables into Arrow (fresh process, faster of before/after); ratio = total / floor", head]
     for scale, r in runs.items():
         lines.append(f"{scale:>6g}{r['owners']:>8,}{r['opportunities']:>15,}{r['history_rows']:>11,}"
                      f"{r['activities']:>12,}{r['load_s']:>9.2f}{r['compute_s']:>9.2f}{r['write_s']:>9.2f}"
-                     f"{r['seconds']:>9.2f}{r['peak_mb']:>9,.0f}")
+                     f"{r['seconds']:>9.2f}{r['peak_mb']:>9,.0f}{r['floor_s']:>9.2f}{r['ratio']:>7.2f}")
     return "\n".join(lines)
 
 
@@ -164,6 +199,9 @@ def main(argv: list[str]) -> int:
     """Run the named parts (default all), merge their figures into latest.json; exit status."""
     if argv[:1] == [CHILD_FLAG]:
         print(json.dumps(_cube_child(Path(argv[1]))))
+        return 0
+    if argv[:1] == [SCAN_FLAG]:
+        print(json.dumps(_scan_child(Path(argv[1]))))
         return 0
     from spm_lib.project import project_dir
 
