@@ -31,8 +31,10 @@ from spm_lib.engine.calibration import (
     Z90,
     DealHistory,
     Settings,
+    WinModel,
     calibrate,
     fit_win_model,
+    out_of_period,
     scope_forecast,
     shared_error,
 )
@@ -145,11 +147,35 @@ def test_shared_error_is_the_spread_the_deals_own_variance_leaves() -> None:
     model = fit_win_model(rows, ["stage"], prior=0.0, amount_edges=())
     # expected 200 at each point, booked 0 and 400: squared errors 2 x 200^2 = 80,000; the deals' own variance
     # 2 x 4 x 100^2 x 0.5 x 0.5 = 20,000; e^2 = (80,000 - 20,000) / (2 x 200^2) = 0.75
-    assert shared_error(model, rows) == pytest.approx(math.sqrt(0.75))
+    assert shared_error(rows, model.predict(rows)) == pytest.approx(math.sqrt(0.75))
     # 1 won of 4 at point 0, 3 of 4 at point 1: errors of 100 each (20,000) are within the deals' own variance
     rows["won"] = [1, 0, 0, 0, 1, 1, 1, 0]
     rows["booked"] = rows["won"] * 100.0
-    assert shared_error(fit_win_model(rows, ["stage"], prior=0.0, amount_edges=()), rows) == 0.0
+    assert shared_error(rows, fit_win_model(rows, ["stage"], prior=0.0, amount_edges=()).predict(rows)) == 0.0
+    # drift scales the expected amounts: with drift 2 the expected is 400 at each point (p = 0.5), errors 300 and
+    # 100 (100,000), the deals' variance 2 x 4 x 200^2 x 0.25 = 80,000: e^2 = 20,000 / (2 x 400^2)
+    assert shared_error(rows, np.full(8, 0.5), drift=2.0) == pytest.approx(math.sqrt(20_000 / 320_000))
+
+
+def test_shared_error_is_measured_out_of_period() -> None:
+    # the same deals as above, 1 of 4 won in period X (point 0) and 3 of 4 in period Y (point 1)
+    rows = pd.DataFrame({"stage": ["A"] * 8, "won": [1, 0, 0, 0, 1, 1, 1, 0], "amount": [100.0] * 8,
+                         "point": [0] * 4 + [1] * 4, "period": ["X"] * 4 + ["Y"] * 4})
+    rows["booked"] = rows["won"] * 100.0
+
+    def fit(r: pd.DataFrame) -> WinModel:
+        return fit_win_model(r, ["stage"], prior=0.0, amount_edges=())
+
+    # X's deals get the rate learnt on Y alone (3/4) and Y's the rate learnt on X (1/4)
+    p = out_of_period(rows, fit)
+    assert p.tolist() == [0.75] * 4 + [0.25] * 4
+    # expected 300 and 100, booked 100 and 300: squared errors 2 x 200^2 = 80,000; the deals' own variance
+    # 2 x 4 x 100^2 x 0.75 x 0.25 = 15,000; e^2 = (80,000 - 15,000) / (300^2 + 100^2) = 0.65
+    assert shared_error(rows, p) == pytest.approx(math.sqrt(0.65))
+    # in sample (one rate of 1/2 for both) the spread is all the deals' own variance: no shared error
+    assert shared_error(rows, fit(rows).predict(rows)) == 0.0
+    # a single period has nothing to leave out: in-sample rates
+    assert out_of_period(rows.assign(period="X"), fit).tolist() == [0.5] * 8
 
 
 # ---------------------------------------------------------------- without enough history

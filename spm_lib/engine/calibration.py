@@ -15,6 +15,7 @@ toward the company's per-seller rate. Without enough history (fewer than `min_pe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -326,7 +327,7 @@ class Calibration:
     win: WinModel | None = None
     new: NewDealModel | None = None
     stage_probabilities: dict[str, float] = field(default_factory=dict)
-    model_error: float = 0.0  # relative spread of the company's remaining bookings around the model's, in training
+    model_error: float = 0.0  # relative error all deals share (out of period, beyond the deals' own variance)
 
 
 def first_whole_period(calendar: Any, grain: str, first: date) -> Any:
@@ -409,7 +410,7 @@ def calibrate(deals: DealHistory, calendar: Any, grain: str, cutoff: date, stage
     for i, (day, end) in enumerate(points):
         feats = learn.features(day, end, use)
         won, booked = known.won_in(feats["opportunity_id"], day, end)
-        rows.append(feats.assign(won=won, booked=booked, point=i))
+        rows.append(feats.assign(won=won, booked=booked, point=i, period=end))
         new_rows.append(known.new_deal_rows(deals.active_sellers(day), day, end).assign(point=i))
     train = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     n_won = int(train["won"].sum()) if len(train) else 0
@@ -427,22 +428,23 @@ def calibrate(deals: DealHistory, calendar: Any, grain: str, cutoff: date, stage
     win = fit_win_model(train, use, settings.prior, edges, drift)
     new_train = pd.concat(new_rows, ignore_index=True)
     new = _fit_new_deals(new_train, settings.new_prior)
-    error = shared_error(win, train)
+    p = out_of_period(train, lambda rows: fit_win_model(rows, use, settings.prior, edges, drift))
+    error = shared_error(train, p, drift)
     reason = (f"calibrated on {n_periods} past {grain}s up to {cutoff} ({len(train):,} open-deal snapshots, "
               f"{n_won:,} won in their period); features: {', '.join(use)}")
     return Calibration(method=CALIBRATED, reason=reason, grain=grain, cutoff=cutoff, periods=n_periods, won=n_won,
                        win=win, new=new, stage_probabilities=stage_probabilities, model_error=error)
 
 
-def shared_error(win: WinModel, train: pd.DataFrame) -> float:
-    """The relative error every deal shares (seasons, a market), which the per-deal variance leaves out: over the
-    training points t, e² = Σ [(booked_t − expected_t)² − Σ per-deal variance_t] / Σ expected_t² (method of
-    moments, 0 when the deals' own variance explains the spread). Only the excess over the deals' own variance is
-    shared: the raw spread of booked / expected would count that variance twice (once per deal, once shared),
-    would hold the noise of the learning sample, and would weigh a point with little left to book (a tiny,
-    noisy expectation) as much as a point at the period's start."""
-    p = win.predict(train)
-    value = train["amount"].fillna(0.0).to_numpy() * win.drift
+def shared_error(train: pd.DataFrame, p: np.ndarray, drift: float = 1.0) -> float:
+    """The relative error every deal shares (seasons, a market, the model's own drift), which the per-deal variance
+    leaves out: over the training points t, e² = Σ [(booked_t − expected_t)² − Σ per-deal variance_t] / Σ
+    expected_t² (method of moments, 0 when the deals' own variance explains the spread), with expected_t = Σ amount
+    × `drift` × p. `p`: each row's win probability learnt without its own period (`out_of_period`): rates fitted
+    on a period itself follow its luck and understate the error a forecast meets. Only the excess over the deals'
+    own variance is shared: the raw spread would count that variance twice, and would weigh a point with little
+    left to book as much as a point at the period's start."""
+    value = train["amount"].fillna(0.0).to_numpy() * drift
     point = train["point"].to_numpy()
     expected = pd.Series(value * p).groupby(point).sum()
     variance = pd.Series(value ** 2 * p * (1 - p)).groupby(point).sum()
@@ -452,6 +454,20 @@ def shared_error(win: WinModel, train: pd.DataFrame) -> float:
         return 0.0
     excess = float((((booked - expected) ** 2) - variance).sum())
     return math.sqrt(max(excess, 0.0) / scale)
+
+
+def out_of_period(train: pd.DataFrame, fit: Callable[[pd.DataFrame], WinModel]) -> np.ndarray:
+    """Each training row's win probability from the model `fit` on the rows of the other periods (column `period`);
+    in-sample when the rows hold one period only (or no `period` column)."""
+    periods = train["period"].to_numpy() if "period" in train else np.zeros(len(train))
+    names = pd.unique(periods)
+    if len(names) < 2:
+        return fit(train).predict(train)
+    p = np.empty(len(train))
+    for name in names:
+        held = periods == name
+        p[held] = fit(train[~held]).predict(train[held])
+    return p
 
 
 def _fit_new_deals(rows: pd.DataFrame, prior: float) -> NewDealModel:
