@@ -8,6 +8,7 @@ panels of spm_lib.live.widgets; every number comes from the same cube.
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from spm_lib.report import charts, markup
 from spm_lib.report.core import Html, Report, esc, latest_run, load_cube, owner_kpis, project_root, scope_positions
 from spm_lib.state import revocations
 from spm_lib.store.runfolder import has_cube
+
+KERNEL_NICE = 10  # live kernels' niceness: the server (the read path) always comes first
 
 
 class LiveReport(Report):
@@ -69,8 +72,18 @@ def _live_run(cadence: str, as_of: date | None) -> Path:
     return project_root() / "runs" / cadence / day.isoformat() if day else latest_run(cadence)
 
 
+def below_the_server() -> None:
+    """Run this kernel at a lower CPU priority than the server (niceness KERNEL_NICE): a pool refill warming up never
+    slows down a page the server is sending."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(KERNEL_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
+    except (AttributeError, OSError):  # not a POSIX system, or not allowed: the kernel keeps its priority
+        pass
+
+
 def warm_up(cadence: str) -> Cube | None:
     """Before the request: read the cube live pages will most likely need and build its per-owner indexes."""
+    below_the_server()
     try:
         cube = load_cube(_live_run(cadence, None))
         first = str(cube.owners["owner_id"].iloc[0])

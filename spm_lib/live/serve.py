@@ -6,6 +6,8 @@ Voila's code (see `Gate` and the rules below):
   its as-of, if pinned) opening the viewer or someone below them, of the template's level, and nothing but `t`,
   `owner` and `as_of` (no template or theme switching); opens are rate-limited per link and admitted only while a
   kernel is free or fits under the cap (429 / 503 with Retry-After otherwise);
+- a static report page (`/report/<level>_<cadence>`, the read path) passes the same link checks and sends the
+  owner's batch report of the run at once, without a kernel (spm_lib.live.static);
 - the browser gets an opaque session id (HttpOnly, SameSite=Lax, Secure over TLS), never the link; every kernel
   handed to a page is bound to that session, and the kernel's endpoints (`/api/kernels/<id>`, its channels
   websocket, Voila's shutdown) answer that session only;
@@ -29,6 +31,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,7 @@ from spm_lib.live.request import (
     query_key,
 )
 from spm_lib.live.sessions import Session, Sessions, link_key
+from spm_lib.live.static import RenderedReports, with_live_bar
 from spm_lib.project import templates_dir
 from spm_lib.state import revocations
 from spm_lib.store.runfolder import ensure_cube, has_cube, run_dir
@@ -142,6 +146,7 @@ class Gate:
         self.revoked = revoked
         self.sessions = Sessions(live.opens_per_minute)
         self.budget: KernelBudget | None = None  # set when the kernel manager exists
+        self.rendered = RenderedReports()
         self._proxies = [ipaddress.ip_network(p, strict=False) for p in live.trusted_proxies]
 
     # ---------------------------------------------------------------- links and sessions
@@ -252,8 +257,20 @@ def may_open(runs: Runs, claims: links.Claims, level: str, cadence: str, owner: 
 
 
 # ---------------------------------------------------------------- the rules, one per kind of endpoint
-def report_rule(handler: web.RequestHandler) -> None:
-    """A report page: the link, its cadence and as-of, the owner, no extra parameters, the rate and the kernel cap."""
+@dataclass(frozen=True)
+class Opening:
+    """A report address that passed the link checks: the verified link, the template's level and cadence, whose."""
+
+    claims: links.Claims
+    token: str
+    level: str
+    cadence: str
+    owner: str  # the owner whose report opens (the link's own, or `owner=` someone below them)
+
+
+def link_checks(handler: web.RequestHandler, kind: tuple[str, str] | None) -> Opening:
+    """The checks every report address passes, static or interactive: nothing but `t`, `owner` and `as_of`, a
+    valid link of the page's cadence (and pinned as-of), an owner the link opens, of the template's level."""
     gate = gate_of(handler)
     params = parse_qs(handler.request.query, keep_blank_values=True)
     try:
@@ -262,7 +279,6 @@ def report_rule(handler: web.RequestHandler) -> None:
         raise Refused(403, str(e)) from None
     token = (params.get("t") or [""])[0]
     claims = gate.link(token)
-    kind = notebook_of(handler.request.path)
     if kind is None or not (gate.templates / f"{kind[0]}_{kind[1]}.ipynb").is_file():
         raise Refused(404, "there is no such report")
     level, cadence = kind
@@ -270,19 +286,38 @@ def report_rule(handler: web.RequestHandler) -> None:
         check_claims(claims, cadence=cadence, as_of_text=_param(params, "as_of"))
     except LiveRequestError as e:
         raise Refused(403, str(e)) from None
-    if not may_open(gate.runs, claims, level, cadence, _param(params, "owner")):
+    owner = (_param(params, "owner") or claims.owner_id).strip()
+    if not may_open(gate.runs, claims, level, cadence, owner):
         raise Refused(403, "this link does not open that report: it opens its owner's reports and those of the "
                            "people below them")
-    wait = gate.sessions.retry_after(link_key(claims, token))
+    return Opening(claims, token, level, cadence, owner)
+
+
+def count_open(gate: Gate, opening: Opening) -> None:
+    """Count one open of the link; Refused (429, Retry-After) beyond live.opens_per_minute."""
+    wait = gate.sessions.retry_after(link_key(opening.claims, opening.token))
     if wait:
         raise Refused(429, f"this link opened too many reports in the last minute; try again in {wait:.0f} s",
                       {"Retry-After": str(int(wait + 0.999))})
-    notebook = f"{level}_{cadence}.ipynb"
+
+
+def report_rule(handler: web.RequestHandler) -> None:
+    """The interactive report page: the link checks, the rate, and a kernel free or under the cap."""
+    gate = gate_of(handler)
+    opening = link_checks(handler, notebook_of(handler.request.path))
+    count_open(gate, opening)
+    notebook = f"{opening.level}_{opening.cadence}.ipynb"
     admitted = gate.budget.admit(notebook) if gate.budget is not None else "new"
     if admitted is None:
         raise gate.refuse_busy()
-    session = gate.begin(handler, claims, token)
+    session = gate.begin(handler, opening.claims, opening.token)
     handler.spm_open = (notebook, admitted, session.sid)  # type: ignore[attr-defined] # a ReportHandler attribute
+
+
+def static_rule(handler: web.RequestHandler) -> None:
+    """The static report page (the read path): the same link checks; the rate is counted when the page is sent."""
+    kind = notebook_of(handler.request.path.rsplit("/", 1)[-1] + ".ipynb")
+    handler.spm_opening = link_checks(handler, kind)  # type: ignore[attr-defined] # a StaticReportHandler attribute
 
 
 def _param(params: dict[str, list[str]], key: str) -> str | None:
@@ -439,9 +474,57 @@ class LandingHandler(web.RequestHandler):
         self.finish(page("Your reports", body))
 
 
-def _report_href(base: str, level: str, cadence: str, token: str, owner: str | None = None) -> str:
+def report_url(base: str, level: str, cadence: str, token: str, owner: str | None = None, *,
+               interactive: bool = False) -> str:
+    """The address of a report page: the static one (the read path) or the interactive one (a kernel's)."""
     q = f"t={quote(token)}" + (f"&owner={quote(owner)}" if owner else "")
-    return escape(url_join(base, "voila/render", f"{level}_{cadence}.ipynb") + "?" + q)
+    path = url_join(base, "voila/render", f"{level}_{cadence}.ipynb") if interactive else \
+        url_join(base, "report", f"{level}_{cadence}")
+    return path + "?" + q
+
+
+def _report_href(base: str, level: str, cadence: str, token: str, owner: str | None = None) -> str:
+    return escape(report_url(base, level, cadence, token, owner))
+
+
+class StaticReportHandler(web.RequestHandler):
+    """The read path: the owner's batch report of the run, sent at once (no kernel), with the live bar on top."""
+
+    spm_opening: Opening | None = None
+
+    def get(self, name: str) -> None:
+        """The batch page of the verified link's owner; the interactive page when the run has not rendered it."""
+        gate, opening = gate_of(self), self.spm_opening
+        assert opening is not None  # static_rule ran (a refusal finishes the request before get)
+        base = self.settings.get("base_url", "/")
+        owner = None if opening.owner == opening.claims.owner_id else opening.owner
+        interactive = report_url(base, opening.level, opening.cadence, opening.token, owner, interactive=True)
+        found = self._batch_page(gate, opening)
+        if found is None:  # no batch report of this cube for the owner: the interactive page checks everything again
+            self.redirect(interactive)
+            return
+        try:
+            count_open(gate, opening)
+        except Refused as r:
+            answer_refusal(self, r)
+            return
+        gate.begin(self, opening.claims, opening.token)
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish(with_live_bar(found.read_bytes(), interactive, url_join(base) + "?t=" + quote(opening.token)))
+
+    @staticmethod
+    def _batch_page(gate: Gate, opening: Opening) -> Path | None:
+        """The owner's batch HTML in the run the link opens (the owner checked again against that run's owners)."""
+        read = gate.runs.read(opening.cadence, opening.claims.as_of)
+        if read is None:
+            return None
+        folder, owners, _ = read
+        mine = owners[owners["owner_id"] == opening.owner]
+        if mine.empty or str(mine["level"].iloc[0]) != opening.level or \
+                not links.allowed(opening.claims.owner_id, opening.owner, owners):
+            return None
+        return gate.rendered.find(folder, opening.level, opening.owner)
 
 
 def landing_body(runs: Runs, templates: Path, claims: links.Claims, token: str, base: str) -> str:
@@ -575,6 +658,7 @@ def _voila_class() -> type:
                 (url_join(base), guarded(LandingHandler, open_rule)),
                 (url_join(base, "login"), guarded(RefusalHandler, open_rule)),
                 (url_join(base, "spm/static/(.*)"), guarded(StaticHandler, open_rule), {"path": str(STATIC_DIR)}),
+                (url_join(base, r"report/(\w+)"), guarded(StaticReportHandler, static_rule)),
                 (url_join(base, f"voila/query/([0-9a-f]{{64}})/({_KERNEL_ID})"),
                  guarded(KernelQuerySocket, query_rule)),
             ]
