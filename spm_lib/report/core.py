@@ -399,7 +399,7 @@ class Report:
              "definition": "What it means"},
             {"status": _trust_badge, "shown": Markup,
              "amount": lambda v: markup.fmt_value(v, "currency", self.currency),
-             "count": lambda v: markup.fmt_value(v, "count", "")})
+             "count": lambda v: markup.fmt_value(v, "count", "")}, classes="spm-trust")
         # passing: the checks collapsed under the one line; otherwise the checks, the 5 largest deals, the rest
         # collapsed (managers and up: every deal in the CSV written beside the report)
         parts.append(markup.details("The checks", checks) if status == "pass" else checks)
