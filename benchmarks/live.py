@@ -3,6 +3,10 @@
 A copy of the project's config and templates (data and the monthly run shared) is served by a real `spm serve` with a
 pool of POOL preheated kernels for rep_monthly. Figures (DESIGN.md, Benchmarks): the first, cold open apart; then 20
 opens of different sales executives' links, one every 5 s, warm browser cache (p50, p95); then 10 opens at once (p95).
+
+The static read path (`/report/rep_monthly?t=…`, the batch report sent without a kernel) is measured against its
+floor in the same browser: the same report file opened from disk (file://), one after the other for each owner
+(interleaved, so that load on the machine weighs on both alike), then 10 at once each; the ratios are static / floor.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +104,32 @@ async def _open(context: Any, url: str) -> float:
     return took
 
 
-async def _measure(base: str, reps: list[str]) -> dict[str, Any]:
+async def _static_vs_floor(context: Any, base: str, reps: list[str], report: Any) -> dict[str, Any]:
+    """Static page vs the same file from disk: p50 and p95 of interleaved single opens, p95 of 10 at once each."""
+    def static(owner: str) -> str:
+        tok = links.sign(SECRET, owner, "monthly", None, datetime.now(UTC) + timedelta(hours=2))
+        return f"{base}/report/rep_monthly?t={tok}"
+
+    def floor(owner: str) -> str:
+        return report(owner).as_uri()
+
+    served, disk = [], []
+    for owner in reps[:OPENS]:
+        disk.append(await _open(context, floor(owner)))
+        served.append(await _open(context, static(owner)))
+    group = reps[OPENS:OPENS + AT_ONCE]
+    disk_10 = await asyncio.gather(*[_open(context, floor(o)) for o in group])
+    served_10 = await asyncio.gather(*[_open(context, static(o)) for o in group])
+    out = {"static_open_p50_s": statistics.median(served), "static_open_p95_s": _p95(served),
+           "static_open_10x_p95_s": _p95(list(served_10)), "static_floor_p50_s": statistics.median(disk),
+           "static_floor_p95_s": _p95(disk), "static_floor_10x_p95_s": _p95(list(disk_10))}
+    out = {k: round(v, 3) for k, v in out.items()}
+    for kind in ("p50", "p95", "10x_p95"):
+        out[f"static_ratio_{kind}"] = round(out[f"static_open_{kind}_s"] / out[f"static_floor_{kind}_s"], 2)
+    return out
+
+
+async def _measure(base: str, reps: list[str], report: Any) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
     def url(owner: str) -> str:
@@ -119,10 +148,11 @@ async def _measure(base: str, reps: list[str]) -> dict[str, Any]:
             await asyncio.sleep(max(0.0, INTERVAL_S - (time.perf_counter() - t0)))
         await asyncio.sleep(3 * INTERVAL_S)  # let the pool refill
         together = await asyncio.gather(*[_open(context, url(o)) for o in reps[OPENS + 1:OPENS + 1 + AT_ONCE]])
+        static = await _static_vs_floor(context, base, reps, report)
         await browser.close()
     return {"live_open_cold_s": round(cold, 3), "live_open_p50_s": round(statistics.median(singles), 3),
             "live_open_p95_s": round(_p95(singles), 3), "live_open_10x_p95_s": round(_p95(list(together)), 3),
-            "live_opens": len(singles), "live_pool_size": POOL, "live_interval_s": INTERVAL_S}
+            "live_opens": len(singles), "live_pool_size": POOL, "live_interval_s": INTERVAL_S, **static}
 
 
 def _p95(values: list[float]) -> float:
@@ -132,12 +162,15 @@ def _p95(values: list[float]) -> float:
 
 def run(root: Path) -> dict[str, Any]:
     """The live figures for the project at `root` (its monthly run made first if missing)."""
+    from spm_lib.batch.runner import run as render_run
     from spm_lib.config import load_config
     from spm_lib.live.serve import ensure_runs
-    from spm_lib.report.core import latest_run
 
-    ensure_runs(load_config(root), None)
-    owners = pd.read_parquet(latest_run("monthly", root) / "owners.parquet")
+    cfg = load_config(root)
+    run_dir = ensure_runs(cfg, None)["monthly"]
+    # the static read path sends the batch reports: the sales executives' of the served run (made when missing)
+    render_run(cfg, "monthly", date.fromisoformat(run_dir.name), level="rep", resume=True)
+    owners = pd.read_parquet(run_dir / "owners.parquet")
     reps = sorted(owners.loc[owners["level"] == "rep", "owner_id"].astype(str))
     if len(reps) < 1 + OPENS + AT_ONCE:
         raise RuntimeError(f"the live bench needs {1 + OPENS + AT_ONCE} sales executives, the run has {len(reps)}")
@@ -149,11 +182,16 @@ def run(root: Path) -> dict[str, Any]:
         proc = _start(project, port, log)
         ready = time.perf_counter() - t0
         try:
-            figures = asyncio.run(_measure(f"http://127.0.0.1:{port}", reps))
+            figures = asyncio.run(_measure(f"http://127.0.0.1:{port}", reps, lambda o: run_dir / "rep" / f"{o}.html"))
         finally:
             _stop(proc)
     figures["live_server_ready_s"] = round(ready, 1)
     print(f"live: cold {figures['live_open_cold_s']} s, p50 {figures['live_open_p50_s']} s, "
           f"p95 {figures['live_open_p95_s']} s, 10 at once p95 {figures['live_open_10x_p95_s']} s "
           f"(pool {POOL}, server ready in {ready:.0f} s)", flush=True)
+    print(f"live static (no kernel): p50 {figures['static_open_p50_s']} s, p95 {figures['static_open_p95_s']} s, "
+          f"10 at once p95 {figures['static_open_10x_p95_s']} s; the same file from disk: p50 "
+          f"{figures['static_floor_p50_s']} s, p95 {figures['static_floor_p95_s']} s, 10 at once p95 "
+          f"{figures['static_floor_10x_p95_s']} s; ratios {figures['static_ratio_p50']} / "
+          f"{figures['static_ratio_p95']} / {figures['static_ratio_10x_p95']}", flush=True)
     return figures

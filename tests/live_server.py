@@ -80,7 +80,7 @@ class Server:
     def base(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, pools: int, timeout: float = 120.0, env_extra: dict[str, str] | None = None) -> Server:
+    def start(self, pools: int, timeout: float = 600.0, env_extra: dict[str, str] | None = None) -> Server:
         """Start the server and wait until it answers and `pools` preheated kernels are ready."""
         env = {**os.environ, "SPM_PROJECT_DIR": str(self.project), "SPM_LINK_SECRET": SECRET, **(env_extra or {})}
         env.pop("SPM_LIVE", None)
