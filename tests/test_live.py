@@ -46,6 +46,7 @@ def _cells(fragment: str) -> list[str]:
 
 def _open(browser, server: Server, path: str, name: str):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(120_000)  # a loaded machine: an interactive page's kernel may take long to run it
     page.goto(server.base + path)
     return page
 
