@@ -408,6 +408,8 @@ def test_a_real_report_attached_to_its_email_draws_every_figure_offline(
 @pytest.mark.parametrize(("value", "unit", "expected"), [
     (0.074, "rate", "7 % of open value"),
     (0.356, "material", "36 % of the forward pipeline"),
+    (0.0031, "material", "<1 % of the forward pipeline"),  # 5 deals of 26.3k € in a 8.5M € pipeline: not '0 %'
+    (0.0, "rate", "0 % of open value"),
     (float("inf"), "material", "no pipeline closing in the forward period"),
     (-23.4, "pct", "-23 %"),
     (16.0, "count", "16"),

@@ -131,10 +131,15 @@ def trust_value_text(value: float, unit: str) -> str:
     if unit in ("rate", "material") and math.isinf(value):
         return "no pipeline closing in the forward period"
     if unit == "rate":
-        return f"{value * 100:.0f} % of open value"
+        return f"{_share(value)} % of open value"
     if unit == "material":
-        return f"{value * 100:.0f} % of the forward pipeline"
+        return f"{_share(value)} % of the forward pipeline"
     return f"{value:+.0f} %" if unit == "pct" else f"{int(value)}"
+
+
+def _share(value: float) -> str:
+    """A share as a whole percentage; a share above 0 that rounds to 0 reads '<1' (flagged deals are there)."""
+    return "<1" if 0 < value < 0.005 else f"{value * 100:.0f}"
 
 
 def div_id(*parts: object) -> str:
