@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,16 @@ async def _open(context: Any, url: str) -> float:
     return took
 
 
-async def _static_vs_floor(context: Any, base: str, reps: list[str], report: Any) -> dict[str, Any]:
+def _token(owner: str) -> str:
+    """A signed monthly link token for `owner`, valid for two hours."""
+    return links.sign(SECRET, owner, "monthly", None, datetime.now(UTC) + timedelta(hours=2))
+
+
+async def _static_vs_floor(context: Any, base: str, reps: list[str],
+                           report: Callable[[str], Path]) -> dict[str, Any]:
     """Static page vs the same file from disk: p50 and p95 of interleaved single opens, p95 of 10 at once each."""
     def static(owner: str) -> str:
-        tok = links.sign(SECRET, owner, "monthly", None, datetime.now(UTC) + timedelta(hours=2))
-        return f"{base}/report/rep_monthly?t={tok}"
+        return f"{base}/report/rep_monthly?t={_token(owner)}"
 
     def floor(owner: str) -> str:
         return report(owner).as_uri()
@@ -129,12 +135,11 @@ async def _static_vs_floor(context: Any, base: str, reps: list[str], report: Any
     return out
 
 
-async def _measure(base: str, reps: list[str], report: Any) -> dict[str, Any]:
+async def _measure(base: str, reps: list[str], report: Callable[[str], Path]) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
     def url(owner: str) -> str:
-        tok = links.sign(SECRET, owner, "monthly", None, datetime.now(UTC) + timedelta(hours=2))
-        return f"{base}/voila/render/rep_monthly.ipynb?t={tok}"
+        return f"{base}/voila/render/rep_monthly.ipynb?t={_token(owner)}"
 
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)

@@ -21,7 +21,7 @@ class CheckInfo:
     label: str
     definition: str
     needs: tuple[str, ...]  # 'table' or 'table.column'
-    default: Threshold  # used when config/trust.yml names no threshold for the check (the shipped trust.yml's rule)
+    default: Threshold  # the rule for every level unless config/trust.yml names a threshold for the check
 
 
 BUILTIN: dict[str, CheckInfo] = {c.id: c for c in [
