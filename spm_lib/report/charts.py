@@ -12,7 +12,8 @@ from __future__ import annotations
 import html as _html
 import re
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,39 @@ _TEMPLATE = go.layout.Template(layout=go.Layout(
     legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom", "font": {"size": 12}},
     separators=".,",
 ))
+_TEMPLATE_JSON = _TEMPLATE.to_plotly_json()
+
+# plotly checks every property as it is set: about 8 ms for an empty figure with the report's template and 3 ms per
+# annotation, each add_annotation checking every earlier one again (a tenth of a report's time went there). The
+# charts are fixed code, so they are drawn unchecked; tests/test_charts.py draws every chart checked too
+# (`checked()`) and requires the same figure.
+_CHECK = {"on": False}
+
+
+@contextmanager
+def checked() -> Iterator[None]:
+    """Draw the charts with plotly's property checks on, as plotly does by default (tests compare the two)."""
+    before = _CHECK["on"]
+    _CHECK["on"] = True
+    try:
+        yield
+    finally:
+        _CHECK["on"] = before
+
+
+def _trace(kind: type[Any], **props: Any) -> Any:
+    """A trace of plotly class `kind` (go.Bar, go.Scatter …), checked only under `checked()`."""
+    return kind(**props, _validate=_CHECK["on"])
+
+
+def _annotate(fig: go.Figure, *notes: dict[str, Any]) -> None:
+    """Give `fig` its annotations (plotly's add_annotation arguments), all at once: called once per figure."""
+    fig.update_layout(annotations=notes)
+
+
+def _shapes(fig: go.Figure, *shapes: dict[str, Any]) -> None:
+    """Give `fig` its shapes (plotly's add_shape arguments), all at once: called once per figure."""
+    fig.update_layout(shapes=shapes)
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -136,21 +170,21 @@ def _two_lines(label: str, longer_than: int = 8) -> str:
 
 def _figure(title: str, height: int, **layout: Any) -> go.Figure:
     """An empty figure with the report's compact layout."""
-    base: dict[str, Any] = {"template": _TEMPLATE, "height": height, "showlegend": False,
-                            "title": {"text": _esc(title)}, "margin": {"l": 8, "r": 16, "t": 36, "b": 28},
-                            "bargap": 0.3}
+    base: dict[str, Any] = {"template": _TEMPLATE if _CHECK["on"] else _TEMPLATE_JSON, "height": height,
+                            "showlegend": False, "title": {"text": _esc(title)},
+                            "margin": {"l": 8, "r": 16, "t": 36, "b": 28}, "bargap": 0.3}
     base.update(layout)
     if base["showlegend"]:  # the legend gets a row of its own under the title: they never meet on a phone
         base["margin"] = {**base["margin"], "t": max(base["margin"].get("t", 0), LEGEND_TOP)}
         base["legend"] = {"x": 0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"}
-    return go.Figure(layout=base)
+    return go.Figure(layout=base, _validate=_CHECK["on"])
 
 
 def _no_data(title: str) -> go.Figure:
     """A small figure saying there is nothing to draw."""
     fig = _figure(title, NO_DATA_HEIGHT)
-    fig.add_annotation(text=NO_DATA, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font={"size": 13, "color": MUTED})
+    _annotate(fig, dict(text=NO_DATA, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font={"size": 13, "color": MUTED}))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return fig
@@ -172,12 +206,12 @@ def _bar_height(n: int) -> int:
     return max(MIN_HEIGHT, min(MAX_HEIGHT, 80 + 26 * n)) if n <= 10 else 80 + 22 * n
 
 
-def _target_line(fig: go.Figure, x: float, text: str) -> None:
-    """A dashed vertical reference line at `x` across the plot, labelled on top."""
-    fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", layer="between",
-                  line={"color": INK, "width": 1.5, "dash": "dash"})
-    fig.add_annotation(x=x, y=1, yref="paper", text=text, showarrow=False, yanchor="bottom",
-                       font={"size": 11, "color": MUTED})
+def _target_line(x: float, text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A dashed vertical reference line at `x` across the plot and its label on top: a shape and an annotation."""
+    return (dict(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", layer="between",
+                 line={"color": INK, "width": 1.5, "dash": "dash"}),
+            dict(x=x, y=1, yref="paper", text=text, showarrow=False, yanchor="bottom",
+                 font={"size": 11, "color": MUTED}))
 
 
 def _hbars(title: str, labels: list[str], x: np.ndarray, colours: list[str], text: list[str],
@@ -188,17 +222,19 @@ def _hbars(title: str, labels: list[str], x: np.ndarray, colours: list[str], tex
     customdata, template = _hover(hover)
     column = max((len(_plain(t)) for t in text), default=0) * CHAR_PX + 12
     fig = _figure(title, _bar_height(len(labels)), margin={"l": 8, "r": int(column), "t": 36, "b": 28})
-    fig.add_trace(go.Bar(y=labels, x=np.nan_to_num(x, nan=0.0), orientation="h", marker={"color": colours},
+    fig.add_trace(_trace(go.Bar, y=labels, x=np.nan_to_num(x, nan=0.0), orientation="h", marker={"color": colours},
                          customdata=customdata, hovertemplate=template))
-    for label, t in zip(labels, text):
-        fig.add_annotation(x=1, xref="paper", y=label, yref="y", text=t, xanchor="left", xshift=8, showarrow=False,
-                           font={"size": 12, "color": INK})
+    notes = [dict(x=1, xref="paper", y=label, yref="y", text=t, xanchor="left", xshift=8, showarrow=False,
+                  font={"size": 12, "color": INK}) for label, t in zip(labels, text)]
+    if target_at is not None:
+        line, label = _target_line(target_at, "target")
+        _shapes(fig, line)
+        notes.append(label)
+    _annotate(fig, *notes)
     fig.update_yaxes(autorange="reversed", type="category", showgrid=False, ticks="", ticklabelstandoff=4)
     # no tick labels: each bar's value is in the column (and the target is the dashed line); on a phone the
     # plot is too narrow for them
     fig.update_xaxes(range=[0, top * 1.04], **{**axis, "showticklabels": False, "title": None})
-    if target_at is not None:
-        _target_line(fig, target_at, "target")
     return fig
 
 
@@ -245,7 +281,7 @@ def forecast_vs_target(booked: float, weighted: float, target: float | None, lab
         defs = [f"{d} {definition}" for d in defs]
     customdata, template = _hover([steps, amounts, [_wrap(d) for d in defs]])
     fig = _figure(title, 300, margin={"l": 8, "r": 16, "t": LEGEND_TOP, "b": 40})
-    fig.add_trace(go.Waterfall(
+    fig.add_trace(_trace(go.Waterfall,
         x=steps, y=[booked_v, weighted_v, expected], measure=["absolute", "relative", "total"],
         text=[amounts[0], "+" + amounts[1], amounts[2]], textposition="inside", insidetextanchor="middle",
         textfont={"color": ["white", INK, "white"], "size": 13},
@@ -256,12 +292,12 @@ def forecast_vs_target(booked: float, weighted: float, target: float | None, lab
     fig.update_yaxes(range=[0, top * 1.12], **_value_axis("currency", currency))
     _category_axis(fig, len(steps))
     if not has_target:
-        fig.add_annotation(text="No target set", x=0, y=1, xref="paper", yref="paper", showarrow=False,
-                           xanchor="left", yanchor="bottom", yshift=4, font={"color": MUTED})
+        _annotate(fig, dict(text="No target set", x=0, y=1, xref="paper", yref="paper", showarrow=False,
+                           xanchor="left", yanchor="bottom", yshift=4, font={"color": MUTED}))
         return fig
     tgt_text = fmt_value(tgt, "currency", currency)
     cd, tmpl = _hover([["Target"] * 3, [tgt_text] * 3, [_wrap(DEFINITIONS["target"])] * 3])
-    fig.add_trace(go.Scatter(x=steps, y=[tgt] * 3, mode="lines", customdata=cd, hovertemplate=tmpl,
+    fig.add_trace(_trace(go.Scatter, x=steps, y=[tgt] * 3, mode="lines", customdata=cd, hovertemplate=tmpl,
                              line={"color": INK, "width": 1.5, "dash": "dash"}))
     gap = tgt - expected  # the target's value is said in the note above the plot, not on the line (no crossing)
     share = fmt_value(100 * expected / tgt, "pct", currency) if tgt else "—"
@@ -271,8 +307,8 @@ def forecast_vs_target(booked: float, weighted: float, target: float | None, lab
     else:
         note = f"Expected {fmt_value(-gap, 'currency', currency)} above the {tgt_text} target"
         colour = STATUS_COLOURS["green"]
-    fig.add_annotation(text=_esc(note), x=0, y=1.0, xref="paper", yref="paper", showarrow=False, xanchor="left",
-                       yanchor="bottom", yshift=4, font={"color": colour, "size": 12})
+    _annotate(fig, dict(text=_esc(note), x=0, y=1.0, xref="paper", yref="paper", showarrow=False, xanchor="left",
+                       yanchor="bottom", yshift=4, font={"color": colour, "size": 12}))
     return fig
 
 
@@ -282,7 +318,7 @@ def _amount_bars(title: str, labels: list[str], values: np.ndarray, currency: st
     amounts = _fmt(values, "currency", currency)
     customdata, template = _hover([labels, amounts, *details, [_wrap(definition)] * len(labels)])
     fig = _figure(title, 290, margin={"l": 8, "r": 16, "t": 36, "b": 40})
-    fig.add_trace(go.Bar(x=labels, y=np.nan_to_num(values), marker={"color": NEUTRAL}, text=amounts,
+    fig.add_trace(_trace(go.Bar, x=labels, y=np.nan_to_num(values), marker={"color": NEUTRAL}, text=amounts,
                          textposition="outside", cliponaxis=False, customdata=customdata, hovertemplate=template))
     _category_axis(fig, len(labels))
     fig.update_yaxes(range=[0, _top(values) * 1.2], **_value_axis("currency", currency))
@@ -352,13 +388,13 @@ def funnel(df: pd.DataFrame, weak_stage: str | None, *, benchmark_label: str = "
     defs = [_wrap(definition)] * len(df)
     fig = _figure(title, _bar_height(len(df)), showlegend=True, margin={"l": 8, "r": 16, "t": 36, "b": 58})
     cd, tmpl = _hover([stages, [f"Converts at {r}" for r in rate_text], defs])
-    fig.add_trace(go.Bar(y=stages, x=np.nan_to_num(rate), orientation="h", name="Conversion",
+    fig.add_trace(_trace(go.Bar, y=stages, x=np.nan_to_num(rate), orientation="h", name="Conversion",
                          marker={"color": colours}, text=rate_text, textposition="auto", insidetextanchor="middle",
                          textfont={"size": 12}, cliponaxis=False,
                          customdata=cd, hovertemplate=tmpl))
     if np.isfinite(bench).any():
         cd, tmpl = _hover([stages, [f"{_esc(benchmark_label).capitalize()}: {b}" for b in bench_text], defs])
-        fig.add_trace(go.Scatter(y=stages, x=bench, mode="markers", name=_esc(benchmark_label).capitalize(),
+        fig.add_trace(_trace(go.Scatter, y=stages, x=bench, mode="markers", name=_esc(benchmark_label).capitalize(),
                                  marker={"symbol": "line-ns-open", "size": 22, "color": INK, "line": {"width": 3}},
                                  customdata=cd, hovertemplate=tmpl))
     fig.update_yaxes(autorange="reversed", type="category", showgrid=False, ticks="")
@@ -372,9 +408,9 @@ def funnel(df: pd.DataFrame, weak_stage: str | None, *, benchmark_label: str = "
                 note += f" vs {bench_text[at]} for {benchmark_label}"
         lines = [line.replace("\u00a0", " ")  # a phone's width; never between a number and its '%'
                  for line in textwrap.wrap(note.replace(" %", "\u00a0%"), NOTE_CHARS)]
-        fig.add_annotation(text="<br>".join(f"<b>{_esc(line)}</b>" for line in lines), x=0, y=0, xref="paper",
+        _annotate(fig, dict(text="<br>".join(f"<b>{_esc(line)}</b>" for line in lines), x=0, y=0, xref="paper",
                            yref="paper", yshift=-30, showarrow=False, align="left",
-                           xanchor="left", yanchor="top", font={"color": STATUS_COLOURS["red"], "size": 12})
+                           xanchor="left", yanchor="top", font={"color": STATUS_COLOURS["red"], "size": 12}))
         fig.update_layout(height=fig.layout.height + 16 * (len(lines) - 1),
                           margin={"b": 58 + 16 * (len(lines) - 1)})
     return fig
@@ -397,12 +433,12 @@ def trend(df: pd.DataFrame, label: str, unit: str, currency: str, *, definition:
     defs = [_wrap(definition or label)] * len(df)
     cd, tmpl = _hover([periods, [f"{_esc(label)}: {v}" for v in _fmt(value, unit, currency)], defs])
     fig = _figure(title, 280, showlegend=True)
-    fig.add_trace(go.Scatter(x=periods, y=value, mode="lines+markers", name="Actual",
+    fig.add_trace(_trace(go.Scatter, x=periods, y=value, mode="lines+markers", name="Actual",
                              line={"color": NEUTRAL, "width": 2.5}, marker={"size": 7},
                              customdata=cd, hovertemplate=tmpl))
     if np.isfinite(target).any():
         cd, tmpl = _hover([periods, [f"Target: {t}" for t in _fmt(target, unit, currency)], defs])
-        fig.add_trace(go.Scatter(x=periods, y=target, mode="lines", name="Target",
+        fig.add_trace(_trace(go.Scatter, x=periods, y=target, mode="lines", name="Target",
                                  line={"color": INK, "width": 1.5, "dash": "dash"},
                                  customdata=cd, hovertemplate=tmpl))
     _category_axis(fig, len(periods))
@@ -521,13 +557,9 @@ def driver_tree(nodes: pd.DataFrame, currency: str, *, definition: str = DEFINIT
     cd, tmpl = _hover([[labels[i] for i in order], [f"Need {need[i]} · have {have[i]}" for i in order],
                        [_wrap(definition)] * len(order)])
     fig = _figure(title, max(MIN_HEIGHT, 56 + row_px * len(order)), margin={"l": 8, "r": 8, "t": 36, "b": 8})
-    for i, p in enumerate(parent):
-        if p is None:
-            continue
-        xp, yp, xc, yc = depth[p], -row[p], depth[i], -row[i]
-        fig.add_shape(type="path", path=f"M {xp},{yp - 0.3} V {yc} H {xc - 0.12}",
-                      line={"color": "#b0b0b0", "width": 1.2})
-    fig.add_trace(go.Scatter(x=x, y=y, mode="markers+text", text=text, textposition="middle right",
+    _shapes(fig, *(dict(type="path", path=f"M {depth[p]},{-row[p] - 0.3} V {-row[i]} H {depth[i] - 0.12}",
+                        line={"color": "#b0b0b0", "width": 1.2}) for i, p in enumerate(parent) if p is not None))
+    fig.add_trace(_trace(go.Scatter, x=x, y=y, mode="markers+text", text=text, textposition="middle right",
                              marker={"size": 13, "color": [colours[i] for i in order],
                                      "line": {"color": "white", "width": 1.5}},
                              textfont={"size": 12, "color": INK}, cliponaxis=False,
@@ -590,10 +622,9 @@ def pipeline_movement(df: pd.DataFrame, currency: str, *, title: str = "Pipeline
     customdata, template = _hover([labels, text, deals, [_wrap(d) for d in df["definition"].tolist()]])
     column = max(len(_plain(t)) for t in text) * CHAR_PX + 12  # each step's amount in a column right of the plot
     fig = _figure(title, _bar_height(len(labels)), margin={"l": 8, "r": int(column), "t": 36, "b": 28})
-    for label, t in zip(labels, text):
-        fig.add_annotation(x=1, xref="paper", y=label, yref="y", text=t, xanchor="left", xshift=8, showarrow=False,
-                           font={"size": 12, "color": INK})
-    fig.add_trace(go.Waterfall(
+    _annotate(fig, *(dict(x=1, xref="paper", y=label, yref="y", text=t, xanchor="left", xshift=8, showarrow=False,
+                          font={"size": 12, "color": INK}) for label, t in zip(labels, text)))
+    fig.add_trace(_trace(go.Waterfall,
         y=labels, x=np.nan_to_num(value), orientation="h", measure=measure, text=text, textposition="none",
         increasing={"marker": {"color": NEUTRAL_LIGHT}},
         decreasing={"marker": {"color": PALETTE[4]}}, totals={"marker": {"color": NEUTRAL}},
