@@ -367,8 +367,10 @@ class Report:
 
     # ---- 2. trust
     def trust_status(self) -> str:
-        """The worst trust status of this owner's scope: fail, warn or pass."""
-        return owner_status(self.cube.trust, self.owner_id)
+        """The worst trust status of this owner's scope: fail, warn or pass; worked out once."""
+        if "_trust_status" not in self.__dict__:
+            self.__dict__["_trust_status"] = owner_status(self.cube.trust, self.owner_id)
+        return str(self.__dict__["_trust_status"])
 
     def offenders(self, limit: int | None = None, statuses: tuple[str, ...] = ("warn", "fail")) -> pd.DataFrame:
         """Offending open deals in this owner's scope, one row per deal and check, largest first: those of the checks
