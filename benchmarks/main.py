@@ -128,14 +128,15 @@ def _cube_child(db: Path) -> dict[str, Any]:
         t1 = time.perf_counter()
         cube = compute_cube(cfg, data, "monthly", AS_OF)
         t2 = time.perf_counter()
+        counts = {"owners": int(data.table("owners")["owner_id"].nunique()),
+                  "opportunities": len(data.table("opportunities")),
+                  "history_rows": len(data.table("opportunity_history")),
+                  "activities": len(data.table("activities"))}
+        del data  # as `spm run` does (store.runfolder.compute_cube_into)
         write_cube(cube, Path(tmp) / "run")
         t3 = time.perf_counter()
     return {"seconds": t3 - t0, "load_s": t1 - t0, "compute_s": t2 - t1, "write_s": t3 - t2,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "owners": int(data.table("owners")["owner_id"].nunique()),
-            "opportunities": len(data.table("opportunities")),
-            "history_rows": len(data.table("opportunity_history")),
-            "activities": len(data.table("activities"))}
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **counts}
 
 
 def cube_part(root: Path) -> dict[str, Any]:

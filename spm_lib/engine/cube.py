@@ -359,6 +359,7 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     encoded = {"facts": (facts, in_background(_parquet_bytes, facts))}
     scopes = ctx.owners["owner_id"].astype(str).tolist()
     base = _complete_grid(long, scopes, periods["label"].tolist(), ids, ctx)
+    del long  # in `base` now: each large intermediate is let go as soon as it is used (peak memory at scale)
 
     period_objs = _period_objects(ctx, periods)
     target_metrics = _target_metrics(ctx, ids)
@@ -373,9 +374,11 @@ def compute_cube(cfg: Config, data: Dataset, cadence: str, as_of: date | str) ->
     q_targets = targets.resolve_targets(ctx, "bookings", [q]) if "bookings" in target_metrics else tgt.iloc[0:0]
     fwd = forecast.forward_look(ctx, q_targets, probs, calibrated)
     conv = forecast.stage_conversion(ctx)
+    bookings_by_month = _month_bookings(ctx, periods, base)
     allk = _top_only_unattributed(_finish(base, [fwd, conv], ctx), ctx)
+    del base
 
-    trust_df, trust_rows = trust.compute_trust(ctx, bookings_by_month=_month_bookings(ctx, periods, base))
+    trust_df, trust_rows = trust.compute_trust(ctx, bookings_by_month=bookings_by_month)
     decomp = decomposition.decompose(ctx, allk, pd.concat([tgt, q_targets], ignore_index=True))
     moved, moved_info = movement.pipeline_movement(ctx)
     win = ctx.windows

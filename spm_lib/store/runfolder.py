@@ -94,6 +94,7 @@ def compute_cube_into(cfg: Config, cadence: str, as_of: date, folder: Path) -> N
     with retained_memory():  # freed arrays reused, not faulted in afresh
         data = load_dataset(cfg)
         cube = compute_cube(cfg, data, cadence, as_of)
+        del data  # the source tables are let go before the cube is encoded (peak memory at scale)
         cube.meta["currency"] = cfg.company.currency
         cube.meta["kpi_count"] = len(kpis.REGISTRY)
         write_cube(cube, folder)
