@@ -64,17 +64,23 @@ class Scope:
 
     def reports(self, owner_id: str | None = None) -> pd.DataFrame:
         """The direct reports (owners rows) of this owner (or `owner_id`)."""
+        return self._reports.get(owner_id or self.owner_id, self.cube.owners.iloc[0:0])
+
+    @cached_property
+    def _reports(self) -> dict[str, pd.DataFrame]:
+        """Each manager's direct reports (owners rows, by owner id), grouped once."""
         o = self.cube.owners
-        return o[o["manager_id"].astype(str) == (owner_id or self.owner_id)].sort_values("owner_id")
+        return {str(m): g.sort_values("owner_id") for m, g in o.groupby("manager_id", sort=False)}
 
     def below(self, depth: int) -> list[tuple[pd.Series, str]]:
         """The owners up to `depth` levels below this one, each with the words naming their numbers: 'Sofia
         Santos', 'Eloise Vincent's team', and two levels down 'Maya Brown's team (Leo Pereira's unit)'."""
         out, level = [], [(r, who(r)) for _, r in self.reports().iterrows()]
-        for _ in range(depth):
+        for down in range(depth):
             out += level
-            level = [(r, f"{who(r)} ({words})") for parent, words in level
-                     for _, r in self.reports(str(parent["owner_id"])).iterrows()]
+            if down + 1 < depth:  # the level under the last one asked for is not needed (a top owner's: every rep)
+                level = [(r, f"{who(r)} ({words})") for parent, words in level
+                         for _, r in self.reports(str(parent["owner_id"])).iterrows()]
         return out
 
     def row(self, kpi: str, period: str, owner_id: str | None = None) -> dict[str, float] | None:
