@@ -2,4 +2,4 @@
 every owner, in one vectorised pass (`cube.compute_cube`).
 """
 
-__all__ = ['context', 'cube', 'decomposition', 'forecast', 'targets', 'trust']
+__all__ = ['context', 'cube', 'decomposition', 'forecast', 'slices', 'targets', 'trust']

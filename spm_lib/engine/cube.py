@@ -40,7 +40,7 @@ from spm_lib.engine.context import (
 from spm_lib.engine.targets import attainment, status
 from spm_lib.engine.trust import last_full_month
 from spm_lib.metrics import kpis as registry
-from spm_lib.util.frames import ascending_text, distinct_text_order, map_values, positions, value_ranks
+from spm_lib.util.frames import ascending_text, distinct_text_order, map_values, one_chunk, positions, value_ranks
 from spm_lib.util.tasks import in_background
 
 
@@ -732,11 +732,11 @@ def read_cube_meta(run_dir: Path) -> dict[str, Any]:
 
 
 def read_cube(run_dir: Path) -> Cube:
-    """Read a cube written by `write_cube`."""
-    parts = {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in CUBE_FILES}
-    facts = pd.read_parquet(run_dir / "facts" / "opportunities.parquet")
+    """Read a cube written by `write_cube` (each text column in one chunk: reports take small selections)."""
+    parts = {name: one_chunk(pd.read_parquet(run_dir / f"{name}.parquet")) for name in CUBE_FILES}
+    facts = one_chunk(pd.read_parquet(run_dir / "facts" / "opportunities.parquet"))
     meta = read_cube_meta(run_dir)
-    optional = {name: pd.read_parquet(run_dir / f"{name}.parquet") for name in OPTIONAL_FILES
+    optional = {name: one_chunk(pd.read_parquet(run_dir / f"{name}.parquet")) for name in OPTIONAL_FILES
                 if (run_dir / f"{name}.parquet").is_file()}
     cube = Cube(kpis=parts["kpis"], trust=parts["trust"], trust_rows=parts["trust_rows"],
                 decomposition=parts["decomposition"], facts=facts, probabilities=parts["probabilities"],

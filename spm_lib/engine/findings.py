@@ -20,6 +20,7 @@ import pandas as pd
 
 from spm_lib.config import FindingsConfig
 from spm_lib.engine.cube import Cube
+from spm_lib.engine.slices import owner_kpis
 from spm_lib.engine.trust import scope_offenders
 
 __all__ = ["RULES", "Finding", "Scope", "findings", "findings_config", "who"]
@@ -97,9 +98,9 @@ class Scope:
 
     @cached_property
     def kpis(self) -> pd.DataFrame:
-        """The cube's KPI rows of this owner and the two levels below (one pass over the cube's rows)."""
-        k = self.cube.kpis
-        return k[k["owner_id"].isin([self.owner_id, *(str(r["owner_id"]) for r, _ in self.below(2))])]
+        """The cube's KPI rows of this owner and the two levels below (each owner's rows indexed once per cube)."""
+        ids = [self.owner_id, *(str(r["owner_id"]) for r, _ in self.below(2))]
+        return pd.concat([owner_kpis(self.cube, i) for i in ids])
 
     @cached_property
     def _rows(self) -> dict[tuple[str, str, str], dict[str, float]]:

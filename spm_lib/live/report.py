@@ -16,11 +16,12 @@ from spm_lib.config import cached_config
 from spm_lib.domain import links
 from spm_lib.domain.org import org_of
 from spm_lib.engine.cube import Cube
+from spm_lib.engine.slices import owner_kpis, scope_positions
 from spm_lib.errors import OrgError, RunError, SpmError
 from spm_lib.live import request as live
 from spm_lib.live import widgets
 from spm_lib.report import charts, markup
-from spm_lib.report.core import Html, Report, esc, latest_run, load_cube, owner_kpis, project_root, scope_positions
+from spm_lib.report.core import Html, Report, esc, latest_run, load_cube, project_root
 from spm_lib.state import revocations
 from spm_lib.store.runfolder import has_cube
 

@@ -15,7 +15,6 @@ from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import pandas as pd
 from markupsafe import Markup, escape
 
@@ -26,6 +25,7 @@ from spm_lib.engine.findings import findings as rank_findings
 from spm_lib.engine.forecast import stage_worth, weak_stage
 from spm_lib.engine.priorities import bookings_shift, resource_needs, team_year
 from spm_lib.engine.push import push_by_report, push_list, report_of
+from spm_lib.engine.slices import owner_kpis, scope_positions
 from spm_lib.engine.targets import session_status
 from spm_lib.engine.trust import checks_with_status, owner_status, scope_offenders, worst_by_owner
 from spm_lib.errors import OrgError, RunError, did_you_mean
@@ -80,23 +80,6 @@ def decides(level: str, cadence: str) -> str:
     manager's)."""
     by_level = CADENCE_FOCUS.get(cadence, {})
     return by_level.get(level) or by_level.get("manager", "")
-_SCOPE_INDEX: dict[int, dict[str, np.ndarray]] = {}
-_KPIS_BY_OWNER: dict[int, dict[str, pd.DataFrame]] = {}
-_NO_ROWS = np.empty(0, dtype=np.intp)
-
-
-def owner_kpis(cube: Cube, owner_id: str) -> pd.DataFrame:
-    """The KPI rows of one owner (the cube's rows split by owner once per cube)."""
-    split = _KPIS_BY_OWNER.get(id(cube))
-    if split is None:
-        split = {str(k): g for k, g in cube.kpis.groupby("owner_id", sort=False)}
-        _KPIS_BY_OWNER.clear()
-        _KPIS_BY_OWNER[id(cube)] = split
-    return split.get(owner_id, cube.kpis.iloc[0:0])
-
-
-
-
 def esc(text: object) -> str:
     """`text` as HTML-escaped text."""
     return str(escape(str(text)))
@@ -154,19 +137,6 @@ def load_cube(run_dir: Path) -> Cube:
     cube = read_cube(run_dir)
     _CACHE[run_dir] = (str(meta.get("run_id")), cube)
     return cube
-
-
-def scope_positions(cube: Cube, owner_id: str) -> np.ndarray:
-    """Row positions in cube.facts of the deals in `owner_id`'s scope (an index built once per cube)."""
-    index = _SCOPE_INDEX.get(id(cube))
-    if index is None:
-        exploded = cube.facts["scope_ids"].explode()
-        pos = pd.Series(range(len(cube.facts)), index=cube.facts.index).reindex(exploded.index).to_numpy()
-        groups = pd.Series(pos).groupby(exploded.astype(str).to_numpy()).groups
-        index = {str(k): pos[list(v)] for k, v in groups.items()}
-        _SCOPE_INDEX.clear()
-        _SCOPE_INDEX[id(cube)] = index
-    return index.get(owner_id, _NO_ROWS)
 
 
 def load(owner_id: str | None = None, cadence: str | None = None, as_of: str | date | None = None,

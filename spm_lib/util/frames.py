@@ -224,3 +224,16 @@ def ascending_text(s: pd.Series) -> bool:
     if arr is None or arr.null_count:
         return False
     return len(arr) < 2 or bool(pc.all(pc.less_equal(arr[:-1], arr[1:])).as_py())
+
+
+def one_chunk(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with each pyarrow-backed column in one contiguous chunk (same values and dtypes; changed in place and
+    returned). A Parquet file reads as one chunk per batch of rows, and pyarrow's `take` from a chunked column
+    joins every chunk first: at 2 million rows a report's small selections cost 7 ms each instead of 0.05 ms."""
+    for c in df.columns:
+        s = df[c]
+        arrow = getattr(s.array, "__arrow_array__", None)
+        chunked = arrow() if arrow is not None else None
+        if isinstance(chunked, pa.ChunkedArray) and chunked.num_chunks > 1:
+            df[c] = pd.Series(pd.array(chunked.combine_chunks(), dtype=s.dtype), index=s.index, name=c)
+    return df
