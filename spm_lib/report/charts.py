@@ -9,6 +9,7 @@ Empty inputs give a small figure saying "No data for this period", never an exce
 
 from __future__ import annotations
 
+import copy
 import html as _html
 import re
 import textwrap
@@ -170,7 +171,8 @@ def _two_lines(label: str, longer_than: int = 8) -> str:
 
 def _figure(title: str, height: int, **layout: Any) -> go.Figure:
     """An empty figure with the report's compact layout."""
-    base: dict[str, Any] = {"template": _TEMPLATE if _CHECK["on"] else _TEMPLATE_JSON, "height": height,
+    template = _TEMPLATE if _CHECK["on"] else copy.deepcopy(_TEMPLATE_JSON)  # unchecked, plotly keeps the dict
+    base: dict[str, Any] = {"template": template, "height": height,
                             "showlegend": False, "title": {"text": _esc(title)},
                             "margin": {"l": 8, "r": 16, "t": 36, "b": 28}, "bargap": 0.3}
     base.update(layout)
