@@ -80,6 +80,8 @@ def decides(level: str, cadence: str) -> str:
     manager's)."""
     by_level = CADENCE_FOCUS.get(cadence, {})
     return by_level.get(level) or by_level.get("manager", "")
+
+
 def esc(text: object) -> str:
     """`text` as HTML-escaped text."""
     return str(escape(str(text)))
